@@ -1,0 +1,32 @@
+# The two commands of the README. Both create the virtual environment on a fresh machine.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo models test test-all clean
+
+# torch is pinned in the same pip command as the package: a separate, unpinned resolution
+# would let pip fetch the newest torch with gigabytes of CUDA libraries.
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)" -e ".[test]"
+	touch $@
+
+# Until training lands, the main job lists every architecture with its size and cost.
+demo: models
+
+models: $(BIN)/.installed
+	$(BIN)/segforge models --size 512
+
+# CI (CI=true) also runs the @pytest.mark.slow checks; locally `make test-all` does.
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q $(if $(CI),-m "slow or not slow",)
+
+# Including the @pytest.mark.slow checks.
+test-all: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

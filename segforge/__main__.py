@@ -1,0 +1,3 @@
+from segforge.cli import main
+
+raise SystemExit(main())

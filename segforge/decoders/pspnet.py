@@ -1,0 +1,46 @@
+"""PSPNet's pyramid pooling module (Zhao et al. 2017).
+
+The last encoder map is average-pooled to 1x1, 2x2, 3x3 and 6x6 bins, each reduced to 1/4 of the
+channels by a 1x1 convolution, upsampled bilinearly back to the map's size and concatenated with
+it; a 3x3 convolution then fuses local and global context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segforge.layers.conv import ConvBNReLU
+
+
+class PyramidPooling(nn.Module):
+    """Concatenates the input with its bin-pooled, 1x1-reduced, upsampled versions."""
+
+    def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        branch_channels = in_channels // len(bins)
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), ConvBNReLU(in_channels, branch_channels, 1)) for b in bins
+        )
+        self.out_channels = in_channels + branch_channels * len(bins)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        pooled = [F.interpolate(branch(x), size=size, mode="bilinear", align_corners=False) for branch in self.branches]
+        return torch.cat([x, *pooled], dim=1)
+
+
+class PSPDecoder(nn.Module):
+    """Pyramid pooling → 3x3 conv (512) → dropout 0.1, on the encoder's last map."""
+
+    def __init__(self, encoder_channels: Sequence[int], *, bins: Sequence[int] = (1, 2, 3, 6), channels: int = 512):
+        super().__init__()
+        self.ppm = PyramidPooling(encoder_channels[-1], bins)
+        self.fuse = nn.Sequential(ConvBNReLU(self.ppm.out_channels, channels, 3), nn.Dropout2d(0.1))
+        self.out_channels = channels
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.fuse(self.ppm(features[-1]))

@@ -1,0 +1,1 @@
+"""Building blocks: convolution blocks and the upsampling operators of the notes."""

@@ -1,0 +1,59 @@
+"""The architectures of the papers, built by name: ``create_model("segnet", num_classes=12)``."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from segforge.models.registry import MODELS
+from segforge.models.segmenter import SegmentationHead, SegmentationOutput, Segmenter
+
+# Importing the modules registers their builders.
+from segforge.models import deconvnet, fcn, pspnet, segnet, unet  # noqa: E402,F401  isort: skip
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    in_channels: int | None = None,
+    encoder: str | None = None,
+    encoder_weights: str | None = None,
+) -> Segmenter:
+    """Builds a registered architecture.
+
+    Args:
+        name: one of ``list_models()``.
+        num_classes: output channels (1 for a single-logit binary model).
+        in_channels: input channels; default 3 (1 for the original U-Net, as in the paper).
+        encoder: one of ``segforge.list_encoders()`` that the architecture supports; default the
+            paper's.
+        encoder_weights: path or URL of a torchvision-format ImageNet state dict for the encoder.
+
+    Returns:
+        A ``Segmenter``: ``model(x: (N, in_channels, H, W))`` gives logits ``(N, num_classes, H, W)``.
+
+    Raises:
+        ValueError: unknown name, encoder not supported by the architecture, bad counts, weights
+            that do not fit.
+    """
+    builder = MODELS.get(name)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if in_channels is not None and (not isinstance(in_channels, int) or in_channels < 1):
+        raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+    kwargs = {} if in_channels is None else {"in_channels": in_channels}
+    model = builder(num_classes, encoder=encoder, encoder_weights=encoder_weights, **kwargs)
+    model.config = {"name": name, "num_classes": num_classes, "in_channels": model.in_channels, "encoder": model.encoder_name}
+    return model
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = ["MODELS", "SegmentationHead", "SegmentationOutput", "Segmenter", "count_parameters", "create_model",
+           "list_models"]

@@ -1,0 +1,123 @@
+"""U-Net (Ronneberger, Fischer & Brox, MICCAI 2015): the original, and a padded variant.
+
+The original: unpadded 3x3 convolutions (64→1024 channels), 2x2 max pooling, 2x2
+up-convolutions, crop-and-concatenate, a 1x1 classifier: 23 convolutional layers. Every
+convolution trims a pixel per border, so the output is smaller than the input (572 → 388) and
+only inputs of 16k + 124 pixels per side (k ≥ 4) tile cleanly through the four poolings;
+``unet_output_size`` and ``unet_input_size`` convert between the two.
+
+The padded variant keeps the input size, adds batch norm, and accepts any registered encoder.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from segforge.decoders.unet import UNetDecoder
+from segforge.encoders import create_encoder
+from segforge.encoders.unet import UNetEncoder
+from segforge.models.registry import MODELS
+from segforge.models.segmenter import SegmentationHead, Segmenter
+
+DEPTH = 4  # poolings in the original U-Net
+
+
+def _sizes_from_bottom(bottom: int, depth: int = DEPTH) -> tuple[int, int]:
+    """(input, output) sizes of the original U-Net whose lowest level's output is ``bottom``."""
+    size_in, size_out = bottom + 4, bottom  # two valid 3x3 convolutions trim 4 pixels
+    for _ in range(depth):
+        size_in = 2 * size_in + 4  # contracting: ×2 (pooling), +4 (two convolutions)
+        size_out = 2 * size_out - 4  # expansive: ×2 (up-convolution), −4 (two convolutions)
+        if size_out <= 0:
+            return size_in, 0
+    return size_in, size_out
+
+
+def _output_size_or_none(input_size: int, depth: int) -> int | None:
+    size = input_size
+    for _ in range(depth):
+        size -= 4  # two valid 3x3 convolutions
+        if size <= 0 or size % 2:
+            return None  # the 2x2 pooling needs an even size
+        size //= 2
+    if size - 4 <= 0:
+        return None
+    output = _sizes_from_bottom(size - 4, depth)[1]
+    return output if output > 0 else None
+
+
+def unet_output_size(input_size: int, depth: int = DEPTH) -> int:
+    """Output side length of the original U-Net for an input side length (572 → 388).
+
+    Raises:
+        ValueError: if the input does not pass the poolings evenly or is too small; the message
+            names the nearest valid sizes.
+    """
+    output = _output_size_or_none(input_size, depth)
+    if output is not None:
+        return output
+    # Valid sizes are 2**depth apart, so both searches stop within a few steps.
+    smaller = next((s for s in range(input_size - 1, 0, -1) if _output_size_or_none(s, depth)), None)
+    larger = next(s for s in itertools.count(input_size + 1) if _output_size_or_none(s, depth))
+    choices = " or ".join(str(s) for s in (smaller, larger) if s is not None)
+    raise ValueError(
+        f"the original U-Net cannot take {input_size} pixels: its valid input sizes are 16k + 124 "
+        f"(k ≥ 4, e.g. 572 → 388 out); use {choices}, model 'unet_padded', or tiled prediction"
+    )
+
+
+def unet_input_size(output_size: int, depth: int = DEPTH) -> int:
+    """Smallest valid input side length whose output covers ``output_size`` pixels (388 → 572)."""
+    if output_size < 1:
+        raise ValueError(f"output_size must be >= 1, got {output_size}")
+    bottom = 1
+    while True:
+        size_in, size_out = _sizes_from_bottom(bottom, depth)
+        if size_out >= output_size:
+            return size_in
+        bottom += 1
+
+
+class OriginalUNet(Segmenter):
+    """The unpadded U-Net: logits of ``unet_output_size(H) x unet_output_size(W)``, centred on the input."""
+
+    def check_input(self, x: torch.Tensor) -> None:
+        super().check_input(x)
+        for side in x.shape[-2:]:
+            unet_output_size(int(side))
+
+    @staticmethod
+    def output_size(input_size: int) -> int:
+        return unet_output_size(input_size)
+
+    @staticmethod
+    def input_size(output_size: int) -> int:
+        return unet_input_size(output_size)
+
+
+@MODELS.register("unet")
+def unet(num_classes: int, *, in_channels: int = 1, encoder: str | None = None,
+         encoder_weights: str | None = None) -> OriginalUNet:
+    """The original U-Net (valid convolutions, output smaller than input)."""
+    if encoder not in (None, "unet") or encoder_weights is not None:
+        raise ValueError("the original U-Net has its own unpadded encoder and no pretrained weights; "
+                         "use model 'unet_padded' for a U-Net on another encoder")
+    enc = UNetEncoder(in_channels=in_channels, padding=False, batch_norm=False, dropout=0.5)
+    decoder = UNetDecoder(enc.out_channels, enc.reductions, padding=False, batch_norm=False)
+    head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=1)
+    # stride 1: the input is never padded; check_input enforces the valid sizes instead.
+    return OriginalUNet(enc, decoder, head, num_classes=num_classes, in_channels=in_channels, stride=1, min_size=188,
+                        encoder_name="unet (unpadded)")
+
+
+@MODELS.register("unet_padded")
+def unet_padded(num_classes: int, *, in_channels: int = 3, encoder: str | None = None,
+                encoder_weights: str | None = None) -> Segmenter:
+    """U-Net with padded convolutions and batch norm on any encoder (default: U-Net's own)."""
+    enc = create_encoder(encoder or "unet", in_channels=in_channels, weights=encoder_weights)
+    decoder = UNetDecoder(enc.out_channels, enc.reductions, padding=True, batch_norm=True)
+    head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=1)
+    return Segmenter(enc, decoder, head, num_classes=num_classes, in_channels=in_channels, stride=enc.stride,
+                     encoder_name=encoder or "unet")

@@ -1,0 +1,68 @@
+"""Parameter counts and FLOPs of every architecture, without allocating any weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from segforge.models import MODELS, count_parameters, create_model, list_models
+from segforge.models.unet import OriginalUNet, unet_input_size
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    encoder: str
+    parameters: int
+    flops: int  # of one forward pass of one image; a multiply-add counts as 2
+    input_size: int
+    output_size: int
+    description: str
+
+
+def summarize(name: str, size: int = 512, *, num_classes: int = 21, in_channels: int | None = None) -> ModelSummary:
+    """Builds ``name`` on the meta device (no memory, no init) and counts one forward pass at size×size.
+
+    The original U-Net takes the smallest valid input whose output covers ``size`` pixels.
+    FLOPs are those of convolutions, transposed convolutions and matrix products, as counted by
+    ``torch.utils.flop_counter`` (pooling, normalisation and activations are not counted).
+    """
+    with torch.device("meta"):
+        model = create_model(name, num_classes, in_channels=in_channels).eval()
+        input_size = unet_input_size(size) if isinstance(model, OriginalUNet) else size
+        x = torch.empty(1, model.in_channels, input_size, input_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        logits = model(x)
+    doc = (MODELS.get(name).__doc__ or "").strip().splitlines()
+    return ModelSummary(
+        name=name,
+        encoder=model.encoder_name,
+        parameters=count_parameters(model),
+        flops=counter.get_total_flops(),
+        input_size=input_size,
+        output_size=logits.shape[-1],
+        description=doc[0] if doc else "",
+    )
+
+
+def summary_table(size: int = 512, *, num_classes: int = 21) -> str:
+    """A plain-text table of every registered model (what ``segforge models`` prints)."""
+    rows = [summarize(name, size, num_classes=num_classes) for name in list_models()]
+    header = ("model", "encoder", "params (M)", f"GFLOPs", "input → output", "description")
+    lines = [
+        (r.name, r.encoder, f"{r.parameters / 1e6:.2f}", f"{r.flops / 1e9:.1f}",
+         f"{r.input_size} → {r.output_size}", r.description)
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
+    right = {2, 3}
+
+    def fmt(row: tuple) -> str:
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(header), rule, *map(fmt, lines)])

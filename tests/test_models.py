@@ -1,0 +1,200 @@
+"""Every registered architecture, through the same tests; plus the papers' known numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import input_size_for
+from segforge import count_parameters, create_model, list_models
+from segforge.models.unet import unet_input_size, unet_output_size
+
+MODELS = list_models()
+
+
+def expected_output_size(name: str, height: int, width: int) -> tuple[int, int]:
+    if name == "unet":
+        return unet_output_size(height), unet_output_size(width)
+    return height, width
+
+
+def test_registry_lists_every_architecture_of_the_notes() -> None:
+    assert set(MODELS) == {"fcn32s", "fcn16s", "fcn8s", "deconvnet", "segnet", "segnet_basic", "unet",
+                           "unet_padded", "pspnet"}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_backward_reaches_every_parameter_at_an_odd_size(name: str) -> None:
+    model = create_model(name, 3, in_channels=3).train()
+    height, width = input_size_for(name)
+    out = model(torch.randn(2, 3, height, width))
+    outputs = list(out) if isinstance(out, tuple) else [out]
+    for logits in outputs:
+        assert logits.shape == (2, 3, *expected_output_size(name, height, width))
+    sum(o.square().mean() for o in outputs).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+@pytest.mark.parametrize("num_classes, in_channels", [(1, 1), (2, 3), (21, 4)])
+@pytest.mark.parametrize("name", MODELS)
+def test_any_class_and_channel_count(name: str, num_classes: int, in_channels: int) -> None:
+    model = create_model(name, num_classes, in_channels=in_channels).eval()
+    height, width = input_size_for(name)
+    with torch.no_grad():
+        logits = model(torch.randn(1, in_channels, height, width))
+    assert isinstance(logits, torch.Tensor)  # eval mode: a plain tensor, no auxiliary output
+    assert logits.shape == (1, num_classes, *expected_output_size(name, height, width))
+    assert torch.isfinite(logits).all()
+    assert model.config == {"name": name, "num_classes": num_classes, "in_channels": in_channels,
+                            "encoder": model.encoder_name}
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n not in ("unet", "deconvnet")])
+@pytest.mark.parametrize("size", [(1, 1), (31, 33), (64, 64)])
+def test_padded_models_take_any_size_down_to_one_pixel(name: str, size: tuple[int, int]) -> None:
+    model = create_model(name, 2).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, *size)).shape == (1, 2, *size)
+
+
+@pytest.mark.parametrize("encoder", ["vgg16", "vgg16_bn", "resnet18", "resnet50", "mobilenet_v2", "unet"])
+def test_unet_padded_on_every_kind_of_encoder(encoder: str) -> None:
+    model = create_model("unet_padded", 5, in_channels=4, encoder=encoder).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 4, 75, 61)).shape == (1, 5, 75, 61)
+
+
+def _convs(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+def meta_model(name: str, num_classes: int = 21, **options) -> nn.Module:
+    with torch.device("meta"):
+        return create_model(name, num_classes, **options)
+
+
+@pytest.mark.parametrize("name", ["fcn32s", "fcn16s", "fcn8s"])
+def test_fcn_has_134m_parameters_as_in_table_1(name: str) -> None:
+    model = meta_model(name)
+    # The paper counts the learned layers; FCN-32s's 64x64 upsampling kernel (1.8M weights for
+    # 21 classes, fixed to bilinear in the reference) is the only large addition.
+    upsampling = sum(p.numel() for m in model.modules() if isinstance(m, nn.ConvTranspose2d) for p in m.parameters())
+    assert abs((count_parameters(model) - upsampling) / 1e6 - 134) < 0.5
+    assert model.encoder.fc6.weight.shape == (4096, 512, 7, 7)
+    assert model.encoder.fc7.weight.shape == (4096, 4096, 1, 1)
+    kernels = sorted(m.kernel_size[0] for m in model.modules() if isinstance(m, nn.ConvTranspose2d))
+    assert kernels == {"fcn32s": [64], "fcn16s": [4, 32], "fcn8s": [4, 4, 16]}[name]
+
+
+def test_segnet_has_29_5m_parameters_and_13_plus_13_convolutions() -> None:
+    model = meta_model("segnet", 11)
+    assert abs(count_parameters(model) / 1e6 - 29.5) < 0.1
+    assert len(_convs(model.encoder)) == 13
+    assert len(_convs(model.decoder)) + len(_convs(model.head)) == 13  # conv1_1_D is the classifier
+
+
+def test_segnet_basic_is_four_levels_of_64_channel_7x7_convolutions() -> None:
+    convs = _convs(meta_model("segnet_basic", 11))
+    assert len(convs) == 4 + 4 + 1
+    assert all(c.kernel_size == (7, 7) and c.out_channels == 64 for c in convs[:8])
+    assert convs[-1].kernel_size == (1, 1) and convs[-1].out_channels == 11
+
+
+def test_unet_has_23_convolutional_layers_64_to_1024_channels() -> None:
+    model = meta_model("unet", 2)
+    convs = _convs(model)
+    assert len(convs) == 23  # "In total the network has 23 convolutional layers."
+    assert all(c.padding == (0, 0) for c in convs)
+    assert [c.out_channels for c in convs[:10:2]] == [64, 128, 256, 512, 1024]
+    assert sum(isinstance(c, nn.ConvTranspose2d) and c.kernel_size == (2, 2) for c in convs) == 4
+
+
+def test_deconvnet_mirrors_vgg16_with_batch_norm_everywhere() -> None:
+    model = meta_model("deconvnet")
+    assert len(_convs(model.encoder)) == 13 + 2  # conv1_1 … conv5_3, fc6, fc7
+    deconvs = [m for m in model.decoder.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert len(deconvs) == 1 + 13 and deconvs[0].kernel_size == (7, 7)
+    batch_norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(batch_norms) == 13 + 2 + 14
+
+
+def test_pspnet_pyramid_bins_and_output_stride_8() -> None:
+    model = meta_model("pspnet")
+    assert [b[0].output_size for b in model.decoder.ppm.branches] == [1, 2, 3, 6]
+    assert model.encoder.reductions[-2:] == (8, 8)
+    assert model.decoder.ppm.out_channels == 2048 + 4 * 512
+
+
+def test_pspnet_returns_the_auxiliary_logits_in_training_only() -> None:
+    model = create_model("pspnet", 4, encoder="resnet18")
+    x = torch.randn(2, 3, 64, 64)
+    out = model.train()(x)
+    assert out.logits.shape == out.aux_logits.shape == (2, 4, 64, 64)
+    with torch.no_grad():
+        assert isinstance(model.eval()(x), torch.Tensor)
+
+
+@pytest.mark.parametrize("input_size, output_size", [(572, 388), (188, 4), (204, 20), (508, 324)])
+def test_unet_size_helpers_match_the_paper(input_size: int, output_size: int) -> None:
+    assert unet_output_size(input_size) == output_size
+    assert unet_input_size(output_size) == input_size
+    assert unet_output_size(unet_input_size(output_size - 1)) >= output_size - 1
+
+
+def test_unet_rejects_an_invalid_size_and_names_the_nearest_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"cannot take 500 pixels.*use 492 or 508"):
+        unet_output_size(500)
+    model = create_model("unet", 2)
+    with pytest.raises(ValueError, match="unet_padded"):
+        model(torch.randn(1, 1, 572, 500))
+
+
+def test_unknown_model_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"unknown model 'unet\+\+'; choose from \['deconvnet', 'fcn16s'"):
+        create_model("unet++", 2)
+
+
+@pytest.mark.parametrize("name, encoder", [("fcn8s", "resnet50"), ("segnet", "mobilenet_v2"),
+                                           ("pspnet", "vgg16"), ("deconvnet", "vgg16")])
+def test_an_encoder_the_architecture_does_not_use_is_rejected(name: str, encoder: str) -> None:
+    with pytest.raises(ValueError, match=rf"model '{name}' does not support encoder '{encoder}'; choose from"):
+        create_model(name, 2, encoder=encoder)
+
+
+def test_unknown_encoder_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"unknown encoder 'resnet9'; choose from \['mobilenet_v2'"):
+        create_model("unet_padded", 2, encoder="resnet9")
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5])
+def test_bad_class_count(bad) -> None:
+    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        create_model("segnet_basic", bad)
+
+
+def test_wrong_channel_count_says_how_to_fix_it() -> None:
+    model = create_model("segnet_basic", 2, in_channels=1)
+    with pytest.raises(ValueError, match=r"built for 1 input channel\(s\) but the input has 3.*in_channels=3"):
+        model(torch.randn(1, 3, 32, 32))
+
+
+def test_missing_batch_dimension_and_integer_input() -> None:
+    model = create_model("segnet_basic", 2)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\), got shape \(3, 32, 32\); add a batch dimension"):
+        model(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="floating-point input.*x.float()"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_input_smaller_than_deconvnet_takes() -> None:
+    model = create_model("deconvnet", 2).eval()
+    with pytest.raises(ValueError, match=r"input 200x300 is smaller than deconvnet can take \(at least 224x224\)"):
+        model(torch.randn(1, 3, 200, 300))
+
+
+def test_batch_of_one_through_a_1x1_batch_norm_in_training() -> None:
+    model = create_model("pspnet", 2, encoder="resnet18").train()
+    with pytest.raises(ValueError, match="at least 2 images per batch in training mode.*model.eval()"):
+        model(torch.randn(1, 3, 64, 64))
