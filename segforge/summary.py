@@ -25,13 +25,14 @@ class ModelSummary:
 def summarize(name: str, size: int = 512, *, num_classes: int = 21, in_channels: int | None = None) -> ModelSummary:
     """Builds ``name`` on the meta device (no memory, no init) and counts one forward pass at size×size.
 
-    The original U-Net takes the smallest valid input whose output covers ``size`` pixels.
+    The original U-Net takes the smallest valid input whose output covers ``size`` pixels, and a
+    model with a minimum input size (DeconvNet: 224) takes at least that.
     FLOPs are those of convolutions, transposed convolutions and matrix products, as counted by
     ``torch.utils.flop_counter`` (pooling, normalisation and activations are not counted).
     """
     with torch.device("meta"):
         model = create_model(name, num_classes, in_channels=in_channels).eval()
-        input_size = unet_input_size(size) if isinstance(model, OriginalUNet) else size
+        input_size = unet_input_size(size) if isinstance(model, OriginalUNet) else max(size, model.min_size)
         x = torch.empty(1, model.in_channels, input_size, input_size)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -51,7 +52,7 @@ def summarize(name: str, size: int = 512, *, num_classes: int = 21, in_channels:
 def summary_table(size: int = 512, *, num_classes: int = 21) -> str:
     """A plain-text table of every registered model (what ``segforge models`` prints)."""
     rows = [summarize(name, size, num_classes=num_classes) for name in list_models()]
-    header = ("model", "encoder", "params (M)", f"GFLOPs", "input → output", "description")
+    header = ("model", "encoder", "params (M)", "GFLOPs", "input → output", "description")
     lines = [
         (r.name, r.encoder, f"{r.parameters / 1e6:.2f}", f"{r.flops / 1e9:.1f}",
          f"{r.input_size} → {r.output_size}", r.description)

@@ -66,14 +66,14 @@ def test_dilation_replaces_stride_exactly(name: str) -> None:
     # With the same weights, a dilated layer computes the strided layer's outputs and the ones in
     # between: subsampling the dense map must give the strided map exactly (BN in eval is pointwise).
     torch.manual_seed(0)
-    dense32 = create_encoder(name).eval()
+    strided = create_encoder(name).eval()
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        reference = dense32(x)
+        reference = strided(x)
         for output_stride in (16, 8):
             dilated = create_encoder(name, output_stride=output_stride).eval()
-            dilated.load_state_dict(dense32.state_dict())
-            for ref, out, r_ref, r_out in zip(reference, dilated(x), dense32.reductions, dilated.reductions):
+            dilated.load_state_dict(strided.state_dict())
+            for ref, out, r_ref, r_out in zip(reference, dilated(x), strided.reductions, dilated.reductions):
                 step = r_ref // r_out
                 torch.testing.assert_close(out[..., ::step, ::step], ref, rtol=1e-4, atol=1e-4)
 
