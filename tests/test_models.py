@@ -198,3 +198,20 @@ def test_batch_of_one_through_a_1x1_batch_norm_in_training() -> None:
     model = create_model("pspnet", 2, encoder="resnet18").train()
     with pytest.raises(ValueError, match="at least 2 images per batch in training mode.*model.eval()"):
         model(torch.randn(1, 3, 64, 64))
+
+
+def test_create_model_loads_torchvision_encoder_weights_and_adapts_grayscale(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from segforge import create_encoder
+
+    rgb = create_encoder("resnet18")
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in rgb.state_dict().items()}
+    state |= {"fc.weight": torch.randn(1000, 512), "fc.bias": torch.randn(1000)}  # torchvision's classifier
+    path = tmp_path / "resnet18-test.safetensors"
+    save_file(state, str(path))
+    model = create_model("unet_padded", 2, in_channels=1, encoder="resnet18", encoder_weights=str(path))
+    torch.testing.assert_close(model.encoder.conv1.weight, state["conv1.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(model.encoder.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
+    with pytest.raises(ValueError, match=r"resnet18-test.safetensors.*do not fit encoder resnet50"):
+        create_model("pspnet", 2, encoder="resnet50", encoder_weights=str(path))

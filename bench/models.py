@@ -1,0 +1,59 @@
+"""Forward-pass speed of every architecture on this machine: ms per image and achieved GFLOP/s.
+
+    python bench/models.py --size 256 --batch 1 --repeats 5
+
+FLOPs come from ``segforge.summary`` (torch.utils.flop_counter: convolutions and matrix products,
+a multiply-add = 2). Each model runs in eval mode under ``torch.inference_mode`` in the default
+(contiguous, NCHW) memory format and in channels-last (NHWC), after a warm-up pass; the median of
+``--repeats`` timed passes is reported. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from segforge import create_model, list_models
+from segforge.summary import summarize
+
+
+def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    """Median seconds of one forward pass (after one warm-up pass)."""
+    with torch.inference_mode():
+        model(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", nargs="*", default=list_models())
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.batch}x3x{args.size}x{args.size}\n")
+    print("| model | input | GFLOPs/image | NCHW ms/image | NCHW GFLOP/s | NHWC ms/image | NHWC GFLOP/s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name in args.models:
+        summary = summarize(name, args.size, num_classes=21)
+        torch.manual_seed(0)
+        model = create_model(name, 21).eval()
+        x = torch.randn(args.batch, model.in_channels, summary.input_size, summary.input_size)
+        cells = []
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            model = model.to(memory_format=memory_format)
+            seconds = time_forward(model, x.to(memory_format=memory_format), args.repeats) / args.batch
+            cells += [f"{seconds * 1e3:.0f}", f"{summary.flops / seconds / 1e9:.0f}"]
+        print(f"| {name} | {summary.input_size} | {summary.flops / 1e9:.1f} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
