@@ -52,3 +52,15 @@ class Encoder(nn.Module):
     def stride(self) -> int:
         """The largest reduction: inputs whose sides are multiples of it give exact sizes."""
         return max(self.reductions)
+
+
+def init_like_torchvision(module: nn.Module) -> None:
+    """Kaiming-normal (fan-out) convolutions with zero bias, unit batch norm: torchvision's ResNet/MobileNet init."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segforge.encoders.base import Encoder
+from segforge.encoders.base import Encoder, init_like_torchvision
 from segforge.encoders.registry import ENCODERS, check_options
 
 # (expand ratio t, output channels c, repeats n, stride of the first repeat s), from the paper's
@@ -93,13 +93,7 @@ class MobileNetV2Encoder(Encoder):
         self.out_channels = (16, 24, 32, 96, 1280)
         self.reductions = (2, 4, 8, 16, 32)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                # torchvision's default nonlinearity (leaky_relu, slope 0) has the same gain as relu.
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_like_torchvision(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features: list[torch.Tensor] = []

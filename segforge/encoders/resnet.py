@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segforge.encoders.base import Encoder
+from segforge.encoders.base import Encoder, init_like_torchvision
 from segforge.encoders.registry import ENCODERS, check_options
 
 
@@ -120,12 +120,7 @@ class ResNetEncoder(Encoder):
         self.out_channels = (64, 64 * e, 128 * e, 256 * e, 512 * e)
         self.reductions = {32: (2, 4, 8, 16, 32), 16: (2, 4, 8, 16, 16), 8: (2, 4, 8, 8, 8)}[output_stride]
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_like_torchvision(self)
 
     def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, *,
                     stride: int, dilate: bool) -> nn.Sequential:
