@@ -1,0 +1,118 @@
+"""Checkpoints: safetensors weights with the config to rebuild the model, written atomically.
+
+A checkpoint ``best.safetensors`` holds the model's tensors; its metadata holds JSON: the
+``create_model`` config, class names, palette and anything the caller adds (metrics, epoch).
+Loading never unpickles: safetensors is a flat tensor format, and the optional training state
+(optimizer, scheduler, RNG) is read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+FORMAT = "segforge-checkpoint-1"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Calls ``write(tmp_path)`` on a temporary file beside ``path``, then renames it over ``path``.
+
+    A crash or kill at any moment leaves either the old file or the new one, never a partial one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, **info: Any) -> Path:
+    """Writes ``model``'s weights and ``model.config`` plus ``info`` (JSON-serialisable) atomically.
+
+    Args:
+        path: destination, conventionally ``*.safetensors``.
+        model: a model built by ``segforge.create_model`` (its ``config`` rebuilds it).
+        info: e.g. ``classes=[...]``, ``palette=[...]``, ``epoch=3``, ``metrics={...}``.
+    """
+    config = getattr(model, "config", None)
+    if not config:
+        raise ValueError("model has no config: build it with segforge.create_model so a checkpoint can rebuild it")
+    module = model.module if hasattr(model, "module") else model  # DistributedDataParallel
+    # safetensors refuses tensors that share memory and non-contiguous ones: store plain copies.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    metadata = {"format": FORMAT, "config": json.dumps(config), "info": json.dumps(info, allow_nan=True)}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """Reads ``(state_dict, config, info)`` from a checkpoint written by ``save_checkpoint``.
+
+    Raises:
+        ValueError: missing, truncated or corrupt file, or not a segforge checkpoint; the message
+            names the file and what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist; pass the .safetensors file a training run wrote "
+                         "(runs/<name>/best.safetensors or last.safetensors)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as err:  # safetensors' own error type moved between releases
+        raise ValueError(f"checkpoint {path} is corrupt or not a safetensors file ({err}); "
+                         "use another checkpoint of the run (last.safetensors / best.safetensors)") from err
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is a safetensors file but not a segforge checkpoint (no model config in its "
+                         "metadata); for encoder ImageNet weights use encoder_weights=")
+    try:
+        return state, json.loads(metadata["config"]), json.loads(metadata.get("info", "{}"))
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"checkpoint {path} has damaged metadata ({err}); use another checkpoint of the run") from err
+
+
+def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuilds the model of a checkpoint and loads its weights; returns ``(model, info)``."""
+    from segforge.models import create_model
+
+    state, config, info = read_checkpoint(path)
+    model = create_model(config["name"], config["num_classes"], in_channels=config["in_channels"],
+                         encoder=config.get("encoder"))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {path} does not match the model it names ({config}): {err}") from err
+    return model.to(map_location), info
+
+
+def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Atomically saves a training state made of tensors, numbers, strings, lists and dicts."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Loads a training state with ``weights_only=True``: no arbitrary objects are unpickled."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"training state {path} does not exist; --resume needs the run folder of an earlier run")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # zip, pickle and unpickler errors share no base class
+        raise ValueError(f"training state {path} is corrupt or holds more than tensors and numbers ({err}); "
+                         "resume from the last good run folder, or start a new run") from err
