@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from segforge import create_model
-from segforge.checkpoint import atomic_write, load_model, load_state, read_checkpoint, save_checkpoint, save_state
+from segforge.files import atomic_write
+from segforge.checkpoint import load_model, load_state, read_checkpoint, save_checkpoint, save_state
 
 
 def test_round_trip_rebuilds_the_same_model(tmp_path) -> None:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
+from segforge.files import atomic_write
 from segforge.metrics.scoring import _as_matrix
 
 __all__ = ["format_table", "load_json", "plot_confusion", "save_json"]
@@ -88,20 +88,6 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-def _write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
-
-
 def save_json(scores: dict[str, Any], path: str | os.PathLike[str], class_names: Sequence[str] | None = None) -> Path:
     """Writes the scores (plus ``class_names``) as JSON; NaN is written as ``null``.
 
@@ -118,7 +104,7 @@ def save_json(scores: dict[str, Any], path: str | os.PathLike[str], class_names:
     """
     names = _class_names(class_names, _num_classes(scores))
     text = json.dumps(_to_json({**scores, "class_names": names}), indent=2, allow_nan=False) + "\n"
-    return _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -192,4 +178,4 @@ def plot_confusion(
                     ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=font,
                             color="white" if value > 0.5 else "black")
     fig.tight_layout()
-    return _write_atomic(path, lambda f: fig.savefig(f, format="png"))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
