@@ -1,0 +1,243 @@
+"""The dataset every layout builds: a list of (image, mask) files and what their values mean."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from segforge.data.colour import ColourMap, load_colour_map
+from segforge.data.io import DatasetError, map_files, read_image, read_mask
+
+Sample = tuple[Path, "Path | None"]
+Transform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: the label of every pixel of a sample that has no mask when the dataset has no ignore index
+#: (``torch.nn.CrossEntropyLoss``'s default ``ignore_index``)
+NO_LABEL = -100
+
+
+def default_palette(count: int) -> list[tuple[int, int, int]]:
+    """PASCAL VOC's colour map (bits of the index spread over R, G, B): distinct colours for any count."""
+    palette = []
+    for index in range(count):
+        r = g = b = 0
+        value = index
+        for shift in range(7, -1, -1):
+            r |= (value & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def label_lookup(label_map: Mapping[int, int] | Sequence[int] | np.ndarray) -> np.ndarray:
+    """A lookup table from raw mask values to labels.
+
+    A mapping changes only the values it lists (``{255: 1}`` turns a 0/255 mask into 0/1) and keeps
+    every other 16-bit value; a sequence or array is the full table, and a raw value beyond it is an
+    error when a mask is read.
+    """
+    if isinstance(label_map, Mapping):
+        size = max(65536, max(label_map, default=0) + 1)
+        table = np.arange(size, dtype=np.int64)
+        for raw, label in label_map.items():
+            if raw < 0:
+                raise ValueError(f"label_map key {raw} is negative; mask values are >= 0")
+            table[raw] = label
+        return table
+    return np.asarray(label_map, dtype=np.int64)
+
+
+def scale_image(image: np.ndarray) -> np.ndarray:
+    """``(H, W, C)`` → float32 in [0, 1] by the dtype's maximum (uint8 / 255, uint16 / 65535).
+
+    Float images are used as stored: their range is the user's, and mean/std normalise it.
+    """
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / 65535.0
+    return image.astype(np.float32, copy=False)
+
+
+class SegmentationDataset(Dataset):
+    """``dataset[i]`` → ``(image: float32 (C, H, W), mask: int64 (H, W))``.
+
+    Subclasses (one per storage layout) only list the files and say what the classes are. Reading,
+    the label map, the transform and normalisation happen here, in this order:
+    read image ``(H, W, C)`` and raw mask ``(H, W)`` → label map → size and label checks → scale the
+    image to [0, 1] → ``transform(image float32 (H, W, C), mask int64 (H, W))`` → ``(image - mean) / std``
+    → tensors.
+
+    Attributes:
+        samples: ``(image_path, mask_path or None)`` per sample; None = no labels (test split).
+        classes: class names; empty when not known (a folder dataset given neither classes nor
+            num_classes), in which case labels are not range-checked.
+        palette: one RGB colour per class, for drawing.
+        ignore_index: the label of pixels the loss and metrics skip, or None.
+        label_map: lookup array applied to raw mask values (Cityscapes labelIds → trainIds), or None.
+        colour_map: RGB → class mapping for colour-coded masks, or None.
+        mean, std: per-channel normalisation of the [0, 1]-scaled image, or None (no normalisation);
+            ``compute_stats(dataset)`` measures them.
+        transform: joint augmentation of image and mask, or None.
+        unpaired_images: samples without their mask (recorded instead of raised when built with
+            strict=False); they are not in ``samples``.
+        unpaired_masks: masks without their image.
+    """
+
+    layout = "custom"
+
+    def __init__(self, samples: Sequence[Sample], *, classes: Sequence[str],
+                 palette: Sequence[Sequence[int]] | None = None, ignore_index: int | None = None,
+                 label_map: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
+                 colour_map: ColourMap | str | Path | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, transform: Transform | None = None,
+                 unpaired_images: Sequence[Path] = (), unpaired_masks: Sequence[Path] = ()) -> None:
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither (compute them with compute_stats(dataset))")
+        if std is not None and any(s <= 0 for s in std):
+            raise ValueError(f"std must be positive in every channel, got {list(std)}")
+        self.samples = list(samples)
+        self.classes = list(classes)
+        self.palette = [tuple(int(v) for v in c) for c in (palette or default_palette(len(self.classes)))]
+        self.ignore_index = ignore_index
+        self.label_map = None if label_map is None else label_lookup(label_map)
+        self.colour_map = load_colour_map(colour_map) if isinstance(colour_map, (str, Path)) else colour_map
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
+        self.transform = transform
+        self.unpaired_images = list(unpaired_images)
+        self.unpaired_masks = list(unpaired_masks)
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.classes) or None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def describe(self, index: int) -> str:
+        """The file of sample ``index``, as error messages name it."""
+        return str(self.samples[index][0])
+
+    def load_image(self, index: int) -> np.ndarray:
+        """``(H, W, C)`` in the file's dtype."""
+        return read_image(self.samples[index][0])
+
+    def load_raw_mask(self, index: int) -> np.ndarray | None:
+        """``(H, W)`` int64 values as stored (after the colour map, before the label map); None if unlabelled."""
+        mask_path = self.samples[index][1]
+        return None if mask_path is None else read_mask(mask_path, self.colour_map)
+
+    def mask_name(self, index: int) -> str:
+        return str(self.samples[index][1])
+
+    def apply_label_map(self, raw: np.ndarray, index: int) -> np.ndarray:
+        """Raw values → labels; a value the label map does not cover is an error naming the mask."""
+        if self.label_map is None:
+            return raw
+        if raw.size and (raw.min() < 0 or raw.max() >= len(self.label_map)):
+            bad = raw.max() if raw.max() >= len(self.label_map) else raw.min()
+            raise DatasetError(f"mask {self.mask_name(index)} has value {bad}, which the {self.layout} label map "
+                               f"does not cover (0..{len(self.label_map) - 1}); fix the mask",
+                               path=self.mask_name(index), kind="label_range")
+        return self.label_map[raw]
+
+    def labels(self, raw: np.ndarray, index: int) -> np.ndarray:
+        """Raw mask values → range-checked labels: in 0..num_classes-1 or the ignore index.
+
+        Raises:
+            DatasetError: a value the label map does not cover, or a label out of range that is not
+                the ignore index (``label_range``); the message names the mask.
+        """
+        mask = self.apply_label_map(raw, index)
+        valid = (mask >= 0) if self.num_classes is None else ((mask >= 0) & (mask < self.num_classes))
+        if self.ignore_index is not None:
+            valid |= mask == self.ignore_index
+        if not valid.all():
+            bad = np.unique(mask[~valid])[:8].tolist()
+            top = (self.num_classes or 1) - 1
+            raise DatasetError(f"mask {self.mask_name(index)} has label values {bad} outside 0..{top} "
+                               f"that are not the ignore index ({self.ignore_index}); run `segforge doctor` on the "
+                               "dataset to see why (0/255 binary masks? colour masks?)",
+                               path=self.mask_name(index), kind="label_range")
+        return mask
+
+    def load_mask(self, index: int, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """``(H, W)`` int64 labels; an unlabelled sample is all ``ignore_index`` (or -100) of ``shape``."""
+        raw = self.load_raw_mask(index)
+        if raw is not None:
+            return self.labels(raw, index)
+        if shape is None:
+            raise ValueError(f"sample {self.describe(index)} has no mask and no shape to fill")
+        return np.full(shape, NO_LABEL if self.ignore_index is None else self.ignore_index, dtype=np.int64)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
+        index %= len(self)
+        image = self.load_image(index)
+        mask = self.load_mask(index, image.shape[:2])
+        if mask.shape != image.shape[:2]:
+            raise DatasetError(f"mask {self.mask_name(index)} is {mask.shape[1]}x{mask.shape[0]} but image "
+                               f"{self.describe(index)} is {image.shape[1]}x{image.shape[0]} (WxH); masks must have "
+                               "their image's size: re-export the mask, or resize it with nearest-neighbour",
+                               path=self.mask_name(index), kind="size_mismatch")
+        image = scale_image(image)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != image.shape[-1]:
+                raise ValueError(f"image {self.describe(index)} has {image.shape[-1]} channels but mean/std have "
+                                 f"{len(self.mean)} values; give one mean and std per channel")
+            image = (image - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+        return image_t, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+
+
+def compute_stats(dataset: SegmentationDataset, *, max_samples: int | None = None, workers: int | None = None,
+                  progress: bool | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of the [0, 1]-scaled images, streamed over the files.
+
+    Each image's mean and sum of squared deviations are merged pairwise (Chan et al.), which is
+    exact and stable in float64 however many images there are.
+
+    Args:
+        dataset: the (training) dataset; its transform and normalisation are not applied.
+        max_samples: use only the first N samples (a quick estimate on a large dataset).
+
+    Returns:
+        ``(mean, std)``, each a tuple of C floats; pass them as ``mean=``/``std=`` to every split.
+
+    Raises:
+        ValueError: the dataset is empty or its images differ in channel count.
+    """
+    count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
+    if count == 0:
+        raise ValueError("cannot compute normalisation statistics of an empty dataset")
+
+    def moments(index: int) -> tuple[int, np.ndarray, np.ndarray]:
+        pixels = scale_image(dataset.load_image(index))
+        flat = pixels.reshape(-1, pixels.shape[-1]).astype(np.float64)
+        mean = flat.mean(axis=0)
+        return len(flat), mean, ((flat - mean) ** 2).sum(axis=0)
+
+    total, mean, m2 = 0, None, None
+    for index, (n, image_mean, image_m2) in enumerate(map_files(moments, count, desc="statistics",
+                                                                workers=workers, progress=progress)):
+        if mean is None:
+            total, mean, m2 = n, image_mean, image_m2
+            continue
+        if len(image_mean) != len(mean):
+            raise ValueError(f"image {dataset.describe(index)} has {len(image_mean)} channels, the first image has "
+                             f"{len(mean)}; convert the images to one mode")
+        delta = image_mean - mean
+        mean = mean + delta * n / (total + n)
+        m2 = m2 + image_m2 + delta ** 2 * total * n / (total + n)
+        total += n
+    std = np.sqrt(m2 / total)
+    return tuple(float(v) for v in mean), tuple(float(max(v, 1e-12)) for v in std)

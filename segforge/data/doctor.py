@@ -1,0 +1,371 @@
+"""The dataset doctor: read a dataset once, report what is in it and what would make training wrong.
+
+``diagnose(root)`` detects the layout, counts every split, reads each image and mask of the
+scanned splits once (on a thread pool), and returns a ``DoctorReport``: sizes, channels, the raw
+label values and their pixel shares, per-class frequencies and median-frequency weights, and
+``problems``, each with the fix. ``report.exit_code`` is 1 when a problem is an error (training
+on the data as it is would be wrong or would crash), else 0. ``segforge doctor --data ...`` prints
+``report.format()``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from segforge.data.base import SegmentationDataset
+from segforge.data.colour import ColourMap
+from segforge.data.io import DatasetError, map_files
+from segforge.data.registry import DATASETS, create_dataset, detect_layout
+from segforge.data.stats import ClassPixels
+
+#: the fix for each kind of DatasetError, when the doctor reports a group of them
+FIXES = {
+    "missing": "restore the files or correct the path",
+    "unreadable": "re-export the files (or remove them and their masks)",
+    "unsupported": "convert the files to a supported mode (see the message)",
+    "colour_mask": "write a palette mapping, one 'name: [r, g, b]' line per class, and pass --palette FILE "
+                   "(colour_map= in Python)",
+    "unexpected_colour": "add the colours to the palette mapping (as classes, or under 'ignore:'), or repaint them",
+    "label_range": "fix the masks, or the label map",
+    "no_pairs": "name each mask like its image (a.jpg <-> a.png)",
+    "unpaired": "add the missing files, or remove the unpaired ones",
+    "layout": "rearrange the folder (see the message)",
+}
+_TRAIN_NAMES = ("train", "training")
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the data, and what to do about it."""
+
+    severity: Literal["error", "warning"]
+    message: str
+    fix: str
+    files: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class SplitSummary:
+    """What one split holds. Only scanned splits have sizes, values and pixels."""
+
+    name: str
+    samples: int
+    scanned: bool = False
+    labelled: int = 0
+    sizes: Counter = field(default_factory=Counter)  # (width, height) -> images
+    channels: Counter = field(default_factory=Counter)  # (channels, dtype) -> images
+    raw_values: dict[int, int] = field(default_factory=dict)  # raw mask value -> pixels
+    pixels: ClassPixels | None = None
+    labels_ok: bool = True  # False when the label values have an error (no weights then)
+
+
+@dataclass
+class DoctorReport:
+    """The doctor's findings; ``format()`` is the text ``segforge doctor`` prints."""
+
+    root: Path
+    layout: str
+    detected: bool
+    classes: list[str]
+    ignore_index: int | None
+    splits: dict[str, SplitSummary] = field(default_factory=dict)
+    weights: np.ndarray | None = None
+    weights_split: str | None = None
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when any problem is an error, else 0."""
+        return 1 if self.errors else 0
+
+    def format(self) -> str:
+        """The report as text: layout, splits, label values, class table with weights, problems."""
+        return _format(self)
+
+
+@dataclass
+class _Check:
+    """What reading one sample found."""
+
+    image_shape: tuple[int, ...] | None = None
+    image_dtype: str = ""
+    mask_shape: tuple[int, ...] | None = None
+    values: np.ndarray | None = None  # raw mask values present
+    counts: np.ndarray | None = None  # their pixels
+    errors: list[DatasetError] = field(default_factory=list)
+
+
+def _inspect(dataset: SegmentationDataset, index: int) -> _Check:
+    check = _Check()
+    try:
+        image = dataset.load_image(index)
+        check.image_shape, check.image_dtype = image.shape, str(image.dtype)
+    except DatasetError as err:
+        check.errors.append(err)
+    try:
+        raw = dataset.load_raw_mask(index)
+        if raw is not None:
+            check.mask_shape = raw.shape
+            if raw.size and raw.min() >= 0:
+                counts = np.bincount(raw.ravel())
+                check.values = np.flatnonzero(counts)
+                check.counts = counts[check.values]
+            else:
+                check.values, check.counts = np.unique(raw, return_counts=True)
+    except DatasetError as err:
+        check.errors.append(err)
+    return check
+
+
+def _luminance(palette: Sequence[Sequence[int]]) -> set[int]:
+    """Grey levels Pillow's ``convert("L")`` gives the palette colours (ITU-R 601-2 luma), ±1."""
+    levels = {round((299 * r + 587 * g + 114 * b) / 1000) for r, g, b in palette}
+    return {v + d for v in levels for d in (-1, 0, 1)}
+
+
+def _scan(dataset: SegmentationDataset, summary: SplitSummary, report: DoctorReport, *, num_classes: int | None,
+          workers: int | None, progress: bool | None) -> None:
+    """Reads every sample of one split and appends its problems to the report."""
+    tag = f"[{summary.name}] "
+    checks = list(map_files(lambda i: _inspect(dataset, i), len(dataset), desc=f"doctor {summary.name}",
+                            workers=workers, progress=progress))
+    summary.scanned = True
+    by_kind: dict[str, list[DatasetError]] = {}
+    mismatched = []
+    for index, check in enumerate(checks):
+        for err in check.errors:
+            by_kind.setdefault(err.kind, []).append(err)
+        if check.image_shape is not None:
+            summary.sizes[(check.image_shape[1], check.image_shape[0])] += 1
+            summary.channels[(check.image_shape[2], check.image_dtype)] += 1
+        if check.image_shape is not None and check.mask_shape is not None and \
+                tuple(check.image_shape[:2]) != tuple(check.mask_shape):
+            mismatched.append(Path(dataset.mask_name(index)))
+        if check.values is not None:
+            summary.labelled += 1
+            for value, count in zip(check.values.tolist(), check.counts.tolist(), strict=True):
+                summary.raw_values[value] = summary.raw_values.get(value, 0) + count
+    for kind, errors in by_kind.items():
+        files = [e.path for e in errors if e.path is not None]
+        report.problems.append(Problem("error", f"{tag}{len(errors)} file(s) cannot be used: {errors[0]}",
+                                       FIXES.get(kind, "see the message"), files))
+    if mismatched:
+        report.problems.append(Problem("error", f"{tag}{len(mismatched)} mask(s) differ in size from their image",
+                                       "re-export each mask at its image's size (resize masks with nearest-neighbour, "
+                                       "never bilinear)", mismatched))
+    if len(summary.channels) > 1:
+        found = ", ".join(f"{c} x {d} in {n}" for (c, d), n in sorted(summary.channels.items()))
+        report.problems.append(Problem("error", f"{tag}images differ in channels or pixel type ({found}); a batch "
+                                       "needs one", "convert all images to one mode (e.g. all RGB)"))
+    if not summary.labelled:
+        report.notes.append(f"{tag}no masks: only the images were checked")
+        return
+    _check_labels(dataset, summary, report, checks, num_classes=num_classes)
+
+
+def _check_labels(dataset: SegmentationDataset, summary: SplitSummary, report: DoctorReport, checks: list[_Check],
+                  *, num_classes: int | None) -> None:
+    """Label values: 0/255 binary masks, grey-converted colour masks, values out of range, absent classes."""
+    tag, raw = f"[{summary.name}] ", summary.raw_values
+    lut, ignore = dataset.label_map, dataset.ignore_index
+    binary_255 = set(raw) == {0, 255} and lut is None
+    if binary_255:
+        report.problems.append(Problem(
+            "error", f"{tag}masks store a binary task as 0 and 255: 255 is not class 1 (it is out of range, or "
+            "silently ignored when 255 is the ignore index), so the foreground would never be learned",
+            "map 255 to 1: --label-map 255=1 (label_map={255: 1} in Python), or re-save the masks with values 0/1"))
+    elif lut is not None and set(raw) <= {0, 255}:
+        mapped = ", ".join(f"{v} -> {lut[v]}" + (f" ({dataset.classes[lut[v]]})" if 0 <= lut[v] < len(dataset.classes)
+                                                  else "") for v in sorted(raw))
+        report.notes.append(f"{tag}masks store 0/255; the {dataset.layout} label map turns them into labels ({mapped})")
+    if num_classes is None:
+        valid = [lut[v] if lut is not None and v < len(lut) else v for v in raw]
+        num_classes = 2 if binary_255 else max([v for v in valid if v != ignore and v >= 0], default=0) + 1
+        basis = "0/255 masks: a binary task" if binary_255 else "from the largest label found"
+        report.problems.append(Problem("warning", f"the number of classes was not given: {num_classes} assumed "
+                                       f"({basis})", "pass --num-classes N (classes= in Python)"))
+    pixels = ClassPixels.zeros(num_classes)
+    uncovered, out_of_range = Counter(), Counter()
+    uncovered_files, out_files = [], []
+    for index, check in enumerate(checks):
+        if check.values is None:
+            continue
+        values, counts = check.values, check.counts
+        if lut is not None:
+            covered = (values >= 0) & (values < len(lut))
+            if not covered.all():
+                uncovered.update(dict(zip(values[~covered].tolist(), counts[~covered].tolist(), strict=True)))
+                uncovered_files.append(Path(dataset.mask_name(index)))
+            values, counts = lut[values[covered]], counts[covered]
+        in_range = (values >= 0) & (values < num_classes)
+        ignored = values == ignore if ignore is not None else np.zeros_like(in_range)
+        bad = ~in_range & ~ignored
+        if bad.any() and not binary_255:
+            out_of_range.update(dict(zip(values[bad].tolist(), counts[bad].tolist(), strict=True)))
+            out_files.append(Path(dataset.mask_name(index)))
+        class_counts = np.bincount(values[in_range], weights=counts[in_range], minlength=num_classes)
+        pixels.add(class_counts.astype(np.int64), int(check.counts.sum()), int(counts[ignored].sum()))
+    summary.pixels = pixels
+    summary.labels_ok = not (binary_255 or uncovered or out_of_range)
+    if uncovered:
+        report.problems.append(Problem("error", f"{tag}mask values {_listing(uncovered)} are not covered by the "
+                                       f"{dataset.layout} label map (0..{len(lut) - 1})",
+                                       "these masks are not in this layout's encoding: fix or remove them",
+                                       uncovered_files))
+    if out_of_range:
+        greys = _luminance(dataset.palette) - set(range(num_classes))
+        from_colour = sum(n for v, n in out_of_range.items() if v in greys) > 0.5 * sum(out_of_range.values())
+        if from_colour and len([v for v in out_of_range if v in greys]) >= 2:
+            report.problems.append(Problem("error", f"{tag}masks look like colour masks converted to grey: their "
+                                           f"values {_listing(out_of_range)} are the grey levels of the class colours",
+                                           "use the original RGB masks with a palette mapping (--palette FILE)",
+                                           out_files))
+        else:
+            report.problems.append(Problem(
+                "error", f"{tag}label values {_listing(out_of_range)} are >= the number of classes ({num_classes}) and "
+                f"are not the ignore index ({ignore})",
+                "pass the right --num-classes, set --ignore-index if a value marks unlabelled pixels, or fix the masks",
+                out_files))
+    absent = [dataset.classes[c] if c < len(dataset.classes) else str(c)
+              for c in np.flatnonzero(pixels.class_pixels == 0)]
+    if absent and not binary_255:  # with 0/255 masks class 1 is absent for that reason, already reported
+        report.problems.append(Problem("warning", f"{tag}{len(absent)} class(es) never occur: {', '.join(absent[:12])}"
+                                       f"{', ...' if len(absent) > 12 else ''}",
+                                       "check the class list and the masks; a class never seen in training cannot be "
+                                       "learned (its median-frequency weight is set to 1)"))
+
+
+def _listing(counter: Mapping[int, int], limit: int = 8) -> str:
+    total = sum(counter.values())
+    shown = ", ".join(f"{v} ({n / total:.0%})" for v, n in sorted(counter.items(), key=lambda kv: -kv[1])[:limit])
+    return shown + (f" and {len(counter) - limit} more" if len(counter) > limit else "")
+
+
+def diagnose(root: str | Path, *, layout: str = "auto", split: str | None = None, num_classes: int | None = None,
+             ignore_index: int | None = None, colour_map: ColourMap | str | Path | None = None,
+             label_map: Mapping[int, int] | None = None, workers: int | None = None,
+             progress: bool | None = None) -> DoctorReport:
+    """Reads a dataset once and reports its contents and problems.
+
+    Args:
+        root: the dataset folder.
+        layout: one of ``list_dataset_layouts()``, or ``"auto"`` to detect it.
+        split: scan only this split (every split is still counted); None scans all.
+        num_classes, ignore_index, colour_map, label_map: as for ``create_dataset``; the folder layout
+            infers the number of classes from the labels (with a warning) when not given.
+        workers: reader threads (default: up to 8); progress: tqdm bar (default: on a terminal).
+
+    Returns:
+        A ``DoctorReport``; problems of a split that cannot be built at all are reported, not raised.
+
+    Raises:
+        ValueError: ``root`` missing, layout unknown or undetectable, or options the layout refuses.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"data folder {root} does not exist; pass the folder that holds the dataset", path=root,
+                           kind="missing")
+    detected = layout == "auto"
+    layout = detect_layout(root) if detected else layout
+    cls = DATASETS.get(layout)
+    names = cls.splits(root) or [None]
+    if split is not None and split not in names:
+        names = [*names, split]
+    order = {n: i for i, n in enumerate(("train", "training", "val", "validation", "trainval", "test"))}
+    names = sorted(names, key=lambda n: (order.get(n, len(order)), str(n)))
+    report = DoctorReport(root, layout, detected, [], None)
+    for name in names:
+        label = name or "all"
+        try:
+            dataset = create_dataset(layout, root, name, num_classes=num_classes, ignore_index=ignore_index,
+                                     colour_map=colour_map, label_map=label_map, strict=False)
+        except DatasetError as err:
+            report.problems.append(Problem("error", f"[{label}] {err}", FIXES.get(err.kind, "see the message"),
+                                           [err.path] if err.path else []))
+            continue
+        report.classes, report.ignore_index = dataset.classes, dataset.ignore_index
+        summary = report.splits.setdefault(label, SplitSummary(label, len(dataset)))
+        if dataset.unpaired_images:
+            report.problems.append(Problem("error", f"[{label}] {len(dataset.unpaired_images)} image(s) have no mask",
+                                           "add the masks (same file stem as the image), remove the images, or list "
+                                           "only paired images in the split file", dataset.unpaired_images))
+        if dataset.unpaired_masks:
+            report.problems.append(Problem("warning", f"[{label}] {len(dataset.unpaired_masks)} mask(s) have no image "
+                                           "(they are not used)", "add their images or delete them",
+                                           dataset.unpaired_masks))
+        if split is None or name == split:
+            _scan(dataset, summary, report, num_classes=dataset.num_classes, workers=workers, progress=progress)
+    labelled = [s for s in report.splits.values()
+                if s.pixels is not None and s.pixels.class_pixels.any() and s.labels_ok]
+    chosen = next((s for s in labelled if s.name in _TRAIN_NAMES), labelled[0] if labelled else None)
+    if chosen is not None:
+        report.weights, report.weights_split = chosen.pixels.weights(), chosen.name
+    if detected:
+        report.notes.insert(0, f"layout detected from the folder structure: {layout} (override with --format)")
+    return report
+
+
+def _class_name(report: DoctorReport, index: int) -> str:
+    return report.classes[index] if index < len(report.classes) else f"class_{index}"
+
+
+def _format(report: DoctorReport) -> str:
+    lines = [f"segforge doctor: {report.root}", f"layout: {report.layout}"]
+    classes = f"{len(report.classes)} ({', '.join(report.classes[:12])}{', ...' if len(report.classes) > 12 else ''})" \
+        if report.classes else "not given"
+    lines.append(f"classes: {classes}; ignore index: {report.ignore_index}")
+    lines += [f"note: {n}" for n in report.notes]
+    lines.append("")
+    lines.append(f"{'split':<12}{'samples':>8}{'labelled':>10}  image sizes (WxH)         channels")
+    for s in report.splits.values():
+        if not s.scanned:
+            lines.append(f"{s.name:<12}{s.samples:>8}{'':>10}  (not scanned)")
+            continue
+        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in s.sizes.most_common(3))
+        sizes += f" +{len(s.sizes) - 3} more" if len(s.sizes) > 3 else ""
+        channels = ", ".join(f"{c} {d} ({n})" for (c, d), n in s.channels.most_common())
+        lines.append(f"{s.name:<12}{s.samples:>8}{s.labelled:>10}  {sizes:<26}{channels}")
+    for s in report.splits.values():
+        if s.raw_values:
+            total = sum(s.raw_values.values())
+            shown = sorted(s.raw_values.items())[:24]
+            values = ", ".join(f"{v}: {n / total:.2%}" for v, n in shown)
+            more = f" and {len(s.raw_values) - 24} more values" if len(s.raw_values) > 24 else ""
+            lines.append(f"\nmask values in {s.name} (as stored, share of pixels): {values}{more}")
+    chosen = report.splits.get(report.weights_split or "")
+    if chosen is not None and chosen.pixels is not None and report.weights is not None:
+        p = chosen.pixels
+        lines.append(f"\nclasses in {chosen.name} (frequency = pixels / pixels of the images that contain the class; "
+                     "weight = median frequency / frequency, as SegNet):")
+        lines.append(f"  {'class':<22}{'pixels':>8}{'images':>8}{'frequency':>11}{'weight':>9}")
+        for c, weight in enumerate(report.weights):
+            share = p.class_pixels[c] / max(p.total_pixels, 1)
+            freq = p.class_pixels[c] / p.present_pixels[c] if p.present_pixels[c] else 0.0
+            lines.append(f"  {_class_name(report, c):<22}{share:>8.2%}{p.images[c]:>8}{freq:>11.4f}{weight:>9.3f}")
+        if p.ignored_pixels:
+            lines.append(f"  {'(ignored)':<22}{p.ignored_pixels / max(p.total_pixels, 1):>8.2%}")
+        lines.append("  weights: " + ", ".join(f"{w:.3f}" for w in report.weights))
+    lines.append("")
+    if not report.problems:
+        lines.append("no problems found")
+    for problem in report.problems:
+        lines.append(f"{problem.severity.upper()}: {problem.message}")
+        lines.append(f"  fix: {problem.fix}")
+        if problem.files:
+            shown = ", ".join(str(f) for f in problem.files[:5])
+            lines.append(f"  files: {shown}{f' (+{len(problem.files) - 5} more)' if len(problem.files) > 5 else ''}")
+    errors, warnings = len(report.errors), len(report.problems) - len(report.errors)
+    lines.append(f"\n{errors} error(s), {warnings} warning(s)" +
+                 (": training on this data as it is would be wrong" if errors else ""))
+    return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""The plain folder layout: ``images/`` and ``masks/`` matched by file stem.
+
+::
+
+    root/
+      images/   a.jpg  b.png  c.tif ...      (png, jpg, tif, bmp; grey, RGB or multi-band)
+      masks/    a.png  b.png  c.png ...      (class index per pixel; or RGB with a colour map)
+      train.txt val.txt                     (optional: one stem or file name per line)
+      classes.txt                           (optional: one class name per line, in index order)
+
+``image/``, ``imgs/`` and ``labels/``, ``label/``, ``annotations/``, ``gt/`` are accepted as folder
+names too, and splits may be sub-folders instead of lists (``images/train``, ``masks/train``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from segforge.data.base import SegmentationDataset, Transform
+from segforge.data.colour import ColourMap, load_colour_map
+from segforge.data.io import DatasetError, list_images, stems
+from segforge.data.registry import DATASETS
+
+IMAGE_DIRS = ("images", "image", "imgs", "img")
+MASK_DIRS = ("masks", "mask", "labels", "label", "annotations", "gt")
+
+
+def _first_dir(root: Path, names: Sequence[str]) -> Path | None:
+    return next((root / n for n in names if (root / n).is_dir()), None)
+
+
+def pair_files(images: Sequence[Path], masks: Sequence[Path]) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
+    """Matches images and masks by stem.
+
+    Returns:
+        ``(pairs, images without a mask, masks without an image)``, pairs in image order.
+    """
+    by_stem = stems(masks)
+    stems(images)  # refuses duplicate image stems
+    pairs = [(image, by_stem[image.stem]) for image in images if image.stem in by_stem]
+    image_stems = {image.stem for image in images}
+    return pairs, [i for i in images if i.stem not in by_stem], [m for m in masks if m.stem not in image_stems]
+
+
+def read_split_list(path: Path) -> list[str]:
+    """Stems listed in a split file: the first word of each non-empty, non-comment line, extension dropped."""
+    names = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        words = line.split()
+        if words and not words[0].startswith("#"):
+            names.append(Path(words[0]).stem)
+    return names
+
+
+@DATASETS.register("folder")
+class FolderDataset(SegmentationDataset):
+    """Images and masks in two folders, paired by file stem.
+
+    Args:
+        root: the dataset folder (see the module docstring for the layout).
+        split: None for every pair; else a split list ``root/<split>.txt`` or sub-folders
+            ``images/<split>`` and ``masks/<split>``.
+        classes: class names; or ``num_classes`` (names ``class_0``...); or taken from the colour map or
+            ``root/classes.txt``. With none of these the classes are unknown and labels are not checked.
+        ignore_index: label value the loss skips (e.g. 255); default the colour map's, else None.
+        colour_map: RGB → class mapping (a ``ColourMap``, a YAML/JSON file, or ``"name=r,g,b;..."``).
+        label_map: raw value → label, e.g. ``{255: 1}`` for masks stored as 0/255.
+        image_dir, mask_dir: folder names when they are not among the accepted ones.
+        mean, std, transform: see ``SegmentationDataset``.
+        strict: raise on images without a mask (default); False records them in ``unpaired_images``.
+
+    Raises:
+        DatasetError: missing folders or split list, no pairs, unpaired images (strict), duplicate stems.
+    """
+
+    layout = "folder"
+    expects = "images/ and masks/ folders (file stems match)"
+
+    def __init__(self, root: str | Path, split: str | None = None, *, classes: Sequence[str] | None = None,
+                 num_classes: int | None = None, ignore_index: int | None = None,
+                 colour_map: ColourMap | str | Path | None = None,
+                 label_map: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
+                 image_dir: str | None = None, mask_dir: str | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 transform: Transform | None = None, strict: bool = True) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"data folder {root} does not exist; pass the folder that holds images/ and masks/",
+                               path=root, kind="missing")
+        images_dir = root / image_dir if image_dir else _first_dir(root, IMAGE_DIRS)
+        masks_dir = root / mask_dir if mask_dir else _first_dir(root, MASK_DIRS)
+        for found, names, what in ((images_dir, IMAGE_DIRS, "image"), (masks_dir, MASK_DIRS, "mask")):
+            if found is None or not found.is_dir():
+                where = found if found is not None else root / names[0]
+                raise DatasetError(f"{what} folder {where} does not exist; put the {what}s in {root / names[0]} "
+                                   f"(or one of {list(names[1:])}), or name the folder with {what}_dir=",
+                                   path=where, kind="missing")
+        wanted = None
+        if split is not None:
+            if (images_dir / split).is_dir():
+                images_dir, masks_dir = images_dir / split, masks_dir / split
+                if not masks_dir.is_dir():
+                    raise DatasetError(f"mask folder {masks_dir} does not exist, though {images_dir} does; create "
+                                       "it with the masks of that split", path=masks_dir, kind="missing")
+            elif (root / f"{split}.txt").is_file():
+                wanted = read_split_list(root / f"{split}.txt")
+            else:
+                raise DatasetError(f"split list {root / f'{split}.txt'} does not exist (nor {images_dir / split}/); "
+                                   f"write one image stem per line, or pass split=None to use every pair. Splits "
+                                   f"found: {self.splits(root) or 'none'}", path=root / f"{split}.txt", kind="missing")
+        images, masks = list_images(images_dir), list_images(masks_dir)
+        if wanted is not None:
+            by_stem = stems(images)
+            missing = [images_dir / f"{name}.*" for name in wanted if name not in by_stem]
+            images = [by_stem[name] for name in wanted if name in by_stem]
+        else:
+            missing = []
+        pairs, lonely_images, lonely_masks = pair_files(images, masks)
+        lonely_images = missing + lonely_images
+        if wanted is not None:
+            lonely_masks = []  # the other splits' masks
+        if not pairs:
+            raise DatasetError(f"no image/mask pairs in {root}: {len(images)} images in {images_dir}, {len(masks)} "
+                               f"masks in {masks_dir}, and no mask has an image's file stem; name each mask like its "
+                               "image (a.jpg ↔ a.png)", path=root, kind="no_pairs")
+        if lonely_images and strict:
+            shown = ", ".join(p.name for p in lonely_images[:5])
+            raise DatasetError(f"{len(lonely_images)} images in {images_dir} have no mask in {masks_dir} ({shown}"
+                               f"{', ...' if len(lonely_images) > 5 else ''}); add their masks, remove them, or list "
+                               "only paired stems in a split file (`segforge doctor` lists them all)",
+                               path=lonely_images[0], kind="unpaired")
+        if isinstance(colour_map, (str, Path)):
+            colour_map = load_colour_map(colour_map)
+        palette = None
+        if classes is None and colour_map is not None:
+            classes, palette = list(colour_map.classes), colour_map.palette
+        if classes is None and num_classes is not None:
+            classes = [f"class_{i}" for i in range(num_classes)]
+        if classes is None and (root / "classes.txt").is_file():
+            classes = [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
+        if num_classes is not None and classes is not None and len(classes) != num_classes:
+            raise ValueError(f"num_classes={num_classes} but {len(classes)} class names are given; make them agree")
+        if ignore_index is None and colour_map is not None:
+            ignore_index = colour_map.ignore_index
+        super().__init__(pairs, classes=classes or [], palette=palette, ignore_index=ignore_index,
+                         label_map=label_map, colour_map=colour_map, mean=mean, std=std, transform=transform,
+                         unpaired_images=lonely_images, unpaired_masks=lonely_masks)
+
+    @staticmethod
+    def detect(root: Path) -> bool:
+        return _first_dir(root, IMAGE_DIRS) is not None and _first_dir(root, MASK_DIRS) is not None
+
+    @staticmethod
+    def splits(root: Path) -> list[str]:
+        """Split names found: ``<split>.txt`` lists, or sub-folders of the image folder."""
+        images_dir = _first_dir(root, IMAGE_DIRS)
+        found = sorted(p.stem for p in root.glob("*.txt") if p.stem not in ("classes", "README", "readme"))
+        if images_dir is not None:
+            found += sorted(p.name for p in images_dir.iterdir() if p.is_dir() and p.name not in found)
+        return found

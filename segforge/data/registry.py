@@ -1,0 +1,97 @@
+"""Dataset layouts by name: ``create_dataset("camvid", root, split="train")``, and detecting a layout."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from segforge.registry import Registry
+
+if TYPE_CHECKING:
+    from segforge.data.base import SegmentationDataset, Transform
+    from segforge.data.colour import ColourMap
+
+#: layout name → dataset class; each class has ``detect(root) -> bool`` and ``splits(root) -> list[str]``
+DATASETS: Registry = Registry("dataset layout")
+#: the order in which ``detect_layout`` tries the layouts: specific structures before the generic folder
+DETECTION_ORDER = ("voc", "cityscapes", "ade20k", "camvid", "isbi", "folder")
+Layout = Literal["folder", "voc", "cityscapes", "camvid", "ade20k", "isbi", "auto"]
+
+
+def list_dataset_layouts() -> list[str]:
+    return DATASETS.names()
+
+
+def detect_layout(root: str | Path) -> str:
+    """Names the layout of the dataset folder ``root`` from its structure.
+
+    Raises:
+        ValueError: ``root`` does not exist, or matches no layout (the message lists what each expects).
+    """
+    from segforge.data.io import DatasetError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"data folder {root} does not exist; pass the folder that holds the dataset",
+                           path=root, kind="missing")
+    for name in DETECTION_ORDER:
+        if DATASETS.get(name).detect(root):
+            return name
+    expected = "; ".join(f"{name}: {DATASETS.get(name).expects}" for name in DETECTION_ORDER)
+    raise DatasetError(f"cannot tell the layout of {root}. Expected one of — {expected}. Rearrange the folder, or "
+                       "pass the layout explicitly (--format)", path=root, kind="layout")
+
+
+def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
+                   num_classes: int | None = None, classes: Sequence[str] | None = None,
+                   ignore_index: int | None = None, colour_map: ColourMap | str | Path | None = None,
+                   label_map: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
+                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                   transform: Transform | None = None, strict: bool = True) -> SegmentationDataset:
+    """Builds the dataset stored at ``root`` in layout ``kind``.
+
+    Args:
+        kind: one of ``list_dataset_layouts()``, or ``"auto"`` to detect it from the folders.
+        root: the dataset folder.
+        split: ``"train"``, ``"val"``, ...; None: the layout's default (the folder layout: every pair).
+        num_classes, classes, ignore_index, colour_map, label_map: what the mask values mean; only the
+            folder layout takes them freely. The other layouts fix their classes: a value given for them
+            must agree (``num_classes=11`` for CamVid), and colour/label maps are refused.
+        mean, std: per-channel normalisation of the [0, 1]-scaled images.
+        transform: joint augmentation ``(image (H, W, C) float32, mask (H, W) int64) -> (image, mask)``.
+        strict: raise on images without masks; False records them in ``dataset.unpaired_images``.
+
+    Returns:
+        A ``SegmentationDataset``.
+
+    Raises:
+        ValueError: unknown kind (the message lists the choices), options that contradict the layout,
+            and every ``DatasetError`` of the layout (missing folders, no pairs, ...).
+    """
+    root = Path(root)
+    if kind == "auto":
+        kind = detect_layout(root)
+    cls = DATASETS.get(kind)
+    common = {"mean": mean, "std": std, "transform": transform, "strict": strict}
+    if split is not None:
+        common["split"] = split
+    if kind == "folder":
+        return cls(root, num_classes=num_classes, classes=classes, ignore_index=ignore_index, colour_map=colour_map,
+                   label_map=label_map, **common)
+    for option, value in (("colour_map", colour_map), ("label_map", label_map)):
+        if value is not None:
+            raise ValueError(f"{option} applies to the folder layout only; the {kind} layout defines its labels "
+                             "(use --format folder to give your own)")
+    dataset = cls(root, **common)
+    if num_classes is not None and num_classes != dataset.num_classes:
+        raise ValueError(f"the {kind} layout has {dataset.num_classes} classes, not {num_classes}; drop "
+                         "--num-classes or use --format folder")
+    if classes is not None and list(classes) != dataset.classes:
+        raise ValueError(f"the {kind} layout has its own class names {dataset.classes}; drop classes=")
+    if ignore_index is not None and ignore_index != dataset.ignore_index:
+        raise ValueError(f"the {kind} layout's ignore index is {dataset.ignore_index}, not {ignore_index}; "
+                         "drop --ignore-index or use --format folder")
+    return dataset
