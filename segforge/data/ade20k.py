@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from segforge.data.base import SegmentationDataset, Transform
-from segforge.data.folder import pair_files
-from segforge.data.io import DatasetError, list_images
+from segforge.data.folder import pair_folders
 from segforge.data.registry import DATASETS
 
 ADE20K_CLASSES = (
@@ -97,18 +96,8 @@ class ADE20KDataset(SegmentationDataset):
         base = _ade_root(root) or root
         split = _SPLITS.get(split, split)
         images_dir, masks_dir = base / "images" / split, base / "annotations" / split
-        for folder in (images_dir, masks_dir):
-            if not folder.is_dir():
-                raise DatasetError(f"ADE20K folder {folder} does not exist; expected {self.expects}", path=folder,
-                                   kind="missing")
-        pairs, lonely_images, lonely_masks = pair_files(list_images(images_dir), list_images(masks_dir))
-        if not pairs:
-            raise DatasetError(f"no image/annotation pairs in {images_dir} and {masks_dir}: file stems must match",
-                               path=images_dir, kind="no_pairs")
-        if lonely_images and strict:
-            raise DatasetError(f"{len(lonely_images)} images in {images_dir} have no annotation, e.g. "
-                               f"{lonely_images[0].name}; restore the annotations", path=lonely_images[0],
-                               kind="unpaired")
+        pairs, lonely_images, lonely_masks = pair_folders(images_dir, masks_dir, layout="ADE20K", expects=self.expects,
+                                                          strict=strict, masks_name="annotation")
         super().__init__(pairs, classes=ADE20K_CLASSES, palette=ADE20K_PALETTE, ignore_index=IGNORE,
                          label_map=ade20k_label_map(), mean=mean, std=std, transform=transform,
                          unpaired_images=lonely_images, unpaired_masks=lonely_masks)

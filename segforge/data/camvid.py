@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segforge.data.base import SegmentationDataset, Transform
-from segforge.data.folder import pair_files
-from segforge.data.io import DatasetError, list_images
+from segforge.data.folder import pair_folders
 from segforge.data.registry import DATASETS
 
 CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
@@ -47,18 +46,9 @@ class CamVidDataset(SegmentationDataset):
                  std: Sequence[float] | None = None, transform: Transform | None = None, strict: bool = True) -> None:
         root = Path(root)
         images_dir, masks_dir = root / split, root / f"{split}annot"
-        for folder in (images_dir, masks_dir):
-            if not folder.is_dir():
-                raise DatasetError(f"CamVid folder {folder} does not exist; expected {self.expects} (splits found: "
-                                   f"{self.splits(root) or 'none'})", path=folder, kind="missing")
-        pairs, lonely_images, lonely_masks = pair_files(list_images(images_dir), list_images(masks_dir))
-        if not pairs:
-            raise DatasetError(f"no image/mask pairs in {images_dir} and {masks_dir}: file names must match",
-                               path=images_dir, kind="no_pairs")
-        if lonely_images and strict:
-            raise DatasetError(f"{len(lonely_images)} images in {images_dir} have no mask in {masks_dir}, e.g. "
-                               f"{lonely_images[0].name}; restore the masks or remove the images",
-                               path=lonely_images[0], kind="unpaired")
+        expects = f"{self.expects} (splits found: {self.splits(root) or 'none'})"
+        pairs, lonely_images, lonely_masks = pair_folders(images_dir, masks_dir, layout="CamVid", expects=expects,
+                                                          strict=strict)
         super().__init__(pairs, classes=CAMVID_CLASSES, palette=CAMVID_PALETTE, ignore_index=VOID, mean=mean, std=std,
                          transform=transform, unpaired_images=lonely_images, unpaired_masks=lonely_masks)
 

@@ -45,6 +45,32 @@ def pair_files(images: Sequence[Path], masks: Sequence[Path]) -> tuple[list[tupl
     return pairs, [i for i in images if i.stem not in by_stem], [m for m in masks if m.stem not in image_stems]
 
 
+def pair_folders(
+    images_dir: Path, masks_dir: Path, *, layout: str, expects: str, strict: bool, masks_name: str = "mask"
+) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
+    """Pairs the images of one folder with the masks of another, for layouts with fixed folders.
+
+    Returns:
+        ``(pairs, images without a mask, masks without an image)``.
+
+    Raises:
+        DatasetError: a folder is missing, nothing pairs up, or (``strict``) an image has no mask.
+    """
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise DatasetError(f"{layout} folder {folder} does not exist; expected {expects}", path=folder,
+                               kind="missing")
+    pairs, lonely_images, lonely_masks = pair_files(list_images(images_dir), list_images(masks_dir))
+    if not pairs:
+        raise DatasetError(f"no image/{masks_name} pairs in {images_dir} and {masks_dir}: file stems must match",
+                           path=images_dir, kind="no_pairs")
+    if lonely_images and strict:
+        raise DatasetError(f"{len(lonely_images)} images in {images_dir} have no {masks_name} in {masks_dir}, e.g. "
+                           f"{lonely_images[0].name}; restore the {masks_name}s or remove the images",
+                           path=lonely_images[0], kind="unpaired")
+    return pairs, lonely_images, lonely_masks
+
+
 def read_split_list(path: Path) -> list[str]:
     """Stems listed in a split file: the first word of each non-empty, non-comment line, extension dropped."""
     names = []
