@@ -48,7 +48,9 @@ def test_any_class_and_channel_count(name: str, num_classes: int, in_channels: i
     assert logits.shape == (1, num_classes, *expected_output_size(name, height, width))
     assert torch.isfinite(logits).all()
     assert model.config == {"name": name, "num_classes": num_classes, "in_channels": in_channels,
-                            "encoder": model.encoder_name}
+                            "encoder": None if name in ("segnet_basic", "unet") else model.encoder_name}
+    rebuilt = create_model(**model.config)  # a checkpoint's config rebuilds the same architecture
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS if n not in ("unet", "deconvnet")])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from segforge.encoders import ENCODERS
 from segforge.models.registry import MODELS
 from segforge.models.segmenter import SegmentationHead, SegmentationOutput, Segmenter
 
@@ -43,7 +44,10 @@ def create_model(
         raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
     kwargs = {} if in_channels is None else {"in_channels": in_channels}
     model = builder(num_classes, encoder=encoder, encoder_weights=encoder_weights, **kwargs)
-    model.config = {"name": name, "num_classes": num_classes, "in_channels": model.in_channels, "encoder": model.encoder_name}
+    # Record the resolved encoder when it is a registered one, so a checkpoint rebuilds the same network
+    # even if a default changes; architectures with their own encoder (segnet_basic, unet) record None.
+    resolved = model.encoder_name if model.encoder_name in ENCODERS else None
+    model.config = {"name": name, "num_classes": num_classes, "in_channels": model.in_channels, "encoder": resolved}
     return model
 
 

@@ -1,0 +1,77 @@
+"""Evaluation of a model on a dataset: the FCN metrics, a report, a confusion picture and overlays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from segforge.data import SegmentationDataset
+from segforge.metrics import ConfusionMatrix, format_table, plot_confusion, save_json
+from segforge.training.plots import overlay_panel, save_png
+
+
+@dataclass
+class Evaluation:
+    scores: dict
+    confusion: torch.Tensor  # (C, C) int64, rows = ground truth
+    loss: float
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, ignore_index: int | None,
+             loss_fn: nn.Module | None = None, device: torch.device | str = "cpu",
+             memory_format: torch.memory_format = torch.contiguous_format, progress: bool | None = None) -> Evaluation:
+    """Runs ``model`` over ``loader`` at each image's own resolution and accumulates the confusion matrix."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+    total, batches = 0.0, 0
+    for images, masks in tqdm(loader, desc="evaluate", unit="batch", disable=progress is False, leave=False):
+        images = images.to(device).to(memory_format=memory_format)
+        masks = masks.to(device)
+        logits = model(images)
+        if loss_fn is not None:
+            total += float(loss_fn(logits, masks))
+            batches += 1
+        confusion.update(logits, masks)
+    model.train(was_training)
+    return Evaluation(confusion.compute(), confusion.matrix.cpu(), total / max(batches, 1))
+
+
+def _display_image(image: torch.Tensor, dataset: SegmentationDataset) -> np.ndarray:
+    """Undoes the dataset's normalisation: ``(C, H, W)`` → ``(H, W, C)`` float in [0, 1]."""
+    array = image.permute(1, 2, 0).numpy()
+    if dataset.mean is not None and dataset.std is not None:
+        array = array * np.asarray(dataset.std, np.float32) + np.asarray(dataset.mean, np.float32)
+    return np.clip(array, 0, 1)
+
+
+@torch.inference_mode()
+def write_report(model: nn.Module, dataset: SegmentationDataset, folder: Path, *, num_classes: int,
+                 ignore_index: int | None, device: torch.device | str = "cpu",
+                 memory_format: torch.memory_format = torch.contiguous_format, overlays: int = 4,
+                 progress: bool | None = None) -> Evaluation:
+    """Evaluates, prints the per-class table, writes report.json, confusion.png and a few overlays."""
+    loader = DataLoader(dataset, batch_size=1, shuffle=False)
+    result = evaluate(model, loader, num_classes=num_classes, ignore_index=ignore_index, device=device,
+                      memory_format=memory_format, progress=progress)
+    names = dataset.classes or [str(i) for i in range(num_classes)]
+    print(format_table(result.scores, names), flush=True)
+    save_json(result.scores, folder / "report.json", names)
+    plot_confusion(result.confusion, names, folder / "confusion.png")
+    model.eval()
+    for index in range(min(overlays, len(dataset))):
+        image, mask = dataset[index]
+        logits = model(image[None].to(device).to(memory_format=memory_format))
+        pred = (logits[0, 0] > 0).long() if logits.shape[1] == 1 else logits[0].argmax(0)
+        panel = overlay_panel(_display_image(image, dataset), mask.numpy(), pred.cpu().numpy(), dataset.palette,
+                              ignore_index)
+        save_png(panel, folder / "overlays" / f"{index:03d}.png")
+    return result

@@ -1,0 +1,47 @@
+"""Optimizers and learning-rate schedules (per iteration, with linear warm-up)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from segforge.config import OptimizerConfig, ScheduleConfig
+
+
+def create_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the U-Net paper: 0.99), Adam or AdamW; no weight decay on norms and biases."""
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise ValueError(f"optimizer.lr must be a positive number, got {config.lr}")
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.name == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    if config.name == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def lr_factor(step: int, total_steps: int, steps_per_epoch: int, config: ScheduleConfig) -> float:
+    """The learning-rate multiplier at optimizer step ``step`` (0-based) of ``total_steps``."""
+    if config.warmup_iters and step < config.warmup_iters:
+        return (step + 1) / config.warmup_iters
+    progress = min(step / max(total_steps, 1), 1.0)
+    if config.name == "poly":
+        return (1.0 - progress) ** config.power
+    if config.name == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if config.name == "step":
+        return config.gamma ** (step // max(config.step_size * steps_per_epoch, 1))
+    return 1.0
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, *, total_steps: int,
+                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, config)
+    )

@@ -1,0 +1,63 @@
+"""Pictures of a run: training curves and prediction overlays."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from segforge.files import atomic_write
+
+
+def plot_curves(csv_path: Path, png_path: Path) -> Path:
+    """Loss, mean IoU and pixel accuracy per epoch, for train and val, from the run's metrics CSV."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    fig = Figure(figsize=(12, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, (metric, title) in enumerate((("loss", "loss"), ("mean_iou", "mean IoU"),
+                                         ("pixel_accuracy", "pixel accuracy"))):
+        ax = fig.add_subplot(1, 3, i + 1)
+        for split in ("train", "val"):
+            points = [(int(r["epoch"]), float(r[f"{split}_{metric}"])) for r in rows if r.get(f"{split}_{metric}")]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=split)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int | None = None) -> np.ndarray:
+    """``(H, W)`` labels → ``(H, W, 3)`` uint8 colours; the ignore label and unknown labels black."""
+    lut = np.zeros((len(palette) + 1, 3), np.uint8)
+    lut[:-1] = np.asarray(palette, np.uint8)
+    valid = (mask >= 0) & (mask < len(palette))
+    if ignore_index is not None:
+        valid &= mask != ignore_index
+    return lut[np.where(valid, mask, len(palette))]
+
+
+def overlay_panel(image: np.ndarray, target: np.ndarray | None, pred: np.ndarray,
+                  palette: Sequence[Sequence[int]], ignore_index: int | None = None, alpha: float = 0.5) -> np.ndarray:
+    """Side by side: the image, the ground truth over it (when known), the prediction over it. uint8 RGB."""
+    rgb = image if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, axis=-1)
+    rgb = (np.clip(rgb, 0, 1) * 255).astype(np.uint8) if rgb.dtype != np.uint8 else rgb
+    panels = [rgb]
+    for labels in ([target] if target is not None else []) + [pred]:
+        blend = (1 - alpha) * rgb + alpha * colorize(labels, palette, ignore_index)
+        panels.append(blend.astype(np.uint8))
+    gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+
+
+def save_png(array: np.ndarray, path: Path) -> Path:
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

@@ -1,0 +1,80 @@
+"""segforge.fit end to end on tiny synthetic data: the run folder, exact resume, clear failures."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from segforge.checkpoint import load_model, load_state
+from segforge.config import load_config
+from segforge.data import write_synthetic_dataset
+from segforge.training import TrainingError, fit
+from segforge.training import loop
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_train=8, num_val=4, size=32,
+                                   num_classes=3, seed=0)
+
+
+def tiny_config(data_root, out, name, **overrides):
+    values = {"data.root": str(data_root), "data.format": "folder", "data.batch_size": 4, "data.workers": 0,
+              "data.crop_size": 32, "model.name": "segnet_basic", "train.epochs": 2, "train.out": str(out),
+              "train.name": name, "optimizer.name": "adam", "optimizer.lr": 0.01}
+    return load_config(None, values | overrides)
+
+
+def test_a_run_writes_its_folder_and_the_best_model_reloads(data_root, tmp_path) -> None:
+    folder = fit(tiny_config(data_root, tmp_path, "run"), progress=False)
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.yaml", "metrics.csv", "curves.png", "last.safetensors", "best.safetensors", "state.pt",
+            "report.json", "confusion.png", "overlays"} <= names
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["val_mean_iou"] for r in rows)
+    model, info = load_model(folder / "best.safetensors")
+    assert model.config["name"] == "segnet_basic" and info["classes"][:1] == ["background"]
+    assert max(float(r["val_mean_iou"]) for r in rows) == pytest.approx(info["best_mean_iou"])
+
+
+def test_resume_after_an_interruption_continues_exactly(data_root, tmp_path, monkeypatch) -> None:
+    straight = fit(tiny_config(data_root, tmp_path, "straight"), progress=False)
+
+    original = loop._save
+
+    def save_then_interrupt(*args, **kwargs):
+        original(*args, **kwargs)
+        if args[7] == 1:  # epoch 1 is on disk: stop as Ctrl-C would
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(data_root, tmp_path, "interrupted"), progress=False)
+    monkeypatch.setattr(loop, "_save", original)
+    assert load_state(tmp_path / "interrupted" / "state.pt")["epoch"] == 1
+    resumed = fit(None, resume=tmp_path / "interrupted", progress=False)
+
+    a, b = load_state(straight / "state.pt"), load_state(resumed / "state.pt")
+    assert b["epoch"] == 2
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+    rows_a = list(csv.DictReader(open(straight / "metrics.csv")))
+    rows_b = list(csv.DictReader(open(resumed / "metrics.csv")))
+    assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]
+
+
+def test_a_nan_loss_stops_with_the_step_and_a_hint(data_root, tmp_path) -> None:
+    config = tiny_config(data_root, tmp_path, "nan", **{"optimizer.name": "sgd", "optimizer.lr": 1e30})
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf) at epoch \d+, batch \d+: lower the learning rate"):
+        fit(config, progress=False)
+    with pytest.raises(ValueError, match="optimizer.lr must be a positive number, got nan"):
+        fit(tiny_config(data_root, tmp_path, "nan2", **{"optimizer.lr": float("nan")}), progress=False)
+
+
+def test_missing_data_and_class_count_are_explained(data_root, tmp_path) -> None:
+    with pytest.raises(ValueError, match="data.root is not set"):
+        fit(load_config(None, {"train.out": str(tmp_path)}), progress=False)
+    with pytest.raises(ValueError, match="does not exist"):
+        fit(tiny_config(tmp_path / "nowhere", tmp_path, "x"), progress=False)
