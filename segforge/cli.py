@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from segforge import __version__
 
@@ -24,6 +25,113 @@ def _doctor(args: argparse.Namespace) -> int:
                       ignore_index=args.ignore_index, colour_map=args.palette, label_map=args.label_map)
     print(report.format())
     return report.exit_code
+
+
+# flag → dotted config key; every flag defaults to None so that an unset flag never overrides the file
+TRAIN_FLAGS = {
+    "data": "data.root", "format": "data.format", "num_classes": "data.num_classes",
+    "ignore_index": "data.ignore_index", "palette": "data.palette", "train_split": "data.train_split",
+    "val_split": "data.val_split", "batch_size": "data.batch_size", "crop_size": "data.crop_size",
+    "workers": "data.workers", "class_weights": "data.class_weights", "model": "model.name",
+    "encoder": "model.encoder", "encoder_weights": "model.encoder_weights", "loss": "loss.name",
+    "optimizer": "optimizer.name", "lr": "optimizer.lr", "momentum": "optimizer.momentum",
+    "weight_decay": "optimizer.weight_decay", "schedule": "schedule.name", "warmup": "schedule.warmup_iters",
+    "epochs": "train.epochs", "iterations": "train.iterations", "accumulate": "train.accumulate",
+    "amp": "train.amp", "channels_last": "train.channels_last", "seed": "train.seed", "device": "train.device",
+    "eval_every": "train.eval_every", "early_stop": "train.early_stop", "out": "train.out", "name": "train.name",
+}
+
+
+def _set_value(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or "." not in key:
+        raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE (e.g. data.batch_size=4), got {text!r}")
+    import yaml
+
+    return key, yaml.safe_load(value)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from segforge.config import load_config
+    from segforge.training import TrainingError, fit
+
+    if args.resume:
+        if args.config or any(getattr(args, flag) is not None for flag in TRAIN_FLAGS) or args.set:
+            raise ValueError("--resume continues a run with its own saved config; drop the other options")
+        folder = fit(None, resume=args.resume)
+    else:
+        overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items()}
+        overrides |= dict(args.set or [])
+        try:
+            folder = fit(load_config(args.config, overrides))
+        except TrainingError as err:
+            print(f"segforge train: {err}", file=sys.stderr)
+            return 1
+    print(f"run folder: {folder}")
+    return 0
+
+
+def _device(name: str | None):
+    from segforge.training.loop import resolve_device
+
+    return resolve_device(name or "auto")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from segforge.checkpoint import load_model
+    from segforge.data import create_dataset
+    from segforge.training import write_report
+    from segforge.training.loop import NO_IGNORE
+
+    device = _device(args.device)
+    model, info = load_model(args.checkpoint, map_location=device)
+    ignore = info.get("ignore_index")
+    dataset = create_dataset(args.format, args.data, args.split, classes=info.get("classes") or None,
+                             ignore_index=None if ignore == NO_IGNORE else ignore,
+                             mean=info.get("mean"), std=info.get("std"))
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split or 'all'}"
+    write_report(model, dataset, out, num_classes=model.num_classes, ignore_index=ignore, device=device,
+                 flip=args.flip, scales=args.scales)
+    print(f"report, confusion matrix and overlays: {out}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from segforge.checkpoint import load_model
+    from segforge.predict import predict_files
+
+    device = _device(args.device)
+    model, info = load_model(args.checkpoint, map_location=device)
+    written = predict_files(model, info, args.inputs, args.out, device=device, flip=args.flip, scales=args.scales,
+                            overlays=args.overlay, probabilities=args.probabilities)
+    print(f"{len(written)} mask(s) written to {args.out}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from segforge.checkpoint import load_model
+    from segforge.config import load_config
+    from segforge.data import write_synthetic_dataset
+    from segforge.predict import predict_files
+    from segforge.training import fit
+
+    out = Path(args.out)
+    data = out / "data"
+    if not (data / "train.txt").is_file():
+        print(f"writing a synthetic dataset (4 classes, {args.size}x{args.size} RGB) to {data}")
+        write_synthetic_dataset(data, num_train=160, num_val=32, size=args.size, num_classes=4, channels=3, seed=0)
+    config = load_config(None, {
+        "data.root": str(data), "data.format": "folder", "data.batch_size": 8, "data.workers": 2,
+        "model.name": "unet_padded", "model.encoder": "resnet18", "optimizer.name": "adam", "optimizer.lr": 0.003,
+        "train.epochs": args.epochs, "train.out": str(out), "train.name": "run",
+    })
+    folder = fit(config)
+    model, info = load_model(folder / "best.safetensors")
+    predictions = predict_files(model, info, [data / "images"], out / "predictions", progress=False)
+    print(f"\ndemo done. training curves: {folder / 'curves.png'}\n"
+          f"validation report: {folder / 'report.json'}, confusion matrix: {folder / 'confusion.png'}, "
+          f"overlays: {folder / 'overlays'}\n{len(predictions)} predicted masks and overlays: {out / 'predictions'}")
+    return 0
 
 
 def _label_map(text: str) -> dict[int, int]:
@@ -72,7 +180,81 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--label-map", type=_label_map, default=None, metavar="RAW=LABEL,...",
                         help="replace raw mask values, e.g. 255=1 for masks stored as 0/255")
     doctor.set_defaults(run=_doctor)
+    train = commands.add_parser("train", help="train a model from a YAML config and/or flags",
+                                description="Flags override the config file; a flag left unset never does.")
+    train.add_argument("--config", default=None, help="YAML config (see configs/)")
+    train.add_argument("--resume", default=None, metavar="RUN_FOLDER", help="continue an interrupted run exactly")
+    train.add_argument("--set", action="append", type=_set_value, metavar="SECTION.KEY=VALUE",
+                       help="any other config value, e.g. --set schedule.power=1.0 (repeatable)")
+    group = train.add_argument_group("data")
+    group.add_argument("--data", help="dataset folder")
+    group.add_argument("--format", help="dataset layout (default: auto-detect)")
+    group.add_argument("--num-classes", type=_positive_int)
+    group.add_argument("--ignore-index", type=int)
+    group.add_argument("--palette", metavar="FILE", help="colour → class mapping for colour-coded masks")
+    group.add_argument("--train-split")
+    group.add_argument("--val-split")
+    group.add_argument("--batch-size", type=_positive_int)
+    group.add_argument("--crop-size", type=_positive_int)
+    group.add_argument("--workers", type=int)
+    group.add_argument("--class-weights", choices=["none", "median_frequency"])
+    group = train.add_argument_group("model and optimisation")
+    group.add_argument("--model")
+    group.add_argument("--encoder")
+    group.add_argument("--encoder-weights", metavar="PATH_OR_URL")
+    group.add_argument("--loss", choices=["ce", "dice", "ce+dice"])
+    group.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    group.add_argument("--lr", type=float)
+    group.add_argument("--momentum", type=float)
+    group.add_argument("--weight-decay", type=float)
+    group.add_argument("--schedule", choices=["poly", "cosine", "step", "constant"])
+    group.add_argument("--warmup", type=int, metavar="ITERS")
+    group = train.add_argument_group("run")
+    group.add_argument("--epochs", type=_positive_int)
+    group.add_argument("--iterations", type=_positive_int)
+    group.add_argument("--accumulate", type=_positive_int)
+    group.add_argument("--amp", choices=["auto", "on", "off"])
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    group.add_argument("--seed", type=int)
+    group.add_argument("--device")
+    group.add_argument("--eval-every", type=_positive_int)
+    group.add_argument("--early-stop", type=_positive_int)
+    group.add_argument("--out", help="folder of run folders (default runs/)")
+    group.add_argument("--name", help="run folder name")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a dataset split (FCN metrics, pictures)")
+    evaluate.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint of a training run")
+    evaluate.add_argument("--data", required=True, help="dataset folder")
+    evaluate.add_argument("--format", default="auto", help="dataset layout (default: auto-detect)")
+    evaluate.add_argument("--split", default="val", help="split to evaluate (default val)")
+    evaluate.add_argument("--out", default=None, help="report folder (default: beside the checkpoint)")
+    _add_inference_options(evaluate)
+    evaluate.set_defaults(run=_evaluate)
+
+    predict = commands.add_parser("predict", help="predict masks for images of any size")
+    predict.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint of a training run")
+    predict.add_argument("inputs", nargs="+", help="image files, folders or (quoted) glob patterns")
+    predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument("--probabilities", action="store_true", help="also write <name>_probs.npy (float16)")
+    predict.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True,
+                         help="write <name>_overlay.png (default on)")
+    _add_inference_options(predict)
+    predict.set_defaults(run=_predict)
+
+    demo = commands.add_parser("demo", help="train a small U-Net on built-in synthetic data, evaluate and predict")
+    demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
+    demo.add_argument("--epochs", type=_positive_int, default=8)
+    demo.add_argument("--size", type=_positive_int, default=128, help="image side length (default 128)")
+    demo.set_defaults(run=_demo)
     return parser
+
+
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
+                        help="test-time augmentation: average over these scales (e.g. 0.75 1 1.25)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if present)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 
@@ -78,3 +79,38 @@ def test_missing_data_and_class_count_are_explained(data_root, tmp_path) -> None
         fit(load_config(None, {"train.out": str(tmp_path)}), progress=False)
     with pytest.raises(ValueError, match="does not exist"):
         fit(tiny_config(tmp_path / "nowhere", tmp_path, "x"), progress=False)
+
+
+def test_pad_collate_pads_images_with_zero_and_masks_with_the_ignore_index() -> None:
+    batch = [(torch.ones(2, 3, 4), torch.zeros(3, 4, dtype=torch.int64)),
+             (torch.ones(2, 5, 2), torch.ones(5, 2, dtype=torch.int64))]
+    images, masks = loop.PadCollate(ignore_index=255)(batch)
+    assert images.shape == (2, 2, 5, 4) and masks.shape == (2, 5, 4)
+    assert images[0, :, 3:].abs().sum() == 0 and images[1, :, :, 2:].abs().sum() == 0
+    assert (masks[0, 3:] == 255).all() and (masks[1, :, 2:] == 255).all()
+    assert (masks[0, :3] == 0).all() and (masks[1, :, :2] == 1).all()
+
+
+def test_cli_train_evaluate_predict(data_root, tmp_path, capsys) -> None:
+    from segforge.cli import main
+
+    args = ["train", "--data", str(data_root), "--format", "folder", "--model", "segnet_basic", "--epochs", "1",
+            "--batch-size", "4", "--workers", "0", "--out", str(tmp_path), "--name", "cli",
+            "--set", "optimizer.lr=0.01"]
+    assert main(args) == 0
+    checkpoint = tmp_path / "cli" / "best.safetensors"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data_root), "--format", "folder",
+                 "--split", "val", "--flip", "--scales", "0.5", "1", "--out", str(tmp_path / "eval")]) == 0
+    assert (tmp_path / "eval" / "report.json").is_file() and (tmp_path / "eval" / "confusion.png").is_file()
+    out = tmp_path / "masks"
+    assert main(["predict", "--checkpoint", str(checkpoint), str(data_root / "images" / "000*.png"), "--out", str(out),
+                 "--probabilities"]) == 0
+    from PIL import Image
+
+    mask = Image.open(out / "0000.png")
+    assert mask.mode == "P" and mask.size == (32, 32)
+    assert np.asarray(mask).max() < 3 and (out / "0000_overlay.png").is_file() and (out / "0000_probs.npy").is_file()
+    assert main(["train", "--data", str(data_root), "--set", "data.batchsize=3"]) == 2
+    assert "unknown config key 'data.batchsize'" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(tmp_path / "none.safetensors"), "x.png", "--out", str(out)]) == 2
+    assert "none.safetensors does not exist" in capsys.readouterr().err

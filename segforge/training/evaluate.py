@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from tqdm import tqdm
 
 from segforge.data import SegmentationDataset
 from segforge.metrics import ConfusionMatrix, format_table, plot_confusion, save_json
-from segforge.training.plots import overlay_panel, save_png
+from segforge.plots import overlay_panel, save_png
 
 
 @dataclass
@@ -26,8 +27,16 @@ class Evaluation:
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, ignore_index: int | None,
              loss_fn: nn.Module | None = None, device: torch.device | str = "cpu",
-             memory_format: torch.memory_format = torch.contiguous_format, progress: bool | None = None) -> Evaluation:
-    """Runs ``model`` over ``loader`` at each image's own resolution and accumulates the confusion matrix."""
+             memory_format: torch.memory_format = torch.contiguous_format, progress: bool | None = None,
+             flip: bool = False, scales: Sequence[float] = (1.0,)) -> Evaluation:
+    """Runs ``model`` over ``loader`` at each image's own resolution and accumulates the confusion matrix.
+
+    ``flip`` and ``scales`` average the class probabilities over test-time augmentation views
+    (``segforge.predict.predict_probabilities``); the loss is then not computed.
+    """
+    from segforge.predict import predict_probabilities
+
+    tta = flip or tuple(scales) != (1.0,)
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -36,6 +45,9 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, ignore_i
     for images, masks in tqdm(loader, desc="evaluate", unit="batch", disable=progress is False, leave=False):
         images = images.to(device).to(memory_format=memory_format)
         masks = masks.to(device)
+        if tta:
+            confusion.update(predict_probabilities(model, images, flip=flip, scales=scales), masks)
+            continue
         logits = model(images)
         if loss_fn is not None:
             total += float(loss_fn(logits, masks))
@@ -57,11 +69,11 @@ def _display_image(image: torch.Tensor, dataset: SegmentationDataset) -> np.ndar
 def write_report(model: nn.Module, dataset: SegmentationDataset, folder: Path, *, num_classes: int,
                  ignore_index: int | None, device: torch.device | str = "cpu",
                  memory_format: torch.memory_format = torch.contiguous_format, overlays: int = 4,
-                 progress: bool | None = None) -> Evaluation:
+                 progress: bool | None = None, flip: bool = False, scales: Sequence[float] = (1.0,)) -> Evaluation:
     """Evaluates, prints the per-class table, writes report.json, confusion.png and a few overlays."""
     loader = DataLoader(dataset, batch_size=1, shuffle=False)
     result = evaluate(model, loader, num_classes=num_classes, ignore_index=ignore_index, device=device,
-                      memory_format=memory_format, progress=progress)
+                      memory_format=memory_format, progress=progress, flip=flip, scales=scales)
     names = dataset.classes or [str(i) for i in range(num_classes)]
     print(format_table(result.scores, names), flush=True)
     save_json(result.scores, folder / "report.json", names)

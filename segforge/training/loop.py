@@ -31,7 +31,7 @@ from segforge.metrics import ConfusionMatrix
 from segforge.models import create_model
 from segforge.training.evaluate import evaluate, write_report
 from segforge.training.optim import create_optimizer, create_scheduler
-from segforge.training.plots import plot_curves
+from segforge.plots import plot_curves
 
 NO_IGNORE = -100  # the ignore label used when a dataset has none (never a real class)
 CSV_FIELDS = ["epoch", "lr", "train_loss", "train_mean_iou", "train_pixel_accuracy", "val_loss", "val_mean_iou",
@@ -98,10 +98,29 @@ def _epoch_transform(config: Config, ignore_index: int, epoch: int):
                             seed=seed)
 
 
+class PadCollate:
+    """Batches images of different sizes: pads each to the batch's largest (bottom/right), the image
+    with 0 and the mask with the ignore index, so the padding never reaches the loss or the metrics."""
+
+    def __init__(self, ignore_index: int) -> None:
+        self.ignore_index = ignore_index
+
+    def __call__(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        height = max(image.shape[-2] for image, _ in batch)
+        width = max(image.shape[-1] for image, _ in batch)
+        images = batch[0][0].new_zeros((len(batch), batch[0][0].shape[0], height, width))
+        masks = torch.full((len(batch), height, width), self.ignore_index, dtype=torch.int64)
+        for i, (image, mask) in enumerate(batch):
+            images[i, :, : image.shape[-2], : image.shape[-1]] = image
+            masks[i, : mask.shape[-2], : mask.shape[-1]] = mask
+        return images, masks
+
+
 def _loader(dataset: SegmentationDataset, *, batch_size: int, shuffle: bool, workers: int, seed: int,
-            device: torch.device) -> DataLoader:
+            device: torch.device, ignore_index: int) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
+                      collate_fn=PadCollate(ignore_index),
                       drop_last=shuffle and len(dataset) > batch_size, worker_init_fn=_worker_init,
                       pin_memory=device.type == "cuda", persistent_workers=False)
 
@@ -147,8 +166,9 @@ def fit(config: Config, *, resume: str | Path | None = None, progress: bool | No
     seed_everything(config.train.seed)
     data = build_datasets(config)
     train_loader = _loader(data.train, batch_size=config.data.batch_size, shuffle=True, workers=config.data.workers,
-                           seed=config.train.seed, device=device)
-    val_loader = (_loader(data.val, batch_size=1, shuffle=False, workers=config.data.workers, seed=0, device=device)
+                           seed=config.train.seed, device=device, ignore_index=data.ignore_index)
+    val_loader = (_loader(data.val, batch_size=1, shuffle=False, workers=config.data.workers, seed=0, device=device,
+                          ignore_index=data.ignore_index)
                   if data.val is not None else None)
 
     model = create_model(config.model.name, data.num_classes, in_channels=data.in_channels,

@@ -1,0 +1,136 @@
+"""Prediction: class probabilities with optional test-time augmentation, and files of masks.
+
+``predict_probabilities`` averages softmax probabilities over horizontal flips and scales;
+``predict_files`` reads images (files, folders or globs), writes index masks as palette PNGs,
+colour overlays and, optionally, class probabilities. Inputs of any size work: the models pad to
+their stride and crop back.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from segforge.data.base import scale_image
+from segforge.data.io import list_images, read_image
+from segforge.files import atomic_write
+from segforge.plots import overlay_panel, save_png
+
+
+def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+    if logits.shape[1] == 1:  # one-logit binary model: (background, foreground)
+        foreground = torch.sigmoid(logits)
+        return torch.cat([1 - foreground, foreground], dim=1)
+    return logits.softmax(dim=1)
+
+
+@torch.inference_mode()
+def predict_probabilities(model: nn.Module, images: torch.Tensor, *, flip: bool = False,
+                          scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+    """Class probabilities ``(N, K, H, W)`` for ``images: (N, C, H, W)``, averaged over the TTA views.
+
+    Args:
+        flip: also run the horizontally flipped images (flipped back before averaging).
+        scales: resize factors; each view is resized bilinearly, run, and its probabilities resized
+            back to ``H x W``.
+    """
+    height, width = images.shape[-2:]
+    total, views = None, 0
+    for scale in scales:
+        scaled = images if scale == 1.0 else F.interpolate(
+            images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+        for flipped in (False, True) if flip else (False,):
+            x = scaled.flip(-1) if flipped else scaled
+            probs = _probabilities(model(x).float())
+            if flipped:
+                probs = probs.flip(-1)
+            if probs.shape[-2:] != (height, width):
+                probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
+            total = probs if total is None else total + probs
+            views += 1
+    return total / views
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files, folders (their images) and glob patterns → image paths, in order, without duplicates."""
+    paths: list[Path] = []
+    for item in inputs:
+        text = str(item)
+        if any(ch in text for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise ValueError(f"no files match {text!r}; check the pattern (quote it so the shell does not expand it)")
+            paths += matches
+        elif Path(text).is_dir():
+            found = list_images(Path(text))
+            if not found:
+                raise ValueError(f"folder {text} holds no images (png, jpg, tif, bmp)")
+            paths += found
+        elif Path(text).is_file():
+            paths.append(Path(text))
+        else:
+            raise ValueError(f"input {text} does not exist; give image files, folders or glob patterns")
+    return list(dict.fromkeys(paths))
+
+
+def prepare_image(path: Path, info: dict, in_channels: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Reads ``path`` → (display image (H, W, C) in [0, 1], normalised tensor (1, C, H, W))."""
+    image = scale_image(read_image(path))
+    if image.shape[-1] != in_channels:
+        raise ValueError(f"image {path} has {image.shape[-1]} channel(s) but the model expects {in_channels}; "
+                         "convert the image, or use a model trained on such images")
+    normalised = image
+    if info.get("mean") is not None and info.get("std") is not None:
+        normalised = (image - np.asarray(info["mean"], np.float32)) / np.asarray(info["std"], np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32))[None]
+    return image, tensor
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temporary name
+        np.save(f, array)
+
+
+def save_index_png(labels: np.ndarray, palette: Sequence[Sequence[int]], path: Path) -> Path:
+    """An index mask (pixel value = class) with the classes' colours as its PNG palette."""
+    if labels.max(initial=0) > 255:
+        raise ValueError(f"{path}: more than 256 classes do not fit a palette PNG")
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    flat = [v for colour in palette for v in colour][: 256 * 3]
+    image.putpalette(flat + [0] * (768 - len(flat)))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], out: str | Path, *,
+                  device: torch.device | str = "cpu", flip: bool = False, scales: Sequence[float] = (1.0,),
+                  overlays: bool = True, probabilities: bool = False, progress: bool | None = None) -> list[Path]:
+    """Writes ``out/<stem>.png`` (palette index mask), ``out/<stem>_overlay.png`` and, when asked,
+    ``out/<stem>_probs.npy`` (float16 ``(K, H, W)``) for every input image. Returns the mask paths."""
+    out = Path(out)
+    paths = expand_inputs(inputs)
+    model = model.to(device).eval()
+    palette = info.get("palette") or []
+    written = []
+    for path in tqdm(paths, desc="predict", unit="image", disable=progress is False):
+        display, x = prepare_image(path, info, model.in_channels)
+        probs = predict_probabilities(model, x.to(device), flip=flip, scales=scales)[0].cpu()
+        labels = probs.argmax(0).numpy()
+        if len(palette) < probs.shape[0]:
+            from segforge.data.base import default_palette
+
+            palette = default_palette(probs.shape[0])
+        written.append(save_index_png(labels, palette, out / f"{path.stem}.png"))
+        if overlays:
+            save_png(overlay_panel(display, None, labels, palette), out / f"{path.stem}_overlay.png")
+        if probabilities:
+            array = probs.numpy().astype(np.float16)
+            atomic_write(out / f"{path.stem}_probs.npy", lambda tmp: _save_npy(tmp, array))
+    return written
