@@ -60,3 +60,11 @@ def test_missing_and_malformed_files(tmp_path) -> None:
         load_config(bad)
     with pytest.raises(ValueError, match=r"override 'lr' must name a section and a key"):
         load_config(None, {"lr": 0.1})
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[1].glob("configs/*.yaml")))
+def test_every_shipped_config_is_valid(path) -> None:
+    from segforge.data.transforms import build_transforms
+
+    config = load_config(path)
+    build_transforms(config.data.augmentation, ignore_index=255, crop_size=config.data.crop_size)

@@ -379,3 +379,27 @@ def test_real_isbi_membrane_is_class_1() -> None:
     assert image.shape == (1, 512, 512)
     np.testing.assert_array_equal(mask.numpy(), (raw == 0).astype(np.int64))  # 0 = membrane -> 1
     assert 0.15 < float(mask.float().mean()) < 0.3  # about 22% membrane (SOURCE.md)
+
+
+def test_a_slice_of_a_split_holds_samples_out(tmp_path) -> None:
+    from segforge.data import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path / "syn", num_train=6, num_val=2, size=16, num_classes=3, seed=0)
+    whole = create_dataset("folder", root, "train")
+    head, tail = create_dataset("folder", root, "train[:4]"), create_dataset("folder", root, "train[4:]")
+    assert (len(head), len(tail)) == (4, 2)
+    assert [tail.describe(i) for i in range(2)] == [whole.describe(4), whole.describe(5)]
+    torch.testing.assert_close(tail[1][1], whole[5][1])
+    assert tail.classes == whole.classes and tail.ignore_index == whole.ignore_index
+    with pytest.raises(ValueError, match=r"split 'train\[9:\]' selects no samples of the 6 in 'train'"):
+        create_dataset("folder", root, "train[9:]")
+
+
+def test_a_slice_of_an_isbi_volume_reads_the_right_pages(tmp_path) -> None:
+    import tifffile
+
+    pages = np.stack([np.full((8, 8), 10 * i, np.uint8) for i in range(5)])
+    tifffile.imwrite(tmp_path / "train-volume.tif", pages)
+    tifffile.imwrite(tmp_path / "train-labels.tif", np.full((5, 8, 8), 255, np.uint8))
+    tail = create_dataset("isbi", tmp_path, "train[3:]")
+    assert len(tail) == 2 and tail.load_image(0).max() == 30 and tail.load_image(1).max() == 40

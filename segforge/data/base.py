@@ -120,6 +120,10 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def subset(self, indices: Sequence[int]) -> SegmentationDataset:
+        """A dataset of the chosen samples sharing this one's classes, maps, normalisation and files."""
+        return SubsetDataset(self, indices)
+
     def describe(self, index: int) -> str:
         """The file of sample ``index``, as error messages name it."""
         return str(self.samples[index][0])
@@ -197,6 +201,34 @@ class SegmentationDataset(Dataset):
             image = (image - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
         return image_t, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+
+
+class SubsetDataset(SegmentationDataset):
+    """Samples ``indices`` of ``parent``; reading is delegated so that layouts with their own storage
+    (ISBI volumes, synthetic samples) keep working. The transform is this dataset's own."""
+
+    def __init__(self, parent: SegmentationDataset, indices: Sequence[int]) -> None:
+        indices = [range(len(parent))[i] for i in indices]  # normalises negatives, raises IndexError
+        super().__init__([parent.samples[i] for i in indices] if parent.samples else [], classes=parent.classes,
+                         palette=parent.palette, ignore_index=parent.ignore_index, mean=parent.mean, std=parent.std,
+                         transform=parent.transform)
+        self.parent, self.indices = parent, indices
+        self.label_map, self.colour_map, self.layout = parent.label_map, parent.colour_map, parent.layout
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def describe(self, index: int) -> str:
+        return self.parent.describe(self.indices[index])
+
+    def mask_name(self, index: int) -> str:
+        return self.parent.mask_name(self.indices[index])
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.parent.load_image(self.indices[index])
+
+    def load_raw_mask(self, index: int) -> np.ndarray | None:
+        return self.parent.load_raw_mask(self.indices[index])
 
 
 def compute_stats(dataset: SegmentationDataset, *, max_samples: int | None = None, workers: int | None = None,

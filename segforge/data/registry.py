@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -57,6 +59,7 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
         kind: one of ``list_dataset_layouts()``, or ``"auto"`` to detect it from the folders.
         root: the dataset folder.
         split: ``"train"``, ``"val"``, ...; None: the layout's default (the folder layout: every pair).
+            A slice selects part of a split: ``"train[:25]"``, ``"train[25:]"``.
         num_classes, classes, ignore_index, colour_map, label_map: what the mask values mean; only the
             folder layout takes them freely. The other layouts fix their classes: a value given for them
             must agree (``num_classes=11`` for CamVid), and colour/label maps are refused.
@@ -71,6 +74,16 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
         ValueError: unknown kind (the message lists the choices), options that contradict the layout,
             and every ``DatasetError`` of the layout (missing folders, no pairs, ...).
     """
+    part = re.fullmatch(r"(.+)\[(-?\d*):(-?\d*)\]", split) if split else None
+    if part is not None:  # "train[:25]", "train[25:]": a slice of a split, e.g. to hold slices out
+        whole = create_dataset(kind, root, part.group(1), num_classes=num_classes, classes=classes,
+                               ignore_index=ignore_index, colour_map=colour_map, label_map=label_map, mean=mean,
+                               std=std, transform=transform, strict=strict)
+        start, stop = (int(g) if g else None for g in part.group(2, 3))
+        chosen = range(len(whole))[start:stop]
+        if not chosen:
+            raise ValueError(f"split {split!r} selects no samples of the {len(whole)} in {part.group(1)!r}")
+        return whole.subset(chosen)
     root = Path(root)
     if kind == "auto":
         kind = detect_layout(root)
