@@ -58,7 +58,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config or any(getattr(args, flag) is not None for flag in TRAIN_FLAGS) or args.set:
             raise ValueError("--resume continues a run with its own saved config; drop the other options")
-        folder = fit(None, resume=args.resume)
+        try:
+            folder = fit(None, resume=args.resume)
+        except KeyboardInterrupt:
+            return 130
     else:
         overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items()}
         overrides |= dict(args.set or [])
@@ -67,6 +70,8 @@ def _train(args: argparse.Namespace) -> int:
         except TrainingError as err:
             print(f"segforge train: {err}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # fit has printed where the last checkpoint is and how to resume
+            return 130
     print(f"run folder: {folder}")
     return 0
 
