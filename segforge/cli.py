@@ -27,19 +27,44 @@ def _doctor(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-# flag → dotted config key; every flag defaults to None so that an unset flag never overrides the file
-TRAIN_FLAGS = {
-    "data": "data.root", "format": "data.format", "num_classes": "data.num_classes",
-    "ignore_index": "data.ignore_index", "palette": "data.palette", "train_split": "data.train_split",
-    "val_split": "data.val_split", "batch_size": "data.batch_size", "crop_size": "data.crop_size",
-    "workers": "data.workers", "class_weights": "data.class_weights", "model": "model.name",
-    "encoder": "model.encoder", "encoder_weights": "model.encoder_weights", "loss": "loss.name",
-    "optimizer": "optimizer.name", "lr": "optimizer.lr", "momentum": "optimizer.momentum",
-    "weight_decay": "optimizer.weight_decay", "schedule": "schedule.name", "warmup": "schedule.warmup_iters",
-    "epochs": "train.epochs", "iterations": "train.iterations", "accumulate": "train.accumulate",
-    "amp": "train.amp", "channels_last": "train.channels_last", "seed": "train.seed", "device": "train.device",
-    "eval_every": "train.eval_every", "early_stop": "train.early_stop", "out": "train.out", "name": "train.name",
-}
+def _train_options() -> list[tuple[str, str, str, dict]]:
+    """(group, flag, config key, argparse options) of every ``segforge train`` flag. Every flag defaults to
+    None, so an unset flag never overrides the config file."""
+    data, model, run = "data", "model and optimisation", "run"
+    return [
+        (data, "--data", "data.root", {"help": "dataset folder"}),
+        (data, "--format", "data.format", {"help": "dataset layout (default: auto-detect)"}),
+        (data, "--num-classes", "data.num_classes", {"type": _positive_int}),
+        (data, "--ignore-index", "data.ignore_index", {"type": int}),
+        (data, "--palette", "data.palette", {"metavar": "FILE", "help": "colour → class mapping for colour masks"}),
+        (data, "--train-split", "data.train_split", {"help": "e.g. train, or train[:25] for the first 25"}),
+        (data, "--val-split", "data.val_split", {}),
+        (data, "--batch-size", "data.batch_size", {"type": _positive_int}),
+        (data, "--crop-size", "data.crop_size", {"type": _positive_int}),
+        (data, "--workers", "data.workers", {"type": int}),
+        (data, "--class-weights", "data.class_weights", {"choices": ["none", "median_frequency"]}),
+        (model, "--model", "model.name", {}),
+        (model, "--encoder", "model.encoder", {}),
+        (model, "--encoder-weights", "model.encoder_weights", {"metavar": "PATH_OR_URL"}),
+        (model, "--loss", "loss.name", {"choices": ["ce", "dice", "ce+dice"]}),
+        (model, "--optimizer", "optimizer.name", {"choices": ["sgd", "adam", "adamw"]}),
+        (model, "--lr", "optimizer.lr", {"type": float}),
+        (model, "--momentum", "optimizer.momentum", {"type": float}),
+        (model, "--weight-decay", "optimizer.weight_decay", {"type": float}),
+        (model, "--schedule", "schedule.name", {"choices": ["poly", "cosine", "step", "constant"]}),
+        (model, "--warmup", "schedule.warmup_iters", {"type": int, "metavar": "ITERS"}),
+        (run, "--epochs", "train.epochs", {"type": _positive_int}),
+        (run, "--iterations", "train.iterations", {"type": _positive_int}),
+        (run, "--accumulate", "train.accumulate", {"type": _positive_int}),
+        (run, "--amp", "train.amp", {"choices": ["auto", "on", "off"]}),
+        (run, "--channels-last", "train.channels_last", {"action": argparse.BooleanOptionalAction}),
+        (run, "--seed", "train.seed", {"type": int}),
+        (run, "--device", "train.device", {}),
+        (run, "--eval-every", "train.eval_every", {"type": _positive_int}),
+        (run, "--early-stop", "train.early_stop", {"type": _positive_int}),
+        (run, "--out", "train.out", {"help": "folder of run folders (default runs/)"}),
+        (run, "--name", "train.name", {"help": "run folder name"}),
+    ]
 
 
 def _set_value(text: str) -> tuple[str, object]:
@@ -55,15 +80,15 @@ def _train(args: argparse.Namespace) -> int:
     from segforge.config import load_config
     from segforge.training import TrainingError, fit
 
+    overrides = {key: getattr(args, key) for _, _, key, _ in _train_options()}
     if args.resume:
-        if args.config or any(getattr(args, flag) is not None for flag in TRAIN_FLAGS) or args.set:
+        if args.config or any(v is not None for v in overrides.values()) or args.set:
             raise ValueError("--resume continues a run with its own saved config; drop the other options")
         try:
             folder = fit(None, resume=args.resume)
         except KeyboardInterrupt:
             return 130
     else:
-        overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items()}
         overrides |= dict(args.set or [])
         try:
             folder = fit(load_config(args.config, overrides))
@@ -191,41 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default=None, metavar="RUN_FOLDER", help="continue an interrupted run exactly")
     train.add_argument("--set", action="append", type=_set_value, metavar="SECTION.KEY=VALUE",
                        help="any other config value, e.g. --set schedule.power=1.0 (repeatable)")
-    group = train.add_argument_group("data")
-    group.add_argument("--data", help="dataset folder")
-    group.add_argument("--format", help="dataset layout (default: auto-detect)")
-    group.add_argument("--num-classes", type=_positive_int)
-    group.add_argument("--ignore-index", type=int)
-    group.add_argument("--palette", metavar="FILE", help="colour → class mapping for colour-coded masks")
-    group.add_argument("--train-split")
-    group.add_argument("--val-split")
-    group.add_argument("--batch-size", type=_positive_int)
-    group.add_argument("--crop-size", type=_positive_int)
-    group.add_argument("--workers", type=int)
-    group.add_argument("--class-weights", choices=["none", "median_frequency"])
-    group = train.add_argument_group("model and optimisation")
-    group.add_argument("--model")
-    group.add_argument("--encoder")
-    group.add_argument("--encoder-weights", metavar="PATH_OR_URL")
-    group.add_argument("--loss", choices=["ce", "dice", "ce+dice"])
-    group.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    group.add_argument("--lr", type=float)
-    group.add_argument("--momentum", type=float)
-    group.add_argument("--weight-decay", type=float)
-    group.add_argument("--schedule", choices=["poly", "cosine", "step", "constant"])
-    group.add_argument("--warmup", type=int, metavar="ITERS")
-    group = train.add_argument_group("run")
-    group.add_argument("--epochs", type=_positive_int)
-    group.add_argument("--iterations", type=_positive_int)
-    group.add_argument("--accumulate", type=_positive_int)
-    group.add_argument("--amp", choices=["auto", "on", "off"])
-    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    group.add_argument("--seed", type=int)
-    group.add_argument("--device")
-    group.add_argument("--eval-every", type=_positive_int)
-    group.add_argument("--early-stop", type=_positive_int)
-    group.add_argument("--out", help="folder of run folders (default runs/)")
-    group.add_argument("--name", help="run folder name")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for group, flag, key, options in _train_options():
+        if group not in groups:
+            groups[group] = train.add_argument_group(group)
+        groups[group].add_argument(flag, dest=key, default=None, **options)
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a dataset split (FCN metrics, pictures)")

@@ -94,10 +94,14 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def _is_union(tp: Any) -> bool:
+    return isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union
+
+
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
-    if isinstance(tp, (types.UnionType,)) or typing.get_origin(tp) is typing.Union:
+    if _is_union(tp):
         return " | ".join(_type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "null"
@@ -110,7 +114,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in args:
             return value
-    elif isinstance(tp, types.UnionType) or origin is typing.Union:
+    elif _is_union(tp):
         for option in args:
             try:
                 return _coerce(value, option, key)

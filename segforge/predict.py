@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from segforge.data.base import scale_image
+from segforge.data.base import default_palette, scale_image, to_tensor
 from segforge.data.io import list_images, read_image
 from segforge.files import atomic_write
 from segforge.plots import overlay_panel, save_png
@@ -87,11 +87,7 @@ def prepare_image(path: Path, info: dict, in_channels: int) -> tuple[np.ndarray,
     if image.shape[-1] != in_channels:
         raise ValueError(f"image {path} has {image.shape[-1]} channel(s) but the model expects {in_channels}; "
                          "convert the image, or use a model trained on such images")
-    normalised = image
-    if info.get("mean") is not None and info.get("std") is not None:
-        normalised = (image - np.asarray(info["mean"], np.float32)) / np.asarray(info["std"], np.float32)
-    tensor = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32))[None]
-    return image, tensor
+    return image, to_tensor(image, info.get("mean"), info.get("std"), name=str(path))[None]
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
@@ -117,16 +113,16 @@ def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], ou
     out = Path(out)
     paths = expand_inputs(inputs)
     model = model.to(device).eval()
+    classes = max(model.num_classes, 2)  # a one-logit binary model predicts 2 classes
     palette = info.get("palette") or []
+    if len(palette) < classes:
+        palette = default_palette(classes)
     written = []
-    for path in tqdm(paths, desc="predict", unit="image", disable=progress is False):
+    quiet = None if progress is None else not progress  # tqdm's None: no bar when stderr is not a terminal
+    for path in tqdm(paths, desc="predict", unit="image", disable=quiet):
         display, x = prepare_image(path, info, model.in_channels)
         probs = predict_probabilities(model, x.to(device), flip=flip, scales=scales)[0].cpu()
         labels = probs.argmax(0).numpy()
-        if len(palette) < probs.shape[0]:
-            from segforge.data.base import default_palette
-
-            palette = default_palette(probs.shape[0])
         written.append(save_index_png(labels, palette, out / f"{path.stem}.png"))
         if overlays:
             save_png(overlay_panel(display, None, labels, palette), out / f"{path.stem}_overlay.png")

@@ -47,7 +47,7 @@ def test_resume_after_an_interruption_continues_exactly(data_root, tmp_path, mon
 
     def save_then_interrupt(*args, **kwargs):
         original(*args, **kwargs)
-        if args[7] == 1:  # epoch 1 is on disk: stop as Ctrl-C would
+        if kwargs["epoch"] == 1:  # epoch 1 is on disk: stop as Ctrl-C would
             raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "_save", save_then_interrupt)
@@ -114,3 +114,19 @@ def test_cli_train_evaluate_predict(data_root, tmp_path, capsys) -> None:
     assert "unknown config key 'data.batchsize'" in capsys.readouterr().err
     assert main(["predict", "--checkpoint", str(tmp_path / "none.safetensors"), "x.png", "--out", str(out)]) == 2
     assert "none.safetensors does not exist" in capsys.readouterr().err
+
+
+def test_iterations_stop_mid_epoch_and_a_used_run_name_is_refused(data_root, tmp_path) -> None:
+    # 8 training images in batches of 4: 2 steps per epoch; 3 iterations end half-way through epoch 2
+    folder = fit(tiny_config(data_root, tmp_path, "iters", **{"train.iterations": 3}), progress=False)
+    assert load_state(folder / "state.pt")["scheduler"]["last_epoch"] == 3
+    assert len(list(csv.DictReader(open(folder / "metrics.csv")))) == 2
+    with pytest.raises(ValueError, match=r"run folder .*iters already holds a run; continue it with --resume"):
+        fit(tiny_config(data_root, tmp_path, "iters"), progress=False)
+
+
+def test_mixed_precision_on_without_cuda_is_refused(data_root, tmp_path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: amp 'on' is valid")
+    with pytest.raises(ValueError, match="train.amp is 'on' but training runs on cpu: mixed precision needs CUDA"):
+        fit(tiny_config(data_root, tmp_path, "amp", **{"train.amp": "on"}), progress=False)

@@ -64,6 +64,21 @@ def scale_image(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
+def to_tensor(image: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None, *,
+              name: str) -> torch.Tensor:
+    """``(H, W, C)`` float in [0, 1] → ``(C, H, W)`` float32 tensor, normalised by ``mean``/``std`` when given.
+
+    Raises:
+        ValueError: mean/std do not have one value per channel (the message names ``name``).
+    """
+    if mean is not None and std is not None:
+        if len(mean) != image.shape[-1]:
+            raise ValueError(f"image {name} has {image.shape[-1]} channels but mean/std have {len(mean)} values; "
+                             "give one mean and std per channel")
+        image = (image - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+
+
 class SegmentationDataset(Dataset):
     """``dataset[i]`` → ``(image: float32 (C, H, W), mask: int64 (H, W))``.
 
@@ -194,12 +209,7 @@ class SegmentationDataset(Dataset):
         image = scale_image(image)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
-        if self.mean is not None and self.std is not None:
-            if len(self.mean) != image.shape[-1]:
-                raise ValueError(f"image {self.describe(index)} has {image.shape[-1]} channels but mean/std have "
-                                 f"{len(self.mean)} values; give one mean and std per channel")
-            image = (image - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+        image_t = to_tensor(image, self.mean, self.std, name=self.describe(index))
         return image_t, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
 
 

@@ -42,7 +42,8 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, ignore_i
     model.eval()
     confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     total, batches = 0.0, 0
-    for images, masks in tqdm(loader, desc="evaluate", unit="batch", disable=progress is False, leave=False):
+    quiet = None if progress is None else not progress  # tqdm's None: no bar when stderr is not a terminal
+    for images, masks in tqdm(loader, desc="evaluate", unit="batch", disable=quiet, leave=False):
         images = images.to(device).to(memory_format=memory_format)
         masks = masks.to(device)
         if tta:

@@ -128,6 +128,9 @@ def _loader(dataset: SegmentationDataset, *, batch_size: int, shuffle: bool, wor
 def _run_folder(config: Config) -> Path:
     name = config.train.name or f"{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = Path(config.train.out) / name
+    if (folder / "state.pt").exists():
+        raise ValueError(f"run folder {folder} already holds a run; continue it with --resume {folder}, "
+                         "or pick another --name")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -141,11 +144,11 @@ def _append_csv(path: Path, row: dict) -> None:
         writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
 
 
-def fit(config: Config, *, resume: str | Path | None = None, progress: bool | None = None) -> Path:
+def fit(config: Config | None, *, resume: str | Path | None = None, progress: bool | None = None) -> Path:
     """Trains ``config.model`` on ``config.data``; returns the run folder.
 
     Args:
-        config: the validated configuration (``segforge.config.load_config``).
+        config: the validated configuration (``segforge.config.load_config``); None with ``resume``.
         resume: a run folder to continue exactly where its last checkpoint left it.
         progress: show progress bars (default: when stderr is a terminal).
 
@@ -160,6 +163,8 @@ def fit(config: Config, *, resume: str | Path | None = None, progress: bool | No
         # between two writes can never pair the weights of one epoch with the optimizer of another.
         state = load_state(folder / "state.pt")
         config = config_from_dict(state["config"])
+    elif config is None:
+        raise ValueError("fit needs a config, or resume= a run folder")
     else:
         folder = _run_folder(config)
     device = resolve_device(config.train.device)
@@ -182,16 +187,20 @@ def fit(config: Config, *, resume: str | Path | None = None, progress: bool | No
         weights = class_weights(data.train).tolist()
     loss_fn = create_loss(config.loss.name, ignore_index=data.ignore_index,
                           class_weight=weights if config.loss.name != "dice" else None,
+                          dice_class_weight=weights if config.loss.name == "dice" else None,
                           dice_weight=config.loss.dice_weight if config.loss.name == "ce+dice" else None,
                           smooth=config.loss.smooth,
                           aux_weight=config.loss.aux_weight if model.aux_head is not None else None).to(device)
 
-    steps_per_epoch = max(len(train_loader) // config.train.accumulate, 1)
+    steps_per_epoch = math.ceil(len(train_loader) / config.train.accumulate)
     epochs = (math.ceil(config.train.iterations / steps_per_epoch) if config.train.iterations
               else config.train.epochs)
     total_steps = config.train.iterations or epochs * steps_per_epoch
     optimizer = create_optimizer(model, config.optimizer)
     scheduler = create_scheduler(optimizer, config.schedule, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    if config.train.amp == "on" and device.type != "cuda":
+        raise ValueError(f"train.amp is 'on' but training runs on {device}: mixed precision needs CUDA; "
+                         "use amp: auto (on when CUDA is used) or off")
     amp = device.type == "cuda" and config.train.amp != "off"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
@@ -209,7 +218,7 @@ def fit(config: Config, *, resume: str | Path | None = None, progress: bool | No
 
     info = {"config": config.to_dict(), "classes": data.train.classes, "palette": data.train.palette,
             "ignore_index": data.ignore_index, "mean": data.train.mean, "std": data.train.std}
-    show = progress if progress is not None else None  # tqdm decides from the terminal when None
+    quiet = None if progress is None else not progress  # tqdm's None: no bar when stderr is not a terminal
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, epochs):
@@ -220,7 +229,7 @@ def fit(config: Config, *, resume: str | Path | None = None, progress: bool | No
             model.train()
             confusion = ConfusionMatrix(data.num_classes, ignore_index=data.ignore_index)
             total_loss, batches = 0.0, 0
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=show is False,
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=quiet,
                        leave=False, dynamic_ncols=True)
             optimizer.zero_grad(set_to_none=True)
             for i, (images, masks) in enumerate(bar):
@@ -247,6 +256,8 @@ def fit(config: Config, *, resume: str | Path | None = None, progress: bool | No
                 batches += 1
                 bar.set_postfix(loss=f"{total_loss / batches:.4f}",
                                 img_s=f"{batches * images.shape[0] / (time.perf_counter() - started):.1f}")
+                if scheduler.last_epoch >= total_steps:  # train.iterations reached mid-epoch
+                    break
             bar.close()
             train_scores = confusion.compute()
             row = {"epoch": epoch + 1, "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
@@ -256,7 +267,7 @@ def fit(config: Config, *, resume: str | Path | None = None, progress: bool | No
             improved = False
             if val_loader is not None and ((epoch + 1) % config.train.eval_every == 0 or epoch + 1 == epochs):
                 val = evaluate(model, val_loader, num_classes=data.num_classes, ignore_index=data.ignore_index,
-                               loss_fn=loss_fn, device=device, memory_format=memory_format, progress=show)
+                               loss_fn=loss_fn, device=device, memory_format=memory_format, progress=progress)
                 row |= {"val_loss": f"{val.loss:.6f}", "val_mean_iou": f"{val.scores['mean_iou']:.6f}",
                         "val_pixel_accuracy": f"{val.scores['pixel_accuracy']:.6f}"}
                 improved = val.scores["mean_iou"] > best_iou
@@ -267,8 +278,8 @@ def fit(config: Config, *, resume: str | Path | None = None, progress: bool | No
             row["seconds"] = f"{time.perf_counter() - started:.1f}"
             _append_csv(folder / "metrics.csv", row)
             plot_curves(folder / "metrics.csv", folder / "curves.png")
-            _save(folder, model, optimizer, scheduler, scaler, config, info, epoch + 1, best_iou, stale,
-                  best=improved or val_loader is None)
+            _save(folder, model, optimizer, scheduler, scaler, config, info, epoch=epoch + 1, best_iou=best_iou,
+                  stale=stale, best=improved or val_loader is None)
             print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
             if config.train.early_stop and stale >= config.train.early_stop:
                 print(f"early stop: no better val mean IoU for {stale} evaluations", flush=True)
@@ -280,12 +291,12 @@ def fit(config: Config, *, resume: str | Path | None = None, progress: bool | No
     if data.val is not None:
         model, _ = _best_model(folder, device, memory_format)
         write_report(model, data.val, folder, num_classes=data.num_classes, ignore_index=data.ignore_index,
-                     device=device, memory_format=memory_format, progress=show)
+                     device=device, memory_format=memory_format, progress=progress)
     return folder
 
 
-def _save(folder: Path, model, optimizer, scheduler, scaler, config: Config, info: dict, epoch: int,
-          best_iou: float, stale: int, *, best: bool) -> None:
+def _save(folder: Path, model, optimizer, scheduler, scaler, config: Config, info: dict, *, epoch: int,
+          best_iou: float, stale: int, best: bool) -> None:
     """Writes the resume state, then last (and best) weights; each file atomically."""
     save_state(folder / "state.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
