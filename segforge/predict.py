@@ -22,6 +22,7 @@ from tqdm import tqdm
 from segforge.data.base import default_palette, scale_image, to_tensor
 from segforge.data.io import list_images, read_image
 from segforge.files import atomic_write
+from segforge.metrics import logits_to_labels
 from segforge.plots import overlay_panel, save_png
 
 
@@ -122,7 +123,7 @@ def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], ou
     for path in tqdm(paths, desc="predict", unit="image", disable=quiet):
         display, x = prepare_image(path, info, model.in_channels)
         probs = predict_probabilities(model, x.to(device), flip=flip, scales=scales)[0].cpu()
-        labels = probs.argmax(0).numpy()
+        labels = logits_to_labels(probs[None])[0].numpy()  # K >= 2 probabilities: the most likely class
         written.append(save_index_png(labels, palette, out / f"{path.stem}.png"))
         if overlays:
             save_png(overlay_panel(display, None, labels, palette), out / f"{path.stem}_overlay.png")

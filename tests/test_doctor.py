@@ -73,7 +73,9 @@ def test_weights_of_a_dataset_equal_a_direct_count() -> None:
     masks = [dataset.load_raw_mask(i) for i in range(len(dataset))]
     assert pixels.class_pixels.tolist() == [int(sum((m == c).sum() for m in masks)) for c in range(4)]
     assert pixels.present_pixels.tolist() == [sum(m.size for m in masks if (m == c).any()) for c in range(4)]
-    np.testing.assert_allclose(class_weights(dataset), pixels.weights())
+    class_totals = np.array([int(sum((m == c).sum() for m in masks)) for c in range(4)])
+    present_totals = np.array([sum(m.size for m in masks if (m == c).any()) for c in range(4)])
+    np.testing.assert_allclose(class_weights(dataset), median_frequency_weights(class_totals, present_totals))
 
 
 def test_weights_need_the_number_of_classes(tmp_path: Path) -> None:
@@ -263,3 +265,10 @@ def test_cli_doctor_with_an_inline_palette(tmp_path: Path, capsys: pytest.Captur
         tmp_path / "masks" / "a.png")
     assert main(["doctor", "--data", str(tmp_path), "--palette", "void=0,0,0;sky=70,130,180"]) == 0
     assert "sky" in capsys.readouterr().out
+
+
+def test_0_255_masks_beyond_a_short_label_map_are_reported_not_a_crash(tmp_path: Path) -> None:
+    _pair(tmp_path, "a", np.array([[0, 255], [255, 0]]))
+    report = diagnose(tmp_path, num_classes=2, label_map=[0, 1])
+    assert report.exit_code == 1
+    assert "255" in _messages(report) and "label map" in _messages(report)

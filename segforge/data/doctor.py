@@ -185,7 +185,7 @@ def _check_labels(dataset: SegmentationDataset, summary: SplitSummary, report: D
             "error", f"{tag}masks store a binary task as 0 and 255: 255 is not class 1 (it is out of range, or "
             "silently ignored when 255 is the ignore index), so the foreground would never be learned",
             "map 255 to 1: --label-map 255=1 (label_map={255: 1} in Python), or re-save the masks with values 0/1"))
-    elif lut is not None and set(raw) <= {0, 255}:
+    elif lut is not None and set(raw) <= {0, 255} and max(raw, default=0) < len(lut):
         mapped = ", ".join(f"{v} -> {lut[v]}" + (f" ({dataset.classes[lut[v]]})" if 0 <= lut[v] < len(dataset.classes)
                                                   else "") for v in sorted(raw))
         report.notes.append(f"{tag}masks store 0/255; the {dataset.layout} label map turns them into labels ({mapped})")

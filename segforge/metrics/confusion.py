@@ -109,13 +109,23 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_inde
         raise ValueError(f"pred shape {tuple(pred.shape)} does not match target shape {tuple(target.shape)}{hint}")
     if pred.device != target.device:
         raise ValueError(f"pred is on {pred.device} but target is on {target.device}; move both to one device")
+    return _count(pred, target, num_classes, ignore_index, check_pred=True)
+
+
+def _count(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None, *, check_pred: bool) -> Tensor:
+    """The bincount itself. Ignored pixels are masked to an extra bin rather than gathered out: a
+    boolean gather forces a device sync and a copy (4x slower on 8x512x512 with 19 classes)."""
     pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
-    if ignore_index is not None:
-        keep = target != ignore_index
-        pred, target = pred[keep], target[keep]
-    check_labels(target, num_classes, ignore_index, name="target")  # (ignored pixels are gone already)
-    check_labels(pred, num_classes, None, name="pred")
-    counts = torch.bincount(num_classes * target + pred, minlength=num_classes**2)
+    ignored = None if ignore_index is None else target == ignore_index
+    if ignored is not None:
+        target = target.masked_fill(ignored, 0)
+    check_labels(target, num_classes, None, name="target")
+    if check_pred:
+        check_labels(pred, num_classes, None, name="pred")
+    index = num_classes * target + pred
+    if ignored is not None:
+        index = index.masked_fill(ignored, num_classes**2)
+    counts = torch.bincount(index, minlength=num_classes**2 + 1)[: num_classes**2]
     return counts.reshape(num_classes, num_classes)
 
 
@@ -123,7 +133,9 @@ def logits_to_labels(logits: Tensor) -> Tensor:
     """``(N, C, H, W)`` logits → ``(N, H, W)`` int64 classes: argmax, or ``logit > 0`` when ``C == 1``."""
     if logits.shape[1] == 1:
         return (logits[:, 0] > 0).long()
-    return logits.argmax(1)
+    # max(1).indices, not argmax(1): same first-maximum result, but argmax over the channel axis of
+    # NCHW logits is ~3.5x slower on CPU (8x19x512x512: 200 ms vs 59 ms).
+    return logits.max(dim=1).indices
 
 
 class ConfusionMatrix:
@@ -172,8 +184,13 @@ class ConfusionMatrix:
                 )
             if not pred.is_floating_point():
                 raise ValueError(f"logits must be floating point, got {pred.dtype}")
-            pred = logits_to_labels(pred.detach())
-        batch = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+            labels = logits_to_labels(pred.detach())  # in range by construction: only the target is checked
+            _check_integer(target, "target", "convert it with target.long()")
+            if labels.shape != target.shape:
+                raise ValueError(f"logits {tuple(pred.shape)} do not match target {tuple(target.shape)} spatially")
+            batch = _count(labels, target.to(labels.device), self.num_classes, self.ignore_index, check_pred=False)
+        else:
+            batch = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
         if self.matrix.device != batch.device:
             self.matrix = self.matrix.to(batch.device)
         self.matrix += batch

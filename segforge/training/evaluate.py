@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segforge.data import SegmentationDataset
-from segforge.metrics import ConfusionMatrix, format_table, plot_confusion, save_json
+from segforge.metrics import ConfusionMatrix, format_table, logits_to_labels, plot_confusion, save_json
 from segforge.plots import overlay_panel, save_png
 
 
@@ -83,7 +83,7 @@ def write_report(model: nn.Module, dataset: SegmentationDataset, folder: Path, *
     for index in range(min(overlays, len(dataset))):
         image, mask = dataset[index]
         logits = model(image[None].to(device).to(memory_format=memory_format))
-        pred = (logits[0, 0] > 0).long() if logits.shape[1] == 1 else logits[0].argmax(0)
+        pred = logits_to_labels(logits)[0]
         panel = overlay_panel(_display_image(image, dataset), mask.numpy(), pred.cpu().numpy(), dataset.palette,
                               ignore_index)
         save_png(panel, folder / "overlays" / f"{index:03d}.png")

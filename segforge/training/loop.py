@@ -190,7 +190,10 @@ def fit(config: Config | None, *, resume: str | Path | None = None, progress: bo
                           dice_class_weight=weights if config.loss.name == "dice" else None,
                           dice_weight=config.loss.dice_weight if config.loss.name == "ce+dice" else None,
                           smooth=config.loss.smooth,
-                          aux_weight=config.loss.aux_weight if model.aux_head is not None else None).to(device)
+                          aux_weight=config.loss.aux_weight if model.aux_head is not None else None,
+                          # every mask was range-checked by the dataset (naming its file); re-checking
+                          # each batch in every loss term would cost device syncs for nothing
+                          validate=False).to(device)
 
     steps_per_epoch = math.ceil(len(train_loader) / config.train.accumulate)
     epochs = (math.ceil(config.train.iterations / steps_per_epoch) if config.train.iterations
