@@ -61,3 +61,17 @@ def overlay_panel(image: np.ndarray, target: np.ndarray | None, pred: np.ndarray
 
 def save_png(array: np.ndarray, path: Path) -> Path:
     return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def save_index_png(labels: np.ndarray, palette: Sequence[Sequence[int]], path: Path) -> Path:
+    """An index mask (pixel value = class): a palette PNG coloured with ``palette`` for up to 256
+    classes, a 16-bit grey PNG beyond (the values stay the class indices). Written atomically."""
+    if labels.size and (labels.min() < 0 or labels.max() > 65535):
+        raise ValueError(f"{path}: labels must lie in 0..65535 to be stored as a PNG")
+    if labels.max(initial=0) < 256 and len(palette) <= 256:
+        image = Image.fromarray(labels.astype(np.uint8), mode="P")
+        flat = [int(v) for colour in palette for v in colour]
+        image.putpalette(flat + [0] * (768 - len(flat)))
+    else:
+        image = Image.fromarray(labels.astype(np.uint16))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
@@ -23,7 +22,7 @@ from segforge.data.base import default_palette, scale_image, to_tensor
 from segforge.data.io import list_images, read_image
 from segforge.files import atomic_write
 from segforge.metrics import logits_to_labels
-from segforge.plots import overlay_panel, save_png
+from segforge.plots import overlay_panel, save_index_png, save_png
 
 
 def _probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -94,16 +93,6 @@ def prepare_image(path: Path, info: dict, in_channels: int) -> tuple[np.ndarray,
 def _save_npy(path: str, array: np.ndarray) -> None:
     with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temporary name
         np.save(f, array)
-
-
-def save_index_png(labels: np.ndarray, palette: Sequence[Sequence[int]], path: Path) -> Path:
-    """An index mask (pixel value = class) with the classes' colours as its PNG palette."""
-    if labels.max(initial=0) > 255:
-        raise ValueError(f"{path}: more than 256 classes do not fit a palette PNG")
-    image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    flat = [v for colour in palette for v in colour][: 256 * 3]
-    image.putpalette(flat + [0] * (768 - len(flat)))
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], out: str | Path, *,

@@ -223,10 +223,11 @@ def test_inputs_are_not_modified_and_mask_dtype_is_int64():
     image, mask = sample(1)
     before = image.copy(), mask.copy()
     t = build_transforms({"hflip": {"p": 1}, "jitter": {"p": 1}, "elastic": {"p": 1}}, ignore_index=255, seed=0)
-    out, out_mask = t(image, mask.astype(np.int32))
-    assert np.array_equal(image, before[0]) and np.array_equal(mask, before[1])
-    assert out_mask.dtype == np.int64
-    torch.from_numpy(out), torch.from_numpy(out_mask)  # contiguous, positive strides
+    for mask_in in (mask, mask.astype(np.int32)):  # the int64 mask itself, and an int32 one
+        out, out_mask = t(image, mask_in)
+        assert np.array_equal(image, before[0]) and np.array_equal(mask, before[1])
+        assert out_mask.dtype == np.int64
+        assert out.flags.c_contiguous and out_mask.flags.c_contiguous
 
 
 # ---------------------------------------------------------------- crop

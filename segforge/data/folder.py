@@ -28,7 +28,7 @@ IMAGE_DIRS = ("images", "image", "imgs", "img")
 MASK_DIRS = ("masks", "mask", "labels", "label", "annotations", "gt")
 
 
-def _first_dir(root: Path, names: Sequence[str]) -> Path | None:
+def first_dir(root: Path, names: Sequence[str]) -> Path | None:
     return next((root / n for n in names if (root / n).is_dir()), None)
 
 
@@ -116,8 +116,8 @@ class FolderDataset(SegmentationDataset):
         if not root.is_dir():
             raise DatasetError(f"data folder {root} does not exist; pass the folder that holds images/ and masks/",
                                path=root, kind="missing")
-        images_dir = root / image_dir if image_dir else _first_dir(root, IMAGE_DIRS)
-        masks_dir = root / mask_dir if mask_dir else _first_dir(root, MASK_DIRS)
+        images_dir = root / image_dir if image_dir else first_dir(root, IMAGE_DIRS)
+        masks_dir = root / mask_dir if mask_dir else first_dir(root, MASK_DIRS)
         for found, names, what in ((images_dir, IMAGE_DIRS, "image"), (masks_dir, MASK_DIRS, "mask")):
             if found is None or not found.is_dir():
                 where = found if found is not None else root / names[0]
@@ -177,12 +177,12 @@ class FolderDataset(SegmentationDataset):
 
     @staticmethod
     def detect(root: Path) -> bool:
-        return _first_dir(root, IMAGE_DIRS) is not None and _first_dir(root, MASK_DIRS) is not None
+        return first_dir(root, IMAGE_DIRS) is not None and first_dir(root, MASK_DIRS) is not None
 
     @staticmethod
     def splits(root: Path) -> list[str]:
         """Split names found: ``<split>.txt`` lists, or sub-folders of the image folder."""
-        images_dir = _first_dir(root, IMAGE_DIRS)
+        images_dir = first_dir(root, IMAGE_DIRS)
         found = sorted(p.stem for p in root.glob("*.txt") if p.stem not in ("classes", "README", "readme"))
         if images_dir is not None:
             found += sorted(p.name for p in images_dir.iterdir() if p.is_dir() and p.name not in found)

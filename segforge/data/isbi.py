@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 
 from segforge.data.base import SegmentationDataset, Transform
-from segforge.data.folder import pair_files
+from segforge.data.folder import first_dir, pair_files
 from segforge.data.io import DatasetError, list_images, read_volume
 from segforge.data.registry import DATASETS
 
@@ -34,10 +34,6 @@ def isbi_label_map(foreground: Literal["membrane", "cell"] = "membrane") -> np.n
     membrane = np.arange(256) < 128
     return np.where(membrane, 1, 0).astype(np.int64) if foreground == "membrane" else \
         np.where(membrane, 0, 1).astype(np.int64)
-
-
-def _sub(folder: Path, names: Sequence[str]) -> Path | None:
-    return next((folder / n for n in names if (folder / n).is_dir()), None)
 
 
 @DATASETS.register("isbi")
@@ -65,14 +61,14 @@ class ISBIDataset(SegmentationDataset):
             raise ValueError(f"foreground must be 'membrane' or 'cell', got {foreground!r}")
         root = Path(root)
         volume, labels = root / f"{split}-volume.tif", root / f"{split}-labels.tif"
-        images_dir = _sub(root / split, _IMAGE_DIRS)
+        images_dir = first_dir(root / split, _IMAGE_DIRS)
         self._volumes: dict[Path, np.ndarray] = {}
         self._lock = threading.Lock()
         self.slices: list[int] | None = None
         unpaired: list[Path] = []
         lonely: list[Path] = []
         if images_dir is not None:
-            labels_dir = _sub(root / split, _LABEL_DIRS)
+            labels_dir = first_dir(root / split, _LABEL_DIRS)
             images = list_images(images_dir)
             if labels_dir is None:
                 samples = [(image, None) for image in images]
@@ -139,11 +135,11 @@ class ISBIDataset(SegmentationDataset):
     @staticmethod
     def detect(root: Path) -> bool:
         return any(root.glob("*-volume.tif")) or any(
-            _sub(root / s, _IMAGE_DIRS) is not None and _sub(root / s, _LABEL_DIRS) is not None for s in ("train",))
+            first_dir(root / s, _IMAGE_DIRS) is not None and first_dir(root / s, _LABEL_DIRS) is not None for s in ("train",))
 
     @staticmethod
     def splits(root: Path) -> list[str]:
         root = Path(root)
         found = {p.name[: -len("-volume.tif")] for p in root.glob("*-volume.tif")}
-        found |= {p.name for p in root.iterdir() if p.is_dir() and _sub(p, _IMAGE_DIRS)} if root.is_dir() else set()
+        found |= {p.name for p in root.iterdir() if p.is_dir() and first_dir(p, _IMAGE_DIRS)} if root.is_dir() else set()
         return sorted(found)

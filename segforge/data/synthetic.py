@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from segforge.data.base import SegmentationDataset, Transform, default_palette
+from segforge.plots import save_index_png
 
 SHAPES = ("disk", "rectangle", "triangle", "ring")
 
@@ -129,13 +130,21 @@ class SyntheticDataset(SegmentationDataset):
         synthetic_sample(0, size=size, num_classes=num_classes, channels=channels, seed=seed)  # validates arguments
         super().__init__([], classes=synthetic_classes(num_classes), mean=mean, std=std, transform=transform)
         self.num_samples, self.size, self.channels, self.seed = num_samples, _size(size), channels, seed
+        self._last: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
 
     def __len__(self) -> int:
         return self.num_samples
 
     def _sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return synthetic_sample(index, size=self.size, num_classes=len(self.classes), channels=self.channels,
-                                seed=self.seed)
+        # __getitem__ asks for the image, then the mask, of the same index: generate it once. The slot
+        # is replaced by one assignment, so threads reading it never see half an entry.
+        last = self._last
+        if last is not None and last[0] == index:
+            return last[1]
+        sample = synthetic_sample(index, size=self.size, num_classes=len(self.classes), channels=self.channels,
+                                  seed=self.seed)
+        self._last = (index, sample)
+        return sample
 
     def describe(self, index: int) -> str:
         return f"synthetic sample {index} (seed {self.seed})"
@@ -166,7 +175,7 @@ def write_synthetic_dataset(root: str | Path, *, num_train: int = 16, num_val: i
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
-    palette = [v for colour in default_palette(256) for v in colour]
+    palette = default_palette(min(num_classes, 256))
     names = [f"{i:04d}" for i in range(num_train + num_val)]
     for index, name in enumerate(names):
         image, mask = synthetic_sample(index, size=size, num_classes=num_classes, channels=channels, seed=seed)
@@ -174,12 +183,7 @@ def write_synthetic_dataset(root: str | Path, *, num_train: int = 16, num_val: i
             Image.fromarray(image[:, :, 0] if channels == 1 else image).save(root / "images" / f"{name}.png")
         else:
             tifffile.imwrite(root / "images" / f"{name}.tif", image, photometric="minisblack", planarconfig="contig")
-        if num_classes <= 256:
-            label = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.astype(np.uint8).tobytes())
-            label.putpalette(palette)
-        else:
-            label = Image.fromarray(mask.astype(np.uint16))
-        label.save(root / "masks" / f"{name}.png")
+        save_index_png(mask, palette, root / "masks" / f"{name}.png")
     (root / "train.txt").write_text("".join(f"{n}\n" for n in names[:num_train]))
     (root / "val.txt").write_text("".join(f"{n}\n" for n in names[num_train:]))
     (root / "classes.txt").write_text("".join(f"{c}\n" for c in synthetic_classes(num_classes)))

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import math
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -20,7 +22,7 @@ from segforge.models.segmenter import SegmentationOutput
 __all__ = ["LOSS_NAMES", "AuxiliaryLoss", "LossName", "WeightedSum", "auxiliary_loss", "create_loss"]
 
 LossName = Literal["ce", "dice", "ce+dice"]
-LOSS_NAMES: tuple[str, ...] = ("ce", "dice", "ce+dice")
+LOSS_NAMES: tuple[str, ...] = typing.get_args(LossName)
 
 
 def _check_coefficient(value: object, name: str) -> float:

@@ -28,6 +28,7 @@ Details a user needs to know:
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from typing import Literal
 
@@ -39,6 +40,13 @@ from segforge.losses.cross_entropy import as_class_weight, check_loss_inputs
 __all__ = ["DiceLoss", "DiceMode", "dice_loss", "soft_dice_per_class"]
 
 DiceMode = Literal["batch", "image"]
+
+
+def _check_options(smooth: float, mode: str) -> None:
+    if mode not in typing.get_args(DiceMode):
+        raise ValueError(f"unknown Dice mode {mode!r}; choose from {list(typing.get_args(DiceMode))}")
+    if isinstance(smooth, bool) or not isinstance(smooth, int | float) or not smooth >= 0:
+        raise ValueError(f"smooth must be a number >= 0, got {smooth!r}; the default is 1.0")
 
 
 def soft_dice_per_class(
@@ -112,10 +120,7 @@ def dice_loss(
     """
     if validate:
         check_loss_inputs(logits, target, ignore_index)
-    if mode not in ("batch", "image"):
-        raise ValueError(f"unknown Dice mode {mode!r}; choose from ['batch', 'image']")
-    if isinstance(smooth, bool) or not isinstance(smooth, int | float) or not smooth >= 0:
-        raise ValueError(f"smooth must be a number >= 0, got {smooth!r}; the default is 1.0")
+    _check_options(smooth, mode)
     binary = logits.shape[1] == 1
     num_classes = 2 if binary else logits.shape[1]
     w = as_class_weight(weight, num_classes, logits, binary=binary, check_values=validate)
@@ -142,10 +147,7 @@ class DiceLoss(nn.Module):
         validate: bool = True,
     ) -> None:
         super().__init__()
-        if mode not in ("batch", "image"):
-            raise ValueError(f"unknown Dice mode {mode!r}; choose from ['batch', 'image']")
-        if isinstance(smooth, bool) or not isinstance(smooth, int | float) or not smooth >= 0:
-            raise ValueError(f"smooth must be a number >= 0, got {smooth!r}; the default is 1.0")
+        _check_options(smooth, mode)  # now, so that a bad config fails when the loss is built
         self.register_buffer("weight", as_class_weight(weight, None), persistent=False)
         self.ignore_index = ignore_index
         self.smooth = smooth
