@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -62,6 +63,10 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
         (run, "--device", "train.device", {}),
         (run, "--eval-every", "train.eval_every", {"type": _positive_int}),
         (run, "--early-stop", "train.early_stop", {"type": _positive_int}),
+        (run, "--checkpoint-minutes", "train.checkpoint_minutes",
+         {"type": float, "metavar": "MIN", "help": "save the resume state mid-epoch this often (default 10)"}),
+        (run, "--sync-bn", "train.sync_bn",
+         {"action": argparse.BooleanOptionalAction, "help": "SyncBatchNorm across torchrun processes (CUDA)"}),
         (run, "--out", "train.out", {"help": "folder of run folders (default runs/)"}),
         (run, "--name", "train.name", {"help": "run folder name"}),
     ]
@@ -97,12 +102,13 @@ def _train(args: argparse.Namespace) -> int:
             return 1
         except KeyboardInterrupt:  # fit has printed where the last checkpoint is and how to resume
             return 130
-    print(f"run folder: {folder}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(f"run folder: {folder}")
     return 0
 
 
 def _device(name: str | None):
-    from segforge.training.loop import resolve_device
+    from segforge.training.distributed import resolve_device
 
     return resolve_device(name or "auto")
 

@@ -77,6 +77,8 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA if present
     eval_every: int = 1  # epochs
     early_stop: int | None = None  # epochs without a better val mIoU
+    checkpoint_minutes: float = 10.0  # also save the resume state mid-epoch this often (0: at epoch ends only)
+    sync_bn: bool = False  # SyncBatchNorm across processes under torchrun (CUDA)
     out: str = "runs"
     name: str | None = None  # run folder name; default: model and time
 

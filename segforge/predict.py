@@ -22,6 +22,7 @@ from segforge.data.base import default_palette, scale_image, to_tensor
 from segforge.data.io import list_images, read_image
 from segforge.files import atomic_write
 from segforge.metrics import logits_to_labels
+from segforge.models.segmenter import full_size_forward
 from segforge.plots import overlay_panel, save_index_png, save_png
 
 
@@ -49,7 +50,7 @@ def predict_probabilities(model: nn.Module, images: torch.Tensor, *, flip: bool 
             images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
         for flipped in (False, True) if flip else (False,):
             x = scaled.flip(-1) if flipped else scaled
-            probs = _probabilities(model(x).float())
+            probs = _probabilities(full_size_forward(model, x).float())
             if flipped:
                 probs = probs.flip(-1)
             if probs.shape[-2:] != (height, width):

@@ -217,3 +217,33 @@ def test_create_model_loads_torchvision_encoder_weights_and_adapts_grayscale(tmp
     torch.testing.assert_close(model.encoder.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
     with pytest.raises(ValueError, match=r"resnet18-test.safetensors.*do not fit encoder resnet50"):
         create_model("pspnet", 2, encoder="resnet50", encoder_weights=str(path))
+
+
+@pytest.mark.parametrize("size,before,after", [(5, 2, 3), (5, 7, 11), (1, 3, 2), (2, 5, 0), (6, 0, 0)])
+def test_mirror_pad_reflects_without_repeating_the_edge_by_any_amount(size: int, before: int, after: int) -> None:
+    import numpy as np
+
+    from segforge.models.segmenter import mirror_pad
+
+    x = torch.arange(3 * size * (size + 1), dtype=torch.float32).view(1, 3, size, size + 1)
+    padded = mirror_pad(x, before, after, after, before)
+    expected = np.pad(x.numpy(), ((0, 0), (0, 0), (before, after), (0, 0)), mode="reflect" if size > 1 else "edge")
+    expected = np.pad(expected, ((0, 0), (0, 0), (0, 0), (after, before)), mode="reflect")
+    assert torch.equal(padded, torch.from_numpy(expected))
+
+
+def test_full_size_forward_gives_the_original_unet_logits_for_every_pixel() -> None:
+    from segforge.models.segmenter import full_size_forward, mirror_pad
+
+    torch.manual_seed(0)
+    model = create_model("unet", 2).eval()
+    with torch.no_grad():
+        for height, width in [(1, 1), (37, 100), (388, 388)]:
+            x = torch.randn(1, 1, height, width)
+            assert full_size_forward(model, x).shape == (1, 2, height, width)
+        # 388 px: the paper's tile; 92 px of mirrored border on each side make the 572 px input
+        x = torch.randn(1, 1, 388, 388)
+        torch.testing.assert_close(full_size_forward(model, x), model(mirror_pad(x, 92, 92, 92, 92)))
+        padded_model = create_model("unet_padded", 2, encoder="resnet18").eval()
+        x = torch.randn(1, 3, 40, 56)
+        assert torch.equal(full_size_forward(padded_model, x), padded_model(x))  # padded nets: untouched

@@ -37,7 +37,7 @@ def test_a_run_writes_its_folder_and_the_best_model_reloads(data_root, tmp_path)
     assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["val_mean_iou"] for r in rows)
     model, info = load_model(folder / "best.safetensors")
     assert model.config["name"] == "segnet_basic" and info["classes"][:1] == ["background"]
-    assert max(float(r["val_mean_iou"]) for r in rows) == pytest.approx(info["best_mean_iou"])
+    assert max(float(r["val_mean_iou"]) for r in rows) == pytest.approx(info["best_mean_iou"], abs=1e-6)  # CSV: 6 decimals
 
 
 def test_resume_after_an_interruption_continues_exactly(data_root, tmp_path, monkeypatch) -> None:
@@ -130,3 +130,65 @@ def test_mixed_precision_on_without_cuda_is_refused(data_root, tmp_path) -> None
         pytest.skip("CUDA is available here: amp 'on' is valid")
     with pytest.raises(ValueError, match="train.amp is 'on' but training runs on cpu: mixed precision needs CUDA"):
         fit(tiny_config(data_root, tmp_path, "amp", **{"train.amp": "on"}), progress=False)
+
+
+@pytest.mark.parametrize("size,batch,world", [(16, 4, 1), (16, 4, 2), (18, 6, 3), (10, 4, 1)])
+def test_process_shares_of_each_global_batch_add_up_to_the_single_process_batches(size, batch, world) -> None:
+    from segforge.training.distributed import EpochBatchSampler
+
+    single = EpochBatchSampler(size, batch, shuffle=True, seed=3, drop_last=world > 1)
+    shares = [EpochBatchSampler(size, batch, shuffle=True, seed=3, rank=r, world_size=world) for r in range(world)]
+    for sampler in [single, *shares]:
+        sampler.set_epoch(2)
+    joined = [sum(parts, []) for parts in zip(*(list(s) for s in shares))]
+    assert joined == list(single)[:len(joined)] and len(joined) == size // batch
+    if world == 1:  # one process keeps a last, partial batch: every sample once
+        assert sorted(sum(list(single), [])) == list(range(size))
+    assert len(single) == len(list(single))
+
+
+def test_a_resumed_epoch_skips_exactly_the_batches_already_done() -> None:
+    from segforge.training.distributed import EpochBatchSampler
+
+    sampler = EpochBatchSampler(10, 3, shuffle=True, seed=0, drop_last=False)
+    sampler.set_epoch(1)
+    full = list(sampler)
+    sampler.set_epoch(1, start=2)
+    assert list(sampler) == full[2:] and len(sampler) == 2 and len(full) == 4
+    sampler.set_epoch(2)
+    assert list(sampler) != full  # a new order every epoch
+
+
+def test_a_global_batch_must_split_evenly_over_the_processes() -> None:
+    from segforge.training.distributed import EpochBatchSampler
+
+    with pytest.raises(ValueError, match="data.batch_size 6 is the global batch and must be a multiple of the 4 "
+                                         "processes; use 4 or 8"):
+        EpochBatchSampler(100, 6, shuffle=True, rank=0, world_size=4)
+    with pytest.raises(ValueError, match="fewer than one global batch of 8"):
+        EpochBatchSampler(5, 8, shuffle=True, rank=0, world_size=2)
+
+
+def test_augmentation_is_drawn_per_sample_whatever_the_order(data_root) -> None:
+    from segforge.data import build_transforms, create_dataset
+
+    dataset = create_dataset("folder", data_root, "train")
+    dataset.transform = build_transforms(None, ignore_index=255, crop_size=24, seed=5)
+    dataset.augment_seed = 11
+    forward = [dataset[i] for i in range(4)]
+    backward = [dataset[i] for i in reversed(range(4))][::-1]
+    for (a, m), (b, n) in zip(forward, backward):
+        assert torch.equal(a, b) and torch.equal(m, n)
+    dataset.augment_seed = 12
+    assert not all(torch.equal(a, dataset[i][0]) for i, (a, _) in enumerate(forward))
+
+
+def test_the_original_unet_trains_on_crops_its_logits_cover(data_root, tmp_path) -> None:
+    # Valid convolutions: every 24x24 crop is mirror-extended to the U-Net's input size (92 px before)
+    # and the logits are cut to the crop, as in the paper's overlap-tile strategy.
+    config = tiny_config(data_root, tmp_path, "unet", **{"model.name": "unet", "data.crop_size": 24,
+                                                         "data.batch_size": 2, "train.epochs": 1,
+                                                         "train.iterations": 2})
+    folder = fit(config, progress=False)
+    model, _ = load_model(folder / "last.safetensors")
+    assert model.config["name"] == "unet" and (folder / "report.json").is_file()

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from segforge.data.colour import ColourMap, load_colour_map
 from segforge.data.io import DatasetError, map_files, read_image, read_mask
+from segforge.data.transforms import Transform as SeededTransform
 
 Sample = tuple[Path, "Path | None"]
 Transform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -104,6 +105,9 @@ class SegmentationDataset(Dataset):
         mean, std: per-channel normalisation of the [0, 1]-scaled image, or None (no normalisation);
             ``compute_stats(dataset)`` measures them.
         transform: joint augmentation of image and mask, or None.
+        augment_seed: when set (training does, per epoch), sample ``i`` is augmented with a generator
+            seeded by ``(augment_seed, i)``: the same draws whatever the worker, the process (data
+            parallel) or the position in the epoch (a run resumed mid-epoch), so runs repeat exactly.
         unpaired_images: samples without their mask (recorded instead of raised when built with
             strict=False); they are not in ``samples``.
         unpaired_masks: masks without their image.
@@ -130,6 +134,7 @@ class SegmentationDataset(Dataset):
         self.mean = None if mean is None else tuple(float(m) for m in mean)
         self.std = None if std is None else tuple(float(s) for s in std)
         self.transform = transform
+        self.augment_seed: int | None = None
         self.unpaired_images = list(unpaired_images)
         self.unpaired_masks = list(unpaired_masks)
 
@@ -212,7 +217,9 @@ class SegmentationDataset(Dataset):
                                "their image's size: re-export the mask, or resize it with nearest-neighbour",
                                path=self.mask_name(index), kind="size_mismatch")
         image = scale_image(image)
-        if self.transform is not None:
+        if isinstance(self.transform, SeededTransform) and self.augment_seed is not None:
+            image, mask = self.transform(image, mask, rng=np.random.default_rng([self.augment_seed, index]))
+        elif self.transform is not None:
             image, mask = self.transform(image, mask)
         image_t = to_tensor(image, self.mean, self.std, name=self.describe(index))
         return image_t, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))

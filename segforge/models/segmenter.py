@@ -35,6 +35,59 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h))
 
 
+def _mirror_indices(size: int, before: int, after: int, device: torch.device) -> torch.Tensor:
+    index = torch.arange(-before, size + after, device=device)
+    if size == 1:
+        return torch.zeros_like(index)
+    period = 2 * (size - 1)
+    index = index.remainder(period)
+    return torch.where(index >= size, period - index, index)
+
+
+def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """Extends the last two dimensions by mirroring at the edges, the edge pixel not repeated (the
+    U-Net paper's extrapolation), by any amount: the reflections repeat when a pad exceeds the image."""
+    if top == bottom == left == right == 0:
+        return x
+    rows = _mirror_indices(x.shape[-2], top, bottom, x.device)
+    cols = _mirror_indices(x.shape[-1], left, right, x.device)
+    padded = x.index_select(-2, rows).index_select(-1, cols)
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        padded = padded.contiguous(memory_format=torch.channels_last)
+    return padded
+
+
+def valid_border(model: nn.Module, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) mirror padding that makes a valid-convolution network's logits cover an
+    ``height x width`` image (the original U-Net: 92 pixels before, enough after to reach a valid size);
+    zeros for networks whose output already matches their input."""
+    net = getattr(model, "module", model)  # DistributedDataParallel
+    input_size = getattr(net, "input_size", None)
+    if input_size is None:
+        return 0, 0, 0, 0
+    in_h, in_w = input_size(height), input_size(width)
+    top, left = (in_h - net.output_size(in_h)) // 2, (in_w - net.output_size(in_w)) // 2
+    return top, in_h - height - top, left, in_w - width - left
+
+
+def full_size_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor | SegmentationOutput:
+    """``model(x)`` with logits for every pixel of ``x``, for every architecture.
+
+    Padded networks take ``x`` as it is. Valid-convolution networks (the original U-Net), whose
+    output is smaller than their input, see ``x`` extended by mirroring as in the U-Net paper's
+    overlap-tile strategy, and their logits are cut to ``x``'s size: so training crops, evaluation
+    images and predictions of any size work with them too.
+    """
+    top, bottom, left, right = valid_border(model, *x.shape[-2:])
+    if top == bottom == left == right == 0:
+        return model(x)
+    height, width = x.shape[-2:]
+    output = model(mirror_pad(x, top, bottom, left, right))
+    if isinstance(output, SegmentationOutput):
+        return SegmentationOutput(*(t[..., :height, :width] for t in output))
+    return output[..., :height, :width]
+
+
 class Segmenter(nn.Module):
     """A segmentation network: ``forward(x: (N, in_channels, H, W)) -> logits (N, num_classes, H, W)``.
 

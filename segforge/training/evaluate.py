@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from segforge.data import SegmentationDataset
 from segforge.metrics import ConfusionMatrix, format_table, logits_to_labels, plot_confusion, save_json
+from segforge.models.segmenter import full_size_forward
 from segforge.plots import overlay_panel, save_png
 
 
@@ -28,11 +29,13 @@ class Evaluation:
 def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, ignore_index: int | None,
              loss_fn: nn.Module | None = None, device: torch.device | str = "cpu",
              memory_format: torch.memory_format = torch.contiguous_format, progress: bool | None = None,
-             flip: bool = False, scales: Sequence[float] = (1.0,)) -> Evaluation:
+             flip: bool = False, scales: Sequence[float] = (1.0,), distributed: bool = False) -> Evaluation:
     """Runs ``model`` over ``loader`` at each image's own resolution and accumulates the confusion matrix.
 
     ``flip`` and ``scales`` average the class probabilities over test-time augmentation views
-    (``segforge.predict.predict_probabilities``); the loss is then not computed.
+    (``segforge.predict.predict_probabilities``); the loss is then not computed. With ``distributed``,
+    each process has evaluated its share of the data and the counts and losses are summed over all
+    processes (a collective call: every process makes it).
     """
     from segforge.predict import predict_probabilities
 
@@ -49,12 +52,17 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, ignore_i
         if tta:
             confusion.update(predict_probabilities(model, images, flip=flip, scales=scales), masks)
             continue
-        logits = model(images)
+        logits = full_size_forward(model, images)
         if loss_fn is not None:
             total += float(loss_fn(logits, masks))
             batches += 1
         confusion.update(logits, masks)
     model.train(was_training)
+    if distributed:
+        confusion.all_reduce()
+        sums = torch.tensor([total, batches], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(sums)
+        total, batches = sums.tolist()
     return Evaluation(confusion.compute(), confusion.matrix.cpu(), total / max(batches, 1))
 
 
@@ -82,7 +90,7 @@ def write_report(model: nn.Module, dataset: SegmentationDataset, folder: Path, *
     model.eval()
     for index in range(min(overlays, len(dataset))):
         image, mask = dataset[index]
-        logits = model(image[None].to(device).to(memory_format=memory_format))
+        logits = full_size_forward(model, image[None].to(device).to(memory_format=memory_format))
         pred = logits_to_labels(logits)[0]
         panel = overlay_panel(_display_image(image, dataset), mask.numpy(), pred.cpu().numpy(), dataset.palette,
                               ignore_index)

@@ -1,0 +1,129 @@
+"""Training as separate processes: killed with SIGKILL, stopped with Ctrl-C, and data-parallel under torchrun.
+
+Each run is a real ``segforge train`` process (``tests/helpers/train_tiny.py`` adds a tiny
+architecture so that a run takes seconds); the resumed or distributed results are compared with a
+straight, single-process run of the same config.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from segforge.checkpoint import load_state, read_checkpoint
+from segforge.data import write_synthetic_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, str(ROOT / "tests" / "helpers" / "train_tiny.py"), "train"]
+# one thread per process: runs are repeatable bit for bit, and two processes fit on two cores
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_train=16, num_val=4, size=32,
+                                   num_classes=3, seed=0)
+
+
+def train_args(data_root, out, name, *extra):
+    return ["--data", str(data_root), "--format", "folder", "--model", "tiny_unet", "--batch-size", "4",
+            "--workers", "0", "--optimizer", "adam", "--lr", "0.01", "--out", str(out), "--name", name, *extra]
+
+
+def run(args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=300, **kwargs)
+
+
+def assert_same_weights(a: Path, b: Path, *, atol: float = 0.0) -> None:
+    weights_a, _, _ = read_checkpoint(a)
+    weights_b, _, _ = read_checkpoint(b)
+    assert weights_a.keys() == weights_b.keys()
+    for key, value in weights_a.items():
+        torch.testing.assert_close(weights_b[key], value, rtol=0, atol=atol, msg=key)
+
+
+def losses(folder: Path) -> list[float]:
+    return [float(row["train_loss"]) for row in csv.DictReader(open(folder / "metrics.csv"))]
+
+
+def start_and_signal(args, state: Path, sig: int, delay: float) -> subprocess.CompletedProcess:
+    """Starts a training process, sends ``sig`` ``delay`` seconds after its first saved state appears."""
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 120
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(delay)
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def straight(data_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("straight")
+    result = run(TRAIN + train_args(data_root, out, "run", "--epochs", "12"))
+    assert result.returncode == 0, result.stderr
+    return out / "run"
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.35, 0.8])
+def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(data_root, tmp_path, straight, delay) -> None:
+    # The state is saved after every step (checkpoint-minutes ~ 6 ms), so the kill lands mid-epoch,
+    # between or during writes; whatever it hit, the saved state must load and resuming must end
+    # exactly where the uninterrupted run ended.
+    args = TRAIN + train_args(data_root, tmp_path, "killed", "--epochs", "12", "--checkpoint-minutes", "0.0001")
+    killed = start_and_signal(args, tmp_path / "killed" / "state.pt", signal.SIGKILL, delay)
+    assert killed.returncode == -signal.SIGKILL, "the run ended before the kill: make it longer"
+    state = load_state(tmp_path / "killed" / "state.pt")  # never corrupt
+    assert 0 <= state["epoch"] < 12
+    resumed = run(TRAIN + ["--resume", str(tmp_path / "killed")])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(straight / "last.safetensors", tmp_path / "killed" / "last.safetensors")
+    assert losses(tmp_path / "killed") == losses(straight)  # every epoch's row once, with the same numbers
+
+
+def test_ctrl_c_saves_mid_epoch_exits_130_and_resume_is_exact(data_root, tmp_path, straight) -> None:
+    args = TRAIN + train_args(data_root, tmp_path, "stopped", "--epochs", "12", "--checkpoint-minutes", "0")
+    stopped = start_and_signal(args, tmp_path / "stopped" / "state.pt", signal.SIGINT, 0.3)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert f"continue with: segforge train --resume {tmp_path / 'stopped'}" in stopped.stdout
+    state = load_state(tmp_path / "stopped" / "state.pt")
+    # without periodic saves, a state saved mid-epoch can only come from the Ctrl-C
+    assert state["batch"] > 0 or "stopped at the end of epoch" in stopped.stdout
+    resumed = run(TRAIN + ["--resume", str(tmp_path / "stopped")])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(straight / "last.safetensors", tmp_path / "stopped" / "last.safetensors")
+    assert losses(tmp_path / "stopped") == losses(straight)
+
+
+def test_two_processes_under_torchrun_equal_one_process_with_the_same_global_batch(data_root, tmp_path) -> None:
+    # SGD: Adam's first steps are nearly sign(gradient), which turns float rounding into 2 x lr. A fixed
+    # crop: images of one batch padded to different sizes per process would see different borders.
+    sgd = ("--epochs", "3", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--crop-size", "24")
+    single = run(TRAIN + train_args(data_root, tmp_path, "single", *sgd))
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                str(ROOT / "tests" / "helpers" / "train_tiny.py"), "train"]
+    double = run(torchrun + train_args(data_root, tmp_path, "double", *sgd))
+    assert double.returncode == 0, double.stderr
+    # rank 0 alone wrote and printed: one line per epoch, one run folder
+    assert double.stdout.count("epoch=1 ") == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["double", "single"]
+    assert_same_weights(tmp_path / "single" / "last.safetensors", tmp_path / "double" / "last.safetensors",
+                        atol=1e-5)
+    rows_1 = list(csv.DictReader(open(tmp_path / "single" / "metrics.csv")))
+    rows_2 = list(csv.DictReader(open(tmp_path / "double" / "metrics.csv")))
+    for a, b in zip(rows_1, rows_2, strict=True):
+        for key in ("train_loss", "train_mean_iou", "val_loss", "val_mean_iou", "val_pixel_accuracy"):
+            assert float(b[key]) == pytest.approx(float(a[key]), abs=1e-4), key
+    # the global batch must split evenly over the processes
+    odd = run(torchrun + train_args(data_root, tmp_path, "odd", "--epochs", "1", "--batch-size", "3"))
+    assert odd.returncode != 0 and "data.batch_size 3 is the global batch and must be a multiple of the 2" in odd.stderr
