@@ -138,8 +138,22 @@ def _predict(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     model, info = load_model(args.checkpoint, map_location=device)
+    tiling = {"tile": args.tile, "overlap": args.overlap, "batch": args.tile_batch, "blend": args.blend}
+    if args.stream:
+        from segforge.predict import expand_inputs
+        from segforge.tiling import predict_tiff
+
+        if args.tile is None:
+            raise ValueError("--stream reads and writes tile by tile: give --tile N too (e.g. --tile 512)")
+        paths = expand_inputs(args.inputs)
+        for path in paths:
+            target = predict_tiff(model, info, path, Path(args.out) / f"{path.stem}.tif", device=device,
+                                  flip=args.flip, scales=args.scales, progress=None, **tiling)
+            print(f"{path} -> {target}")
+        return 0
     written = predict_files(model, info, args.inputs, args.out, device=device, flip=args.flip, scales=args.scales,
-                            overlays=args.overlay, probabilities=args.probabilities)
+                            overlays=args.overlay, probabilities=args.probabilities, tile=args.tile,
+                            overlap=args.overlap, tile_batch=args.tile_batch, blend=args.blend)
     print(f"{len(written)} mask(s) written to {args.out}")
     return 0
 
@@ -180,6 +194,16 @@ def _label_map(text: str) -> dict[int, int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected RAW=LABEL pairs like 255=1, got {part!r}") from None
     return mapping
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -246,6 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True,
                          help="write <name>_overlay.png (default on)")
     _add_inference_options(predict)
+    tiles = predict.add_argument_group("tiled inference (images of any size, memory bounded by the tile)")
+    tiles.add_argument("--tile", type=_positive_int, default=None, metavar="N",
+                       help="run the network on N-pixel tiles (the original U-Net: overlap-tile with N-pixel outputs)")
+    tiles.add_argument("--overlap", type=_share, default=0.25, help="share of a tile the next overlaps (default 0.25)")
+    tiles.add_argument("--tile-batch", type=_positive_int, default=4, help="tiles per network call (default 4)")
+    tiles.add_argument("--blend", choices=["gaussian", "uniform"], default="gaussian",
+                       help="weights of overlapping tiles (default gaussian)")
+    tiles.add_argument("--stream", action="store_true",
+                       help="read each (uncompressed TIFF) input by rows and write <name>.tif labels tile by tile: "
+                       "memory does not grow with the image")
     predict.set_defaults(run=_predict)
 
     demo = commands.add_parser("demo", help="train a small U-Net on built-in synthetic data, evaluate and predict")

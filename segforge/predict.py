@@ -98,9 +98,15 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 
 def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], out: str | Path, *,
                   device: torch.device | str = "cpu", flip: bool = False, scales: Sequence[float] = (1.0,),
-                  overlays: bool = True, probabilities: bool = False, progress: bool | None = None) -> list[Path]:
+                  overlays: bool = True, probabilities: bool = False, progress: bool | None = None,
+                  tile: int | None = None, overlap: float = 0.25, tile_batch: int = 4,
+                  blend: str = "gaussian") -> list[Path]:
     """Writes ``out/<stem>.png`` (palette index mask), ``out/<stem>_overlay.png`` and, when asked,
-    ``out/<stem>_probs.npy`` (float16 ``(K, H, W)``) for every input image. Returns the mask paths."""
+    ``out/<stem>_probs.npy`` (float16 ``(K, H, W)``) for every input image. Returns the mask paths.
+
+    With ``tile``, each image goes through the network in tiles (``segforge.tiling.predict_tiled``:
+    overlap-tile for the original U-Net, blended sliding windows otherwise), so the network's memory
+    is bounded by the tile; ``overlap``, ``tile_batch`` and ``blend`` are passed on."""
     out = Path(out)
     paths = expand_inputs(inputs)
     model = model.to(device).eval()
@@ -110,9 +116,15 @@ def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], ou
         palette = default_palette(classes)
     written = []
     quiet = None if progress is None else not progress  # tqdm's None: no bar when stderr is not a terminal
+    from segforge.tiling import predict_tiled
+
     for path in tqdm(paths, desc="predict", unit="image", disable=quiet):
         display, x = prepare_image(path, info, model.in_channels)
-        probs = predict_probabilities(model, x.to(device), flip=flip, scales=scales)[0].cpu()
+        if tile is None:
+            probs = predict_probabilities(model, x.to(device), flip=flip, scales=scales)[0].cpu()
+        else:
+            probs = predict_tiled(model, x[0], tile=tile, overlap=overlap, batch=tile_batch, blend=blend, flip=flip,
+                                  scales=scales, device=device, progress=False)
         labels = logits_to_labels(probs[None])[0].numpy()  # K >= 2 probabilities: the most likely class
         written.append(save_index_png(labels, palette, out / f"{path.stem}.png"))
         if overlays:

@@ -35,13 +35,18 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h))
 
 
-def _mirror_indices(size: int, before: int, after: int, device: torch.device) -> torch.Tensor:
-    index = torch.arange(-before, size + after, device=device)
+def mirror_coordinates(coordinates: torch.Tensor, size: int) -> torch.Tensor:
+    """Maps coordinates along an axis of ``size`` pixels, any of them outside it, to the pixel that
+    mirroring at the edges (edge pixel not repeated) puts there."""
     if size == 1:
-        return torch.zeros_like(index)
+        return torch.zeros_like(coordinates)
     period = 2 * (size - 1)
-    index = index.remainder(period)
+    index = coordinates.remainder(period)
     return torch.where(index >= size, period - index, index)
+
+
+def _mirror_indices(size: int, before: int, after: int, device: torch.device) -> torch.Tensor:
+    return mirror_coordinates(torch.arange(-before, size + after, device=device), size)
 
 
 def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:

@@ -83,6 +83,9 @@ def unet_input_size(output_size: int, depth: int = DEPTH) -> int:
 class OriginalUNet(Segmenter):
     """The unpadded U-Net: logits of ``unet_output_size(H) x unet_output_size(W)``, centred on the input."""
 
+    #: shifts of the input by multiples of this keep the pooling grid, so overlap-tiles stitch exactly
+    tile_period = 2**DEPTH
+
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)
         for side in x.shape[-2:]:

@@ -1,0 +1,285 @@
+"""Inference at any size: tiles through the network, memory bounded by the tile, not the image.
+
+Two ways to cut an image, chosen by the network:
+
+* **Overlap-tile** (U-Net paper, Fig. 2) for valid-convolution networks (the original U-Net): output
+  tiles abut exactly; each input tile is larger than its output tile by the network's border (92 px
+  per side) and the image is extended by mirroring. Tile origins are multiples of the network's
+  pooling period (16), so the stitched result equals running the network on the whole mirrored image.
+* **Sliding windows** for padded networks: windows of ``tile`` pixels, ``overlap`` apart, the last
+  one snapped to the image edge (no padding beyond the image); their class probabilities are blended
+  with Gaussian weights (centre pixels count most, as in nnU-Net) or uniformly.
+
+Tiles are batched through the network one row of tiles at a time, and only a band of one tile's
+height is accumulated: rows are final, and handed on, as soon as no later tile covers them. So
+``predict_tiled`` (in memory) and ``predict_tiff`` (a TIFF read by rows, labels written tile by tile)
+share one code path and give the same labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from segforge.models.segmenter import mirror_coordinates
+
+Reader = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) -> (C, y1 - y0, x1 - x0)
+TileFn = Callable[[torch.Tensor], torch.Tensor]  # (N, C, h, w) -> (N, K, oh, ow), oh >= tile output
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles go. ``ys``/``xs``: output tile origins; ``output``: output tile size; input
+    tile = ``output + 2 * border`` rounded up to a size the network takes (``window``)."""
+
+    height: int
+    width: int
+    output: tuple[int, int]
+    window: tuple[int, int]
+    border: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+    weights: torch.Tensor  # (output h, output w) blending weights, > 0
+
+    @property
+    def num_tiles(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+
+def _starts(size: int, window: int, stride: int) -> tuple[int, ...]:
+    """Window origins from 0 with ``stride``; the last one snapped so the window ends at the edge."""
+    if size <= window:
+        return (0,)
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return tuple(starts)
+
+
+def _weights(height: int, width: int, blend: str) -> torch.Tensor:
+    if blend == "uniform":
+        return torch.ones(height, width)
+    if blend != "gaussian":
+        raise ValueError(f"blend must be 'gaussian' or 'uniform', got {blend!r}")
+    axes = []
+    for n in (height, width):
+        position = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
+        axes.append(torch.exp(-0.5 * (position / (n / 8)) ** 2))  # sigma = tile / 8 (nnU-Net)
+    weights = axes[0][:, None] * axes[1][None, :]
+    # the corners of a Gaussian are ~1e-14: floor them so an edge pixel covered by one tile is still defined
+    return (weights / weights.max()).clamp_min(1e-3).float()
+
+
+def plan_tiles(height: int, width: int, *, tile: int = 512, overlap: float = 0.25, blend: str = "gaussian",
+               model: nn.Module | None = None) -> TilePlan:
+    """The tiles for an ``height x width`` image.
+
+    Args:
+        tile: output tile side. Valid-convolution networks round it down to their pooling period
+            (16 for U-Net) and take ``tile + 2 x 92`` pixel input tiles; padded networks take
+            ``tile``-pixel windows (the whole side when the image is smaller).
+        overlap: share of a window that the next one overlaps (padded networks), in [0, 1).
+        blend: "gaussian" or "uniform" weights for overlapping windows.
+        model: the network (or None for a plain function of the tile, same size in and out).
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile must be a positive number of pixels, got {tile!r}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap is a share of the tile in [0, 1), got {overlap}; e.g. 0.25")
+    net = getattr(model, "module", model)
+    input_size = getattr(net, "input_size", None)
+    if input_size is not None:  # valid convolutions: overlap-tile, abutting outputs
+        period = net.tile_period
+        out = max(period, tile - tile % period)
+        window = input_size(out)
+        border = (window - net.output_size(window)) // 2
+        ys, xs = tuple(range(0, height, out)), tuple(range(0, width, out))
+        return TilePlan(height, width, (out, out), (window, window), border, ys, xs, _weights(out, out, "uniform"))
+    wh, ww = min(tile, height), min(tile, width)
+    multiple = getattr(net, "stride", 1)  # shifts by the network stride keep its pooling grid aligned
+    stride = max(1, round(tile * (1 - overlap)))
+    stride = max(multiple, stride - stride % multiple) if stride >= multiple else stride
+    return TilePlan(height, width, (wh, ww), (wh, ww), 0, _starts(height, wh, stride), _starts(width, ww, stride),
+                    _weights(wh, ww, blend))
+
+
+def _read_window(read: Reader, plan: TilePlan, y: int, x: int) -> torch.Tensor:
+    """The input window of the output tile at (y, x); outside the image, mirrored."""
+    wh, ww = plan.window
+    top, left = y - plan.border, x - plan.border
+    if top >= 0 and left >= 0 and top + wh <= plan.height and left + ww <= plan.width:
+        return read(top, top + wh, left, left + ww)
+    rows = mirror_coordinates(torch.arange(top, top + wh), plan.height)
+    cols = mirror_coordinates(torch.arange(left, left + ww), plan.width)
+    y0, y1, x0, x1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    region = read(y0, y1, x0, x1)
+    return region.index_select(-2, rows - y0).index_select(-1, cols - x0)
+
+
+def tile_bands(fn: TileFn, read: Reader, plan: TilePlan, *, num_outputs: int, batch: int = 4,
+               progress: bool | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Runs ``fn`` over the tiles of ``plan`` and yields ``(y0, y1, values (K, y1 - y0, width))``: blended
+    rows, top to bottom, each once. Memory: one band of ``K x tile x width`` floats."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    oh, ow = plan.output
+    width = plan.xs[-1] + ow  # overlap-tile outputs may run past the right edge; cut when handed on
+    band = torch.zeros(num_outputs, oh, width)
+    total = torch.zeros(oh, width)
+    weights = plan.weights
+    bar = tqdm(total=plan.num_tiles, desc="tiles", unit="tile", disable=None if progress is None else not progress,
+               leave=False)
+    for row, y in enumerate(plan.ys):
+        origins = list(plan.xs)
+        for first in range(0, len(origins), batch):
+            chunk = origins[first:first + batch]
+            inputs = torch.stack([_read_window(read, plan, y, x) for x in chunk])
+            outputs = fn(inputs)[..., :oh, :ow].float().cpu()
+            for x, out in zip(chunk, outputs):
+                band[:, :, x:x + ow] += out * weights
+                total[:, x:x + ow] += weights
+            bar.update(len(chunk))
+        done = (plan.ys[row + 1] if row + 1 < len(plan.ys) else plan.height) - y  # rows no later tile covers
+        done = min(done, plan.height - y)
+        yield y, y + done, (band[:, :done, :plan.width] / total[:done, :plan.width])
+        band = torch.cat([band[:, done:], band.new_zeros(num_outputs, done, width)], dim=1)
+        total = torch.cat([total[done:], total.new_zeros(done, width)])
+    bar.close()
+
+
+def _network_fn(model: nn.Module, plan: TilePlan, device: torch.device, *, flip: bool,
+                scales: Sequence[float]) -> TileFn:
+    """Class probabilities of a batch of tiles, averaged over flips and scales."""
+    from segforge.predict import _probabilities, predict_probabilities
+
+    memory_format = torch.channels_last if device.type != "mps" else torch.contiguous_format
+    if plan.border == 0:
+        def padded(x: torch.Tensor) -> torch.Tensor:
+            return predict_probabilities(model, x.to(device).contiguous(memory_format=memory_format), flip=flip,
+                                         scales=scales)
+        return padded
+    if tuple(scales) != (1.0,):
+        raise ValueError("multi-scale test-time augmentation does not fit overlap-tile inference (a valid-"
+                         "convolution network's border does not scale); use flip only")
+
+    @torch.inference_mode()
+    def valid(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device).contiguous(memory_format=memory_format)
+        probs = _probabilities(model(x).float())
+        if flip:  # the border is the same on both sides, so the mirrored tile's output mirrors back in place
+            probs = (probs + _probabilities(model(x.flip(-1)).float()).flip(-1)) / 2
+        return probs
+    return valid
+
+
+def predict_tiled(model: nn.Module, image: torch.Tensor, *, tile: int = 512, overlap: float = 0.25,
+                  batch: int = 4, blend: str = "gaussian", flip: bool = False, scales: Sequence[float] = (1.0,),
+                  device: torch.device | str | None = None, progress: bool | None = None) -> torch.Tensor:
+    """Class probabilities ``(K, H, W)`` of an image ``(C, H, W)`` (normalised like the training data),
+    computed tile by tile. See the module docstring; ``flip``/``scales`` are test-time augmentation
+    applied to every tile."""
+    if image.ndim != 3:
+        raise ValueError(f"predict_tiled takes one image (C, H, W), got shape {tuple(image.shape)}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    plan = plan_tiles(image.shape[1], image.shape[2], tile=tile, overlap=overlap, blend=blend, model=model)
+    fn = _network_fn(model, plan, device, flip=flip, scales=scales)
+    num_classes = max(model.num_classes, 2)
+    out = torch.empty(num_classes, image.shape[1], image.shape[2])
+    for y0, y1, values in tile_bands(fn, lambda a, b, c, d: image[:, a:b, c:d], plan, num_outputs=num_classes,
+                                     batch=batch, progress=progress):
+        out[:, y0:y1] = values
+    return out
+
+
+def tiled_map(fn: TileFn, image: torch.Tensor, *, tile: int, overlap: float = 0.25, batch: int = 4,
+              blend: str = "gaussian") -> torch.Tensor:
+    """Any same-size function of ``(N, C, h, w)`` tiles, over an image ``(C, H, W)``, blended: the
+    tiler without a network (its invariants are tested this way)."""
+    plan = plan_tiles(image.shape[1], image.shape[2], tile=tile, overlap=overlap, blend=blend)
+    channels = fn(image[None, :, :1, :1]).shape[1]
+    out = torch.empty(channels, *image.shape[1:])
+    for y0, y1, values in tile_bands(fn, lambda a, b, c, d: image[:, a:b, c:d], plan, num_outputs=channels,
+                                     batch=batch, progress=False):
+        out[:, y0:y1] = values
+    return out
+
+
+class TiffRows:
+    """Reads rows of an uncompressed, contiguous TIFF straight from the file (no full-image buffer),
+    scaled and normalised like the training images; the last band read is kept for the next tiles."""
+
+    def __init__(self, path: str | Path, info: dict, in_channels: int) -> None:
+        import tifffile
+
+        self.path = Path(path)
+        with tifffile.TiffFile(self.path) as tif:
+            page = tif.pages.first
+            if not page.is_contiguous or page.compression != 1 or page.planarconfig == 2 or page.is_tiled:
+                raise ValueError(f"{self.path} is compressed, tiled or planar: streaming reads uncompressed "
+                                 "contiguous TIFFs (tifffile.imwrite(path, image) writes one); smaller images "
+                                 "can be tiled in memory (segforge predict --tile without --stream)")
+            shape, self.dtype = page.shape, np.dtype(tif.byteorder + page.dtype.char)
+            offset = page.dataoffsets[0]
+        self.height, self.width = shape[:2]
+        self.channels = shape[2] if len(shape) == 3 else 1
+        if self.channels != in_channels:
+            raise ValueError(f"image {self.path} has {self.channels} channel(s) but the model expects {in_channels}")
+        self.offset, self.row_bytes = offset, self.width * self.channels * self.dtype.itemsize
+        self.mean, self.std = info.get("mean"), info.get("std")
+        self._band: tuple[int, int, torch.Tensor] | None = None
+
+    def __call__(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        if self._band is None or not (self._band[0] <= y0 and y1 <= self._band[1]):
+            from segforge.data.base import scale_image, to_tensor
+
+            with open(self.path, "rb") as f:
+                f.seek(self.offset + y0 * self.row_bytes)
+                raw = np.frombuffer(f.read((y1 - y0) * self.row_bytes), dtype=self.dtype)
+            rows = scale_image(raw.reshape(y1 - y0, self.width, self.channels))
+            self._band = (y0, y1, to_tensor(rows, self.mean, self.std, name=str(self.path)))
+        top, _, band = self._band
+        return band[:, y0 - top:y1 - top, x0:x1]
+
+
+def predict_tiff(model: nn.Module, info: dict, source: str | Path, target: str | Path, *, tile: int = 512,
+                 overlap: float = 0.25, batch: int = 4, blend: str = "gaussian", flip: bool = False,
+                 scales: Sequence[float] = (1.0,), device: torch.device | str | None = None,
+                 progress: bool | None = None, block: int = 256) -> Path:
+    """Streams a large TIFF through ``model``: reads it by rows, writes class indices as a tiled,
+    deflate-compressed TIFF of ``block``-pixel tiles. Peak memory is a band of tiles, whatever the
+    image size; the labels equal those of ``predict_tiled`` on the same image."""
+    import tifffile
+
+    from segforge.files import atomic_write
+
+    reader = TiffRows(source, info, model.in_channels)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    plan = plan_tiles(reader.height, reader.width, tile=tile, overlap=overlap, blend=blend, model=model)
+    fn = _network_fn(model, plan, device, flip=flip, scales=scales)
+    num_classes = max(model.num_classes, 2)
+    dtype = np.uint8 if num_classes <= 256 else np.uint16
+
+    def blocks() -> Iterator[np.ndarray]:
+        pending = np.empty((0, reader.width), dtype)
+        for _, y1, values in tile_bands(fn, reader, plan, num_outputs=num_classes, batch=batch, progress=progress):
+            pending = np.concatenate([pending, values.argmax(0).numpy().astype(dtype)])
+            while len(pending) >= block or (y1 == reader.height and len(pending)):
+                rows, pending = pending[:block], pending[block:]
+                for x in range(0, reader.width, block):
+                    yield rows[:, x:x + block]  # tifffile zero-pads incomplete edge blocks
+
+    def write(tmp: str) -> None:
+        tifffile.imwrite(tmp, data=blocks(), shape=(reader.height, reader.width), dtype=dtype, tile=(block, block),
+                         compression="zlib")
+
+    return atomic_write(Path(target), write)

@@ -1,0 +1,126 @@
+"""Tiled inference: the tiler's invariants, overlap-tile equals the whole image, streaming equals in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from segforge import create_model
+from segforge.models.segmenter import full_size_forward
+from segforge.predict import prepare_image
+from segforge.tiling import plan_tiles, predict_tiff, predict_tiled, tiled_map
+
+
+@pytest.mark.parametrize("height,width", [(37, 53), (5, 9), (64, 64), (65, 31), (1, 1)])
+@pytest.mark.parametrize("overlap", [0.0, 0.1, 0.25, 0.5, 0.9])
+@pytest.mark.parametrize("blend", ["gaussian", "uniform"])
+def test_an_identity_model_through_the_tiler_gives_back_the_input(height, width, overlap, blend) -> None:
+    image = torch.randn(2, height, width)
+    out = tiled_map(lambda tiles: tiles.clone(), image, tile=16, overlap=overlap, blend=blend, batch=3)
+    torch.testing.assert_close(out, image, rtol=1e-6, atol=1e-6)
+
+
+def test_a_constant_model_gives_a_constant_output_and_every_pixel_is_covered() -> None:
+    image = torch.randn(3, 77, 100)
+    out = tiled_map(lambda t: torch.full((t.shape[0], 4, *t.shape[-2:]), 0.25), image, tile=32, overlap=0.3)
+    assert out.shape == (4, 77, 100) and torch.allclose(out, torch.full_like(out, 0.25))
+    plan = plan_tiles(77, 100, tile=32, overlap=0.3)
+    covered = torch.zeros(77, 100, dtype=torch.bool)
+    for y in plan.ys:
+        for x in plan.xs:
+            covered[y:y + 32, x:x + 32] = True
+    assert covered.all() and plan.ys[-1] == 77 - 32 and plan.xs[-1] == 100 - 32  # snapped to the edge
+
+
+def test_tiles_are_not_padded_beyond_an_image_smaller_than_a_tile() -> None:
+    plan = plan_tiles(20, 300, tile=64, overlap=0.25)
+    assert plan.window == (20, 64) and plan.ys == (0,)
+    with pytest.raises(ValueError, match=r"overlap is a share of the tile in \[0, 1\), got 1.5"):
+        plan_tiles(20, 30, tile=8, overlap=1.5)
+
+
+def test_padded_network_windows_move_by_multiples_of_its_stride() -> None:
+    model = create_model("segnet_basic", 3)
+    plan = plan_tiles(500, 400, tile=128, overlap=0.25, model=model)
+    assert all(b - a == 96 for a, b in zip(plan.ys[:-1], plan.ys[1:-1])) and 96 % model.stride == 0
+
+
+def test_overlap_tile_equals_the_original_unet_on_the_whole_mirrored_image() -> None:
+    torch.manual_seed(0)
+    model = create_model("unet", 2).eval()
+    image = torch.randn(1, 100, 70)
+    with torch.no_grad():
+        whole = full_size_forward(model, image[None]).softmax(1)[0]
+    tiled = predict_tiled(model, image, tile=48, batch=2, progress=False)
+    plan = plan_tiles(100, 70, tile=48, model=model)
+    assert plan.output == (48, 48) and plan.border == 92 and plan.num_tiles == 6
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-6)
+
+
+def test_tiled_prediction_of_a_padded_network_is_close_to_the_whole_image() -> None:
+    torch.manual_seed(0)
+    model = create_model("segnet_basic", 3).eval()
+    image = torch.randn(3, 96, 130)
+    with torch.no_grad():
+        whole = model(image[None]).softmax(1)[0]
+    tiled = predict_tiled(model, image, tile=64, overlap=0.5, progress=False)
+    assert torch.allclose(tiled.sum(0), torch.ones(96, 130), atol=1e-5)  # still probabilities
+    assert (tiled.argmax(0) == whole.argmax(0)).float().mean() > 0.8  # borders differ, the bulk agrees
+
+
+def test_test_time_augmentation_works_with_tiles() -> None:
+    torch.manual_seed(0)
+    image = torch.randn(1, 60, 60)
+    unet = create_model("unet", 2).eval()
+    flipped = predict_tiled(unet, image, tile=32, flip=True, progress=False)
+    assert flipped.shape == (2, 60, 60) and torch.allclose(flipped.sum(0), torch.ones(60, 60), atol=1e-5)
+    with pytest.raises(ValueError, match="multi-scale test-time augmentation does not fit overlap-tile"):
+        predict_tiled(unet, image, tile=32, scales=(0.5, 1.0), progress=False)
+    segnet = create_model("segnet_basic", 2, in_channels=1).eval()
+    averaged = predict_tiled(segnet, image, tile=32, flip=True, scales=(0.75, 1.0), progress=False)
+    assert torch.allclose(averaged.sum(0), torch.ones(60, 60), atol=1e-5)
+
+
+@pytest.mark.parametrize("name,tile", [("segnet_basic", 64), ("unet", 48)])
+def test_streaming_a_tiff_gives_the_labels_of_in_memory_tiling(tmp_path, name, tile) -> None:
+    torch.manual_seed(0)
+    image = (np.random.default_rng(0).random((150, 209)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", image)
+    model = create_model(name, 3, in_channels=1).eval()
+    info = {"mean": [0.5], "std": [0.25]}
+    written = predict_tiff(model, info, tmp_path / "big.tif", tmp_path / "out" / "big.tif", tile=tile, overlap=0.25,
+                           block=64, progress=False)
+    _, x = prepare_image(tmp_path / "big.tif", info, 1)
+    expected = predict_tiled(model, x[0], tile=tile, overlap=0.25, progress=False).argmax(0).numpy()
+    labels = tifffile.imread(written)
+    assert labels.dtype == np.uint8 and np.array_equal(labels, expected)
+    assert tifffile.TiffFile(written).pages.first.is_tiled
+
+
+def test_streaming_refuses_a_compressed_tiff_and_says_what_to_do(tmp_path) -> None:
+    tifffile.imwrite(tmp_path / "z.tif", np.zeros((40, 40), np.uint8), compression="zlib")
+    model = create_model("segnet_basic", 2, in_channels=1)
+    with pytest.raises(ValueError, match=r"z.tif is compressed, tiled or planar: streaming reads uncompressed"):
+        predict_tiff(model, {}, tmp_path / "z.tif", tmp_path / "o.tif", tile=32)
+
+
+def test_cli_predict_with_tiles_and_streaming(tmp_path, capsys) -> None:
+    from segforge.checkpoint import save_checkpoint
+    from segforge.cli import main
+
+    model = create_model("segnet_basic", 2, in_channels=1)
+    checkpoint = save_checkpoint(tmp_path / "m.safetensors", model, classes=["bg", "fg"], mean=[0.5], std=[0.25])
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "a.tif", (np.random.default_rng(1).random((90, 70)) * 255).astype(np.uint8))
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "png"),
+                 "--tile", "32", "--overlap", "0.5"]) == 0
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "tif"),
+                 "--tile", "32", "--overlap", "0.5", "--stream"]) == 0
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "png" / "a.png")), tifffile.imread(tmp_path / "tif" / "a.tif"))
+    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "x"),
+                 "--stream"]) == 2
+    assert "--stream reads and writes tile by tile: give --tile N" in capsys.readouterr().err
