@@ -115,12 +115,14 @@ def _device(name: str | None):
 
 def _evaluate(args: argparse.Namespace) -> int:
     from segforge.checkpoint import load_model
+    from segforge.models.fold import fold_batch_norm
     from segforge.data import create_dataset
     from segforge.training import write_report
     from segforge.training.loop import NO_IGNORE
 
     device = _device(args.device)
     model, info = load_model(args.checkpoint, map_location=device)
+    fold_batch_norm(model, inplace=True)
     ignore = info.get("ignore_index")
     dataset = create_dataset(args.format, args.data, args.split, classes=info.get("classes") or None,
                              ignore_index=None if ignore == NO_IGNORE else ignore,
@@ -133,11 +135,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    import torch
+
     from segforge.checkpoint import load_model
+    from segforge.models.fold import fold_batch_norm
     from segforge.predict import predict_files
 
     device = _device(args.device)
     model, info = load_model(args.checkpoint, map_location=device)
+    fold_batch_norm(model.to(memory_format=torch.channels_last), inplace=True)
     tiling = {"tile": args.tile, "overlap": args.overlap, "batch": args.tile_batch, "blend": args.blend}
     if args.stream:
         from segforge.predict import expand_inputs

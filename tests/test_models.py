@@ -247,3 +247,26 @@ def test_full_size_forward_gives_the_original_unet_logits_for_every_pixel() -> N
         padded_model = create_model("unet_padded", 2, encoder="resnet18").eval()
         x = torch.randn(1, 3, 40, 56)
         assert torch.equal(full_size_forward(padded_model, x), padded_model(x))  # padded nets: untouched
+
+
+@pytest.mark.parametrize("name,encoder", [("unet_padded", "mobilenet_v2"), ("unet_padded", "resnet18"),
+                                          ("pspnet", "resnet18")])
+def test_folding_batch_norm_keeps_the_logits_and_leaves_the_model_alone(name: str, encoder: str) -> None:
+    from segforge.models.fold import fold_batch_norm
+
+    torch.manual_seed(0)
+    model = create_model(name, 3, encoder=encoder)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):  # statistics that are not the identity
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) > 10  # the original keeps its layers
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())

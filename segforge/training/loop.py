@@ -307,7 +307,7 @@ def _train(config: Config, state: dict | None, folder: Path, process: distribute
     quiet = True if not main else None if progress is None else not progress  # None: bar only on a terminal
     every = 60 * config.train.checkpoint_minutes
     last_save = time.monotonic()
-    epoch, batch_index = start_epoch, start_batch
+    epoch = start_epoch
     try:
         for epoch in range(start_epoch, epochs):
             skip = start_batch if epoch == start_epoch else 0
