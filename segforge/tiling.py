@@ -127,13 +127,15 @@ def _read_window(read: Reader, plan: TilePlan, y: int, x: int) -> torch.Tensor:
 def tile_bands(fn: TileFn, read: Reader, plan: TilePlan, *, num_outputs: int, batch: int = 4,
                progress: bool | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Runs ``fn`` over the tiles of ``plan`` and yields ``(y0, y1, values (K, y1 - y0, width))``: blended
-    rows, top to bottom, each once. Memory: one band of ``K x tile x width`` floats."""
+    rows, top to bottom, each once; ``values`` is a view, valid until the next row (copy it to keep it).
+    Memory: two bands of ``K x tile x width`` floats, whatever the image height."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     oh, ow = plan.output
     width = plan.xs[-1] + ow  # overlap-tile outputs may run past the right edge; cut when handed on
-    band = torch.zeros(num_outputs, oh, width)
-    total = torch.zeros(oh, width)
+    # two bands used in turn: the rows still open are moved to the other, no allocation per row
+    band, spare = torch.zeros(num_outputs, oh, width), torch.zeros(num_outputs, oh, width)
+    total, spare_total = torch.zeros(oh, width), torch.zeros(oh, width)
     weights = plan.weights
     bar = tqdm(total=plan.num_tiles, desc="tiles", unit="tile", disable=None if progress is None else not progress,
                leave=False)
@@ -149,9 +151,12 @@ def tile_bands(fn: TileFn, read: Reader, plan: TilePlan, *, num_outputs: int, ba
             bar.update(len(chunk))
         done = (plan.ys[row + 1] if row + 1 < len(plan.ys) else plan.height) - y  # rows no later tile covers
         done = min(done, plan.height - y)
-        yield y, y + done, (band[:, :done, :plan.width] / total[:done, :plan.width])
-        band = torch.cat([band[:, done:], band.new_zeros(num_outputs, done, width)], dim=1)
-        total = torch.cat([total[done:], total.new_zeros(done, width)])
+        yield y, y + done, band[:, :done, :plan.width].div_(total[:done, :plan.width])
+        spare[:, :oh - done] = band[:, done:]
+        spare[:, oh - done:] = 0
+        spare_total[:oh - done] = total[done:]
+        spare_total[oh - done:] = 0
+        band, spare, total, spare_total = spare, band, spare_total, total
     bar.close()
 
 
@@ -238,16 +243,15 @@ class TiffRows:
         self._band: tuple[int, int, torch.Tensor] | None = None
 
     def __call__(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-        if self._band is None or not (self._band[0] <= y0 and y1 <= self._band[1]):
-            from segforge.data.base import scale_image, to_tensor
+        from segforge.data.base import scale_image, to_tensor
 
+        if self._band is None or not (self._band[0] <= y0 and y1 <= self._band[1]):
             with open(self.path, "rb") as f:
                 f.seek(self.offset + y0 * self.row_bytes)
                 raw = np.frombuffer(f.read((y1 - y0) * self.row_bytes), dtype=self.dtype)
-            rows = scale_image(raw.reshape(y1 - y0, self.width, self.channels))
-            self._band = (y0, y1, to_tensor(rows, self.mean, self.std, name=str(self.path)))
+            self._band = (y0, y1, raw.reshape(y1 - y0, self.width, self.channels))  # as stored: 1/4 of float32
         top, _, band = self._band
-        return band[:, y0 - top:y1 - top, x0:x1]
+        return to_tensor(scale_image(band[y0 - top:y1 - top, x0:x1]), self.mean, self.std, name=str(self.path))
 
 
 def predict_tiff(model: nn.Module, info: dict, source: str | Path, target: str | Path, *, tile: int = 512,
@@ -272,7 +276,10 @@ def predict_tiff(model: nn.Module, info: dict, source: str | Path, target: str |
     def blocks() -> Iterator[np.ndarray]:
         pending = np.empty((0, reader.width), dtype)
         for _, y1, values in tile_bands(fn, reader, plan, num_outputs=num_classes, batch=batch, progress=progress):
-            pending = np.concatenate([pending, values.argmax(0).numpy().astype(dtype)])
+            labels = np.empty(values.shape[1:], dtype)
+            for x in range(0, reader.width, 4096):  # argmax by column blocks: no (rows x width) int64 array
+                labels[:, x:x + 4096] = values[:, :, x:x + 4096].argmax(0).numpy()
+            pending = np.concatenate([pending, labels])
             while len(pending) >= block or (y1 == reader.height and len(pending)):
                 rows, pending = pending[:block], pending[block:]
                 for x in range(0, reader.width, block):
