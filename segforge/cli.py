@@ -144,7 +144,6 @@ def _predict(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model, info = load_model(args.checkpoint, map_location=device)
     fold_batch_norm(model.to(memory_format=torch.channels_last), inplace=True)
-    tiling = {"tile": args.tile, "overlap": args.overlap, "batch": args.tile_batch, "blend": args.blend}
     if args.stream:
         from segforge.predict import expand_inputs
         from segforge.tiling import predict_tiff
@@ -153,8 +152,9 @@ def _predict(args: argparse.Namespace) -> int:
             raise ValueError("--stream reads and writes tile by tile: give --tile N too (e.g. --tile 512)")
         paths = expand_inputs(args.inputs)
         for path in paths:
-            target = predict_tiff(model, info, path, Path(args.out) / f"{path.stem}.tif", device=device,
-                                  flip=args.flip, scales=args.scales, progress=None, **tiling)
+            target = predict_tiff(model, info, path, Path(args.out) / f"{path.stem}.tif", tile=args.tile,
+                                  overlap=args.overlap, batch=args.tile_batch, blend=args.blend, device=device,
+                                  flip=args.flip, scales=args.scales)
             print(f"{path} -> {target}")
         return 0
     written = predict_files(model, info, args.inputs, args.out, device=device, flip=args.flip, scales=args.scales,

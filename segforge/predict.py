@@ -24,6 +24,7 @@ from segforge.files import atomic_write
 from segforge.metrics import logits_to_labels
 from segforge.models.segmenter import full_size_forward
 from segforge.plots import overlay_panel, save_index_png, save_png
+from segforge.tiling import predict_tiled
 
 
 def _probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -116,8 +117,6 @@ def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], ou
         palette = default_palette(classes)
     written = []
     quiet = None if progress is None else not progress  # tqdm's None: no bar when stderr is not a terminal
-    from segforge.tiling import predict_tiled
-
     for path in tqdm(paths, desc="predict", unit="image", disable=quiet):
         display, x = prepare_image(path, info, model.in_channels)
         if tile is None:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from segforge.models.segmenter import mirror_coordinates
+from segforge.models.segmenter import mirror_coordinates, valid_border
 
 Reader = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) -> (C, y1 - y0, x1 - x0)
 TileFn = Callable[[torch.Tensor], torch.Tensor]  # (N, C, h, w) -> (N, K, oh, ow), oh >= tile output
@@ -99,8 +99,8 @@ def plan_tiles(height: int, width: int, *, tile: int = 512, overlap: float = 0.2
     if input_size is not None:  # valid convolutions: overlap-tile, abutting outputs
         period = net.tile_period
         out = max(period, tile - tile % period)
-        window = input_size(out)
-        border = (window - net.output_size(window)) // 2
+        border, after, _, _ = valid_border(net, out, out)
+        window = border + out + after
         ys, xs = tuple(range(0, height, out)), tuple(range(0, width, out))
         return TilePlan(height, width, (out, out), (window, window), border, ys, xs, _weights(out, out, "uniform"))
     wh, ww = min(tile, height), min(tile, width)
@@ -146,7 +146,7 @@ def tile_bands(fn: TileFn, read: Reader, plan: TilePlan, *, num_outputs: int, ba
             inputs = torch.stack([_read_window(read, plan, y, x) for x in chunk])
             outputs = fn(inputs)[..., :oh, :ow].float().cpu()
             for x, out in zip(chunk, outputs):
-                band[:, :, x:x + ow] += out * weights
+                band[:, :, x:x + ow].addcmul_(out, weights)
                 total[:, x:x + ow] += weights
             bar.update(len(chunk))
         done = (plan.ys[row + 1] if row + 1 < len(plan.ys) else plan.height) - y  # rows no later tile covers
@@ -165,11 +165,10 @@ def _network_fn(model: nn.Module, plan: TilePlan, device: torch.device, *, flip:
     """Class probabilities of a batch of tiles, averaged over flips and scales."""
     from segforge.predict import _probabilities, predict_probabilities
 
-    memory_format = torch.channels_last if device.type != "mps" else torch.contiguous_format
     if plan.border == 0:
         def padded(x: torch.Tensor) -> torch.Tensor:
-            return predict_probabilities(model, x.to(device).contiguous(memory_format=memory_format), flip=flip,
-                                         scales=scales)
+            return predict_probabilities(model, x.to(device).contiguous(memory_format=torch.channels_last),
+                                         flip=flip, scales=scales)
         return padded
     if tuple(scales) != (1.0,):
         raise ValueError("multi-scale test-time augmentation does not fit overlap-tile inference (a valid-"
@@ -177,12 +176,31 @@ def _network_fn(model: nn.Module, plan: TilePlan, device: torch.device, *, flip:
 
     @torch.inference_mode()
     def valid(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device).contiguous(memory_format=memory_format)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
         probs = _probabilities(model(x).float())
         if flip:  # the border is the same on both sides, so the mirrored tile's output mirrors back in place
             probs = (probs + _probabilities(model(x.flip(-1)).float()).flip(-1)) / 2
         return probs
     return valid
+
+
+def _prepare(model: nn.Module, height: int, width: int, *, tile: int, overlap: float, blend: str, flip: bool,
+             scales: Sequence[float], device: torch.device | str | None) -> tuple[TilePlan, TileFn, int]:
+    """The plan, the per-tile function and the number of classes for ``model`` on an image."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    plan = plan_tiles(height, width, tile=tile, overlap=overlap, blend=blend, model=model)
+    return plan, _network_fn(model, plan, device, flip=flip, scales=scales), max(model.num_classes, 2)
+
+
+def _stitch(fn: TileFn, image: torch.Tensor, plan: TilePlan, num_outputs: int, *, batch: int,
+            progress: bool | None) -> torch.Tensor:
+    """The blended ``(num_outputs, H, W)`` result of ``fn`` over an image held in memory."""
+    out = torch.empty(num_outputs, *image.shape[1:])
+    for y0, y1, values in tile_bands(fn, lambda a, b, c, d: image[:, a:b, c:d], plan, num_outputs=num_outputs,
+                                     batch=batch, progress=progress):
+        out[:, y0:y1] = values
+    return out
 
 
 def predict_tiled(model: nn.Module, image: torch.Tensor, *, tile: int = 512, overlap: float = 0.25,
@@ -193,16 +211,9 @@ def predict_tiled(model: nn.Module, image: torch.Tensor, *, tile: int = 512, ove
     applied to every tile."""
     if image.ndim != 3:
         raise ValueError(f"predict_tiled takes one image (C, H, W), got shape {tuple(image.shape)}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.eval()
-    plan = plan_tiles(image.shape[1], image.shape[2], tile=tile, overlap=overlap, blend=blend, model=model)
-    fn = _network_fn(model, plan, device, flip=flip, scales=scales)
-    num_classes = max(model.num_classes, 2)
-    out = torch.empty(num_classes, image.shape[1], image.shape[2])
-    for y0, y1, values in tile_bands(fn, lambda a, b, c, d: image[:, a:b, c:d], plan, num_outputs=num_classes,
-                                     batch=batch, progress=progress):
-        out[:, y0:y1] = values
-    return out
+    plan, fn, num_classes = _prepare(model, image.shape[1], image.shape[2], tile=tile, overlap=overlap, blend=blend,
+                                     flip=flip, scales=scales, device=device)
+    return _stitch(fn, image, plan, num_classes, batch=batch, progress=progress)
 
 
 def tiled_map(fn: TileFn, image: torch.Tensor, *, tile: int, overlap: float = 0.25, batch: int = 4,
@@ -210,12 +221,7 @@ def tiled_map(fn: TileFn, image: torch.Tensor, *, tile: int, overlap: float = 0.
     """Any same-size function of ``(N, C, h, w)`` tiles, over an image ``(C, H, W)``, blended: the
     tiler without a network (its invariants are tested this way)."""
     plan = plan_tiles(image.shape[1], image.shape[2], tile=tile, overlap=overlap, blend=blend)
-    channels = fn(image[None, :, :1, :1]).shape[1]
-    out = torch.empty(channels, *image.shape[1:])
-    for y0, y1, values in tile_bands(fn, lambda a, b, c, d: image[:, a:b, c:d], plan, num_outputs=channels,
-                                     batch=batch, progress=False):
-        out[:, y0:y1] = values
-    return out
+    return _stitch(fn, image, plan, fn(image[None, :, :1, :1]).shape[1], batch=batch, progress=False)
 
 
 class TiffRows:
@@ -266,11 +272,8 @@ def predict_tiff(model: nn.Module, info: dict, source: str | Path, target: str |
     from segforge.files import atomic_write
 
     reader = TiffRows(source, info, model.in_channels)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.eval()
-    plan = plan_tiles(reader.height, reader.width, tile=tile, overlap=overlap, blend=blend, model=model)
-    fn = _network_fn(model, plan, device, flip=flip, scales=scales)
-    num_classes = max(model.num_classes, 2)
+    plan, fn, num_classes = _prepare(model, reader.height, reader.width, tile=tile, overlap=overlap, blend=blend,
+                                     flip=flip, scales=scales, device=device)
     dtype = np.uint8 if num_classes <= 256 else np.uint16
 
     def blocks() -> Iterator[np.ndarray]:

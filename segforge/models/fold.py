@@ -1,8 +1,10 @@
 """Batch norm folded into the preceding convolution, for inference.
 
 In eval mode ``BatchNorm2d(conv(x))`` is an affine map per channel, so it can be absorbed into the
-convolution's weights and bias: one pass over the feature map instead of two. Measured on this CPU,
-batch norm took about a quarter of ``unet_padded`` + MobileNetV2's inference time.
+convolution's weights and bias: one pass over the feature map instead of two. Measured on this
+2-core CPU (4 x 1 x 512², channels-last, median of 5): ``unet_padded`` + MobileNetV2 0.438 → 0.276 s
+(1.59x), + ResNet-18 1.052 → 0.727 s (1.45x), SegNet-Basic 2.097 → 1.813 s (1.16x).
+``segforge predict`` and ``segforge evaluate`` fold the loaded model in place.
 """
 
 from __future__ import annotations
