@@ -134,16 +134,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _load_for_inference(checkpoint: str, engine: str, device):
+    """(model, info) for prediction: a checkpoint (PyTorch) or an exported .onnx file (ONNX Runtime)."""
     import torch
 
+    if engine == "auto":
+        engine = "onnx" if checkpoint.endswith(".onnx") else "torch"
+    if engine == "onnx":
+        if not checkpoint.endswith(".onnx"):
+            raise ValueError(f"--engine onnx runs an exported model: export {checkpoint} first with segforge export "
+                             f"--checkpoint {checkpoint} --format onnx, then pass the .onnx file")
+        from segforge.export import load_onnx
+
+        return load_onnx(checkpoint, device=device)
+    if checkpoint.endswith(".onnx"):
+        raise ValueError(f"{checkpoint} is an ONNX model: use --engine onnx (or auto)")
     from segforge.checkpoint import load_model
     from segforge.models.fold import fold_batch_norm
+
+    model, info = load_model(checkpoint, map_location=device)
+    return fold_batch_norm(model.to(memory_format=torch.channels_last), inplace=True), info
+
+
+def _predict(args: argparse.Namespace) -> int:
     from segforge.predict import predict_files
 
     device = _device(args.device)
-    model, info = load_model(args.checkpoint, map_location=device)
-    fold_batch_norm(model.to(memory_format=torch.channels_last), inplace=True)
+    model, info = _load_for_inference(args.checkpoint, args.engine, device)
     if args.stream:
         from segforge.predict import expand_inputs
         from segforge.tiling import predict_tiff
@@ -161,6 +178,22 @@ def _predict(args: argparse.Namespace) -> int:
                             overlays=args.overlay, probabilities=args.probabilities, tile=args.tile,
                             overlap=args.overlap, tile_batch=args.tile_batch, blend=args.blend)
     print(f"{len(written)} mask(s) written to {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from segforge.checkpoint import load_model
+    from segforge.export import export_onnx
+
+    model, info = load_model(args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    print(f"exporting {model.config['name']} to {out} (checked against PyTorch on two input sizes) ...")
+    check = export_onnx(model, out, info=info, size=args.size, check=args.check)
+    if check is not None:
+        for shape, diff, scale in zip(check.shapes, check.max_abs_diff, check.max_abs_logit):
+            print(f"  input {'x'.join(map(str, shape))}: max |Δlogit| {diff:.2g} (logits up to {scale:.3g})")
+    sides = "16k + 124 (the original U-Net's valid sizes)" if hasattr(model, "input_size") else "any"
+    print(f"{out}: batch and height/width dynamic, sides {sides}; run it with segforge predict --checkpoint {out}")
     return 0
 
 
@@ -269,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_evaluate)
 
     predict = commands.add_parser("predict", help="predict masks for images of any size")
-    predict.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint of a training run")
+    predict.add_argument("--checkpoint", required=True,
+                         help="a .safetensors checkpoint of a training run, or a .onnx file from segforge export")
+    predict.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto",
+                         help="run the network in PyTorch or ONNX Runtime (default: by the file's suffix)")
     predict.add_argument("inputs", nargs="+", help="image files, folders or (quoted) glob patterns")
     predict.add_argument("--out", required=True, help="output folder")
     predict.add_argument("--probabilities", action="store_true", help="also write <name>_probs.npy (float16)")
@@ -287,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read each (uncompressed TIFF) input by rows and write <name>.tif labels tile by tile: "
                        "memory does not grow with the image")
     predict.set_defaults(run=_predict)
+
+    export = commands.add_parser("export", help="export a checkpoint to ONNX (dynamic batch, height and width)")
+    export.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint of a training run")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
+    export.add_argument("--out", default=None, help="output file (default: the checkpoint's name with .onnx)")
+    export.add_argument("--size", type=_positive_int, default=None,
+                        help="side of the example input the export traces (default: small, architecture's minimum)")
+    export.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                        help="compare ONNX Runtime with PyTorch on two input sizes (default on)")
+    export.set_defaults(run=_export)
 
     demo = commands.add_parser("demo", help="train a small U-Net on built-in synthetic data, evaluate and predict")
     demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")

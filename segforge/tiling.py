@@ -187,7 +187,9 @@ def _network_fn(model: nn.Module, plan: TilePlan, device: torch.device, *, flip:
 def _prepare(model: nn.Module, height: int, width: int, *, tile: int, overlap: float, blend: str, flip: bool,
              scales: Sequence[float], device: torch.device | str | None) -> tuple[TilePlan, TileFn, int]:
     """The plan, the per-tile function and the number of classes for ``model`` on an image."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device is None:  # an ONNX Runtime model (segforge.export.OnnxSegmenter) has no parameters: CPU
+        device = next(model.parameters(), torch.empty(0)).device
+    device = torch.device(device)
     model.eval()
     plan = plan_tiles(height, width, tile=tile, overlap=overlap, blend=blend, model=model)
     return plan, _network_fn(model, plan, device, flip=flip, scales=scales), max(model.num_classes, 2)

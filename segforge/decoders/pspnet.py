@@ -16,6 +16,34 @@ from torch import nn
 from segforge.layers.conv import ConvBNReLU
 
 
+def _bin_average(size: int, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """``(bins, size)`` matrix averaging each adaptive-pooling bin (torch's bin edges: bin i spans
+    ``floor(i·size/bins) .. ceil((i+1)·size/bins)``)."""
+    index = torch.arange(bins, device=like.device)
+    start = index * size // bins
+    end = ((index + 1) * size + bins - 1) // bins
+    pixel = torch.arange(size, device=like.device)
+    inside = (pixel >= start[:, None]) & (pixel < end[:, None])
+    return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+
+
+class AdaptiveAvgPool(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` to ``bins x bins``, exported to ONNX as two matrix products so that the
+    exported graph computes the bins from the input size at run time (ONNX has no adaptive pooling;
+    a traced one would keep the bin edges of the example input)."""
+
+    def __init__(self, bins: int) -> None:
+        super().__init__(bins)
+        self.bins = bins
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_exporting():
+            return super().forward(x)
+        rows = _bin_average(x.shape[-2], self.bins, x)
+        cols = _bin_average(x.shape[-1], self.bins, x)
+        return rows @ x @ cols.transpose(0, 1)
+
+
 class PyramidPooling(nn.Module):
     """Concatenates the input with its bin-pooled, 1x1-reduced, upsampled versions."""
 
@@ -23,7 +51,7 @@ class PyramidPooling(nn.Module):
         super().__init__()
         branch_channels = in_channels // len(bins)
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), ConvBNReLU(in_channels, branch_channels, 1)) for b in bins
+            nn.Sequential(AdaptiveAvgPool(b), ConvBNReLU(in_channels, branch_channels, 1)) for b in bins
         )
         self.out_channels = in_channels + branch_channels * len(bins)
 

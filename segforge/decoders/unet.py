@@ -32,11 +32,13 @@ class UpBlock(nn.Module):
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=scale, stride=scale)
         self.conv = DoubleConv(out_channels + skip_channels, out_channels, padding=padding, batch_norm=batch_norm)
+        self.crop = not padding  # valid convolutions: the skip is larger and always cropped
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         x = self.up(x)
         if skip is not None:
-            if skip.shape[-2:] != x.shape[-2:]:
+            # (an export cannot compare symbolic sizes: the valid U-Net's crop is written unconditionally)
+            if (self.crop and torch.compiler.is_exporting()) or skip.shape[-2:] != x.shape[-2:]:
                 skip = center_crop(skip, x.shape[-2], x.shape[-1])
             x = torch.cat([skip, x], dim=1)
         return self.conv(x)

@@ -30,7 +30,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pads ``x: (N, C, H, W)`` at the bottom and right so that H and W are multiples."""
     pad_h = -x.shape[-2] % multiple
     pad_w = -x.shape[-1] % multiple
-    if pad_h == 0 and pad_w == 0:
+    if not torch.compiler.is_exporting() and pad_h == 0 and pad_w == 0:  # an export keeps the padding symbolic
         return x
     return F.pad(x, (0, pad_w, 0, pad_h))
 
