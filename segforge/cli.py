@@ -320,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiles.add_argument("--blend", choices=["gaussian", "uniform"], default="gaussian",
                        help="weights of overlapping tiles (default gaussian)")
     tiles.add_argument("--stream", action="store_true",
-                       help="read each (uncompressed TIFF) input by rows and write <name>.tif labels tile by tile: "
-                       "memory does not grow with the image")
+                       help="read each TIFF input by rows (by its strips or tiles if compressed) and write "
+                       "<name>.tif labels tile by tile: memory is bounded by the tile, not the image")
     predict.set_defaults(run=_predict)
 
     export = commands.add_parser("export", help="export a checkpoint to ONNX (dynamic batch, height and width)")

@@ -16,6 +16,7 @@ tiling, blending and the argmax stay as they are.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -105,15 +106,23 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, info: dict | None 
     Raises:
         ValueError: the export or its check failed (the message says which and how).
     """
-    try:
-        import onnx_ir as ir  # installed with onnxscript, which the exporter needs
-        import onnxscript  # noqa: F401
-    except ImportError as err:
-        raise ValueError(f"{_MISSING} ({err})") from err
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:  # torch's exporter needs onnxscript (and its onnx_ir), the check onnxruntime
+        raise ValueError(f"{_MISSING} (missing: {', '.join(missing)})")
     config = getattr(model, "config", None)
     if not config:
         raise ValueError("model has no config: build it with segforge.create_model (or load a checkpoint)")
-    model = model.float().cpu().eval()
+    device, training = next(model.parameters()).device, model.training
+    try:  # exported and checked on the CPU in eval mode; the caller's model is given back as it was
+        return _export(model.cpu().eval(), Path(path), info=info, size=size, check=check, atol=atol, rtol=rtol)
+    finally:
+        model.to(device).train(training)
+
+
+def _export(model: nn.Module, path: Path, *, info: dict | None, size: int | None, check: bool, atol: float,
+            rtol: float) -> ExportCheck | None:
+    import onnx_ir as ir
+
     export_size, *check_sizes = example_sizes(model)
     export_size = size or export_size
     example = torch.randn(2, model.in_channels, export_size, export_size)
@@ -122,11 +131,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, info: dict | None 
             program = torch.onnx.export(model, (example,), input_names=[INPUT], output_names=[OUTPUT],
                                         dynamic_shapes=_dynamic_shapes(model), dynamo=True, verbose=False)
         except Exception as err:  # torch.export raises many unrelated types
-            raise ValueError(f"exporting {config.get('name')} to ONNX failed: {err}\n{log.getvalue()[-4000:]}") from err
+            raise ValueError(f"exporting {model.config.get('name')} to ONNX failed: {err}\n"
+                             f"{log.getvalue()[-4000:]}") from err
     valid = _is_valid_convolution(model)
     if not valid:  # the logits have the input's size; name the dims so (instead of the padding arithmetic)
         program.model.graph.outputs[0].shape = ir.Shape(["batch", model.num_classes, "height", "width"])
-    metadata = {"config": config, "info": info or {}, "valid_convolutions": valid}
+    metadata = {"config": model.config, "info": info or {}, "valid_convolutions": valid}
     program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
     path = atomic_write(path, lambda tmp: program.save(tmp))
     if not check:

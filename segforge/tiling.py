@@ -10,8 +10,9 @@ Two ways to cut an image, chosen by the network:
   one snapped to the image edge (no padding beyond the image); their class probabilities are blended
   with Gaussian weights (centre pixels count most, as in nnU-Net) or uniformly.
 
-Tiles are batched through the network one row of tiles at a time, and only a band of one tile's
-height is accumulated: rows are final, and handed on, as soon as no later tile covers them. So
+Tiles are batched through the network one row of tiles at a time, left to right, and only the
+columns a batch of tiles is writing are accumulated (plus, for the next row of tiles, the rows the
+two overlap): pixels are final, and handed on, as soon as no later tile covers them. So
 ``predict_tiled`` (in memory) and ``predict_tiff`` (a TIFF read by rows, labels written tile by tile)
 share one code path and give the same labels.
 """
@@ -124,39 +125,73 @@ def _read_window(read: Reader, plan: TilePlan, y: int, x: int) -> torch.Tensor:
     return region.index_select(-2, rows - y0).index_select(-1, cols - x0)
 
 
-def tile_bands(fn: TileFn, read: Reader, plan: TilePlan, *, num_outputs: int, batch: int = 4,
-               progress: bool | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Runs ``fn`` over the tiles of ``plan`` and yields ``(y0, y1, values (K, y1 - y0, width))``: blended
-    rows, top to bottom, each once; ``values`` is a view, valid until the next row (copy it to keep it).
-    Memory: two bands of ``K x tile x width`` floats, whatever the image height."""
+def _row_steps(plan: TilePlan) -> list[int]:
+    """Rows each row of tiles finishes: those no later row of tiles covers."""
+    ends = [*plan.ys[1:], plan.height]
+    return [min(end - y, plan.height - y) for y, end in zip(plan.ys, ends)]
+
+
+def tile_blocks(fn: TileFn, read: Reader, plan: TilePlan, *, num_outputs: int, batch: int = 4,
+                progress: bool | None = None) -> Iterator[tuple[int, int, int, int, torch.Tensor]]:
+    """Runs ``fn`` over the tiles of ``plan`` and yields ``(y0, y1, x0, x1, values (K, y1 - y0, x1 - x0))``:
+    blended blocks, each pixel once, row of tiles by row of tiles and left to right within a row (a row
+    is complete when ``x1`` is the image width). ``values`` is a view, valid until the next block.
+
+    Memory is bounded by the tile, not the image: the columns a row of tiles is still writing (a
+    batch of tiles wide) and, for the next row of tiles, the rows where the two overlap.
+    """
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     oh, ow = plan.output
-    width = plan.xs[-1] + ow  # overlap-tile outputs may run past the right edge; cut when handed on
-    # two bands used in turn: the rows still open are moved to the other, no allocation per row
-    band, spare = torch.zeros(num_outputs, oh, width), torch.zeros(num_outputs, oh, width)
-    total, spare_total = torch.zeros(oh, width), torch.zeros(oh, width)
+    steps = _row_steps(plan)
+    reach = plan.xs[-1] + ow  # overlap-tile outputs may run past the right edge; cut when handed on
+    span = min((batch + 1) * ow, reach)  # working columns: room for the open columns plus one batch
+    carried = max([oh - step for step in steps[:-1]], default=0)
+    work, spare = torch.zeros(num_outputs, oh, span), torch.zeros(num_outputs, oh, span)
+    total, spare_total = torch.zeros(oh, span), torch.zeros(oh, span)
+    carry, next_carry = torch.zeros(num_outputs, carried, plan.width), torch.zeros(num_outputs, carried, plan.width)
+    carry_total, next_total = torch.zeros(carried, plan.width), torch.zeros(carried, plan.width)
     weights = plan.weights
     bar = tqdm(total=plan.num_tiles, desc="tiles", unit="tile", disable=None if progress is None else not progress,
                leave=False)
+    rows_in = 0  # rows of the current row of tiles that earlier rows of tiles wrote to (in `carry`)
     for row, y in enumerate(plan.ys):
+        step, last_row = steps[row], row + 1 == len(plan.ys)
+        base, filled = 0, 0  # image column of work[..., 0]; columns of `work` written so far
+
+        def flush(upto: int) -> Iterator[tuple[int, int, int, int, torch.Tensor]]:
+            """Hands on columns [base, upto), keeps their overlap rows, moves the open columns to the front."""
+            nonlocal base, filled, work, spare, total, spare_total
+            n, stop = upto - base, min(upto, plan.width)
+            if stop > base:
+                m = stop - base
+                work[:, :rows_in, :m] += carry[:, :rows_in, base:stop]
+                total[:rows_in, :m] += carry_total[:rows_in, base:stop]
+                if not last_row:
+                    next_carry[:, :oh - step, base:stop] = work[:, step:, :m]
+                    next_total[:oh - step, base:stop] = total[step:, :m]
+                yield y, y + step, base, stop, work[:, :step, :m].div_(total[:step, :m])
+            rest = filled - n
+            spare[:, :, :rest], spare_total[:, :rest] = work[:, :, n:filled], total[:, n:filled]
+            spare[:, :, rest:], spare_total[:, rest:] = 0, 0
+            work, spare, total, spare_total = spare, work, spare_total, total
+            base, filled = upto, rest
+
         origins = list(plan.xs)
         for first in range(0, len(origins), batch):
             chunk = origins[first:first + batch]
+            if chunk[-1] + ow - base > span:  # no room: hand on the columns no tile of this chunk reaches
+                yield from flush(chunk[0])
             inputs = torch.stack([_read_window(read, plan, y, x) for x in chunk])
             outputs = fn(inputs)[..., :oh, :ow].float().cpu()
             for x, out in zip(chunk, outputs):
-                band[:, :, x:x + ow].addcmul_(out, weights)
-                total[:, x:x + ow] += weights
+                work[:, :, x - base:x - base + ow].addcmul_(out, weights)
+                total[:, x - base:x - base + ow] += weights
+            filled = chunk[-1] + ow - base
             bar.update(len(chunk))
-        done = (plan.ys[row + 1] if row + 1 < len(plan.ys) else plan.height) - y  # rows no later tile covers
-        done = min(done, plan.height - y)
-        yield y, y + done, band[:, :done, :plan.width].div_(total[:done, :plan.width])
-        spare[:, :oh - done] = band[:, done:]
-        spare[:, oh - done:] = 0
-        spare_total[:oh - done] = total[done:]
-        spare_total[oh - done:] = 0
-        band, spare, total, spare_total = spare, band, spare_total, total
+        yield from flush(reach)
+        carry, next_carry, carry_total, next_total = next_carry, carry, next_total, carry_total
+        rows_in = oh - step
     bar.close()
 
 
@@ -199,9 +234,9 @@ def _stitch(fn: TileFn, image: torch.Tensor, plan: TilePlan, num_outputs: int, *
             progress: bool | None) -> torch.Tensor:
     """The blended ``(num_outputs, H, W)`` result of ``fn`` over an image held in memory."""
     out = torch.empty(num_outputs, *image.shape[1:])
-    for y0, y1, values in tile_bands(fn, lambda a, b, c, d: image[:, a:b, c:d], plan, num_outputs=num_outputs,
-                                     batch=batch, progress=progress):
-        out[:, y0:y1] = values
+    for y0, y1, x0, x1, values in tile_blocks(fn, lambda a, b, c, d: image[:, a:b, c:d], plan,
+                                              num_outputs=num_outputs, batch=batch, progress=progress):
+        out[:, y0:y1, x0:x1] = values
     return out
 
 
@@ -227,37 +262,72 @@ def tiled_map(fn: TileFn, image: torch.Tensor, *, tile: int, overlap: float = 0.
 
 
 class TiffRows:
-    """Reads rows of an uncompressed, contiguous TIFF straight from the file (no full-image buffer),
-    scaled and normalised like the training images; the last band read is kept for the next tiles."""
+    """Reads rows of a TIFF's first page without decoding the whole image, scaled and normalised like
+    the training images; the last band read is kept for the next tiles.
+
+    Uncompressed contiguous files are read straight from the file; compressed or tiled ones (deflate,
+    LZW, JPEG, ... as tifffile decodes them) by the strips or tiles that hold the rows asked for.
+    """
 
     def __init__(self, path: str | Path, info: dict, in_channels: int) -> None:
         import tifffile
 
         self.path = Path(path)
-        with tifffile.TiffFile(self.path) as tif:
-            page = tif.pages.first
-            if not page.is_contiguous or page.compression != 1 or page.planarconfig == 2 or page.is_tiled:
-                raise ValueError(f"{self.path} is compressed, tiled or planar: streaming reads uncompressed "
-                                 "contiguous TIFFs (tifffile.imwrite(path, image) writes one); smaller images "
-                                 "can be tiled in memory (segforge predict --tile without --stream)")
-            shape, self.dtype = page.shape, np.dtype(tif.byteorder + page.dtype.char)
-            offset = page.dataoffsets[0]
-        self.height, self.width = shape[:2]
-        self.channels = shape[2] if len(shape) == 3 else 1
+        try:
+            self._tif = tifffile.TiffFile(self.path)
+        except (OSError, tifffile.TiffFileError) as err:
+            raise ValueError(f"cannot read {self.path} as a TIFF ({err}); streaming reads TIFF files") from err
+        page = self._tif.pages.first
+        if page.planarconfig == 2 and page.samplesperpixel > 1 or len(page.chunked) > 3:
+            self._tif.close()
+            raise ValueError(f"{self.path} stores its channels in separate planes (or is a volume): streaming reads "
+                             "interleaved 2D TIFFs; rewrite it with tifffile.imwrite(path, image, planarconfig='contig')")
+        self._page, self.dtype = page, np.dtype(self._tif.byteorder + page.dtype.char)
+        self.height, self.width = page.shape[:2]
+        self.channels = page.shape[2] if len(page.shape) == 3 else 1
         if self.channels != in_channels:
+            self._tif.close()
             raise ValueError(f"image {self.path} has {self.channels} channel(s) but the model expects {in_channels}")
-        self.offset, self.row_bytes = offset, self.width * self.channels * self.dtype.itemsize
+        self._raw = page.is_contiguous and page.compression == 1 and not page.is_tiled
+        self.offset, self.row_bytes = page.dataoffsets[0], self.width * self.channels * self.dtype.itemsize
         self.mean, self.std = info.get("mean"), info.get("std")
-        self._band: tuple[int, int, torch.Tensor] | None = None
+        self._band: tuple[int, int, np.ndarray] | None = None
+
+    def close(self) -> None:
+        self._tif.close()
+
+    def _decode_rows(self, y0: int, y1: int) -> tuple[int, int, np.ndarray]:
+        """Decodes the strips or tiles holding rows [y0, y1): (first row, end row, rows x width x channels)."""
+        page, fh = self._page, self._tif.filehandle
+        chunk_h, chunk_w = page.chunks[0], (page.chunks[1] if page.is_tiled else self.width)
+        across = page.chunked[1] if page.is_tiled else 1
+        first, last = y0 // chunk_h, (y1 - 1) // chunk_h
+        top, bottom = first * chunk_h, min((last + 1) * chunk_h, self.height)
+        band = np.empty((bottom - top, self.width, self.channels), self.dtype)
+        for row in range(first, last + 1):
+            for col in range(across):
+                index = row * across + col
+                fh.seek(page.dataoffsets[index])
+                try:
+                    segment = page.decode(fh.read(page.databytecounts[index]), index, jpegtables=page.jpegtables)[0]
+                except Exception as err:  # a codec tifffile lacks (imagecodecs) or a damaged chunk
+                    raise ValueError(f"cannot decode {self.path} (chunk {index}: {err}); for LZW/JPEG/... TIFFs "
+                                     "pip install imagecodecs, or rewrite it uncompressed") from err
+                y, x = row * chunk_h - top, col * chunk_w
+                h, w = min(chunk_h, bottom - top - y), min(chunk_w, self.width - x)
+                band[y:y + h, x:x + w] = segment.reshape(segment.shape[-3:])[:h, :w]
+        return top, bottom, band
 
     def __call__(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
         from segforge.data.base import scale_image, to_tensor
 
         if self._band is None or not (self._band[0] <= y0 and y1 <= self._band[1]):
-            with open(self.path, "rb") as f:
-                f.seek(self.offset + y0 * self.row_bytes)
-                raw = np.frombuffer(f.read((y1 - y0) * self.row_bytes), dtype=self.dtype)
-            self._band = (y0, y1, raw.reshape(y1 - y0, self.width, self.channels))  # as stored: 1/4 of float32
+            if self._raw:
+                self._tif.filehandle.seek(self.offset + y0 * self.row_bytes)
+                raw = np.frombuffer(self._tif.filehandle.read((y1 - y0) * self.row_bytes), dtype=self.dtype)
+                self._band = (y0, y1, raw.reshape(y1 - y0, self.width, self.channels))  # as stored: 1/4 of float32
+            else:
+                self._band = self._decode_rows(y0, y1)
         top, _, band = self._band
         return to_tensor(scale_image(band[y0 - top:y1 - top, x0:x1]), self.mean, self.std, name=str(self.path))
 
@@ -266,29 +336,44 @@ def predict_tiff(model: nn.Module, info: dict, source: str | Path, target: str |
                  overlap: float = 0.25, batch: int = 4, blend: str = "gaussian", flip: bool = False,
                  scales: Sequence[float] = (1.0,), device: torch.device | str | None = None,
                  progress: bool | None = None, block: int = 256) -> Path:
-    """Streams a large TIFF through ``model``: reads it by rows, writes class indices as a tiled,
-    deflate-compressed TIFF of ``block``-pixel tiles. Peak memory is a band of tiles, whatever the
-    image size; the labels equal those of ``predict_tiled`` on the same image."""
+    """Streams a large TIFF (uncompressed, compressed, stripped or tiled) through ``model``: reads it by
+    rows, writes class indices as a tiled, deflate-compressed TIFF of ``block``-pixel tiles. Memory is
+    bounded by the tile (see ``tile_blocks``), whatever the image height; the labels equal those of
+    ``predict_tiled`` on the same image."""
+    reader = TiffRows(source, info, model.in_channels)
+    try:
+        return _stream(model, reader, target, tile=tile, overlap=overlap, batch=batch, blend=blend, flip=flip,
+                       scales=scales, device=device, progress=progress, block=block)
+    finally:
+        reader.close()
+
+
+def _stream(model: nn.Module, reader: TiffRows, target: str | Path, *, tile: int, overlap: float, batch: int,
+            blend: str, flip: bool, scales: Sequence[float], device: torch.device | str | None,
+            progress: bool | None, block: int) -> Path:
     import tifffile
 
     from segforge.files import atomic_write
 
-    reader = TiffRows(source, info, model.in_channels)
     plan, fn, num_classes = _prepare(model, reader.height, reader.width, tile=tile, overlap=overlap, blend=blend,
                                      flip=flip, scales=scales, device=device)
     dtype = np.uint8 if num_classes <= 256 else np.uint16
 
     def blocks() -> Iterator[np.ndarray]:
-        pending = np.empty((0, reader.width), dtype)
-        for _, y1, values in tile_bands(fn, reader, plan, num_outputs=num_classes, batch=batch, progress=progress):
-            labels = np.empty(values.shape[1:], dtype)
-            for x in range(0, reader.width, 4096):  # argmax by column blocks: no (rows x width) int64 array
-                labels[:, x:x + 4096] = values[:, :, x:x + 4096].argmax(0).numpy()
-            pending = np.concatenate([pending, labels])
-            while len(pending) >= block or (y1 == reader.height and len(pending)):
-                rows, pending = pending[:block], pending[block:]
-                for x in range(0, reader.width, block):
-                    yield rows[:, x:x + block]  # tifffile zero-pads incomplete edge blocks
+        # finished label rows wait here until a whole row of TIFF blocks can be written
+        pending, count = np.empty((block + max(_row_steps(plan)), reader.width), dtype), 0
+        for y0, y1, x0, x1, values in tile_blocks(fn, reader, plan, num_outputs=num_classes, batch=batch,
+                                                  progress=progress):
+            pending[count:count + y1 - y0, x0:x1] = values.argmax(0).numpy()
+            if x1 < reader.width:
+                continue
+            count += y1 - y0
+            while count >= block or (y1 == reader.height and count):
+                rows = min(block, count)
+                for x in range(0, reader.width, block):  # copies: tifffile may compress them later
+                    yield pending[:rows, x:x + block].copy()  # it zero-pads incomplete edge blocks
+                pending[:count - rows] = pending[rows:count]
+                count -= rows
 
     def write(tmp: str) -> None:
         tifffile.imwrite(tmp, data=blocks(), shape=(reader.height, reader.width), dtype=dtype, tile=(block, block),

@@ -64,7 +64,9 @@ def test_the_original_unet_declares_its_valid_sizes_and_padded_nets_name_their_o
     export_onnx(create_model("unet", 2), tmp_path / "u.onnx")
     dims = [d.dim_param for d in onnx.load(tmp_path / "u.onnx").graph.input[0].type.tensor_type.shape.dim]
     assert dims[2:] == ["16*k_height + 124", "16*k_width + 124"]
-    check = export_onnx(create_model("segnet_basic", 2, in_channels=1), tmp_path / "s.onnx")
+    model = create_model("segnet_basic", 2, in_channels=1)  # in training mode
+    check = export_onnx(model, tmp_path / "s.onnx")
+    assert model.training  # exported in eval mode, handed back as it was
     assert check.shapes == ((2, 1, 64, 64), (1, 1, 73, 83)) and max(check.max_abs_diff) < 1e-5
     output = onnx.load(tmp_path / "s.onnx").graph.output[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in output] == ["batch", 2, "height", "width"]

@@ -13,7 +13,8 @@ from segforge.predict import prepare_image
 from segforge.tiling import plan_tiles, predict_tiff, predict_tiled, tiled_map
 
 
-@pytest.mark.parametrize("height,width", [(37, 53), (5, 9), (64, 64), (65, 31), (1, 1)])
+# (29, 203) and (203, 29): rows of tiles wider than the working columns, handed on in several blocks
+@pytest.mark.parametrize("height,width", [(37, 53), (5, 9), (64, 64), (65, 31), (1, 1), (29, 203), (203, 29)])
 @pytest.mark.parametrize("overlap", [0.0, 0.1, 0.25, 0.5, 0.9])
 @pytest.mark.parametrize("blend", ["gaussian", "uniform"])
 def test_an_identity_model_through_the_tiler_gives_back_the_input(height, width, overlap, blend) -> None:
@@ -47,15 +48,16 @@ def test_padded_network_windows_move_by_multiples_of_its_stride() -> None:
     assert all(b - a == 96 for a, b in zip(plan.ys[:-1], plan.ys[1:-1])) and 96 % model.stride == 0
 
 
-def test_overlap_tile_equals_the_original_unet_on_the_whole_mirrored_image() -> None:
+@pytest.mark.parametrize("width,tile,batch,tiles", [(70, 48, 2, 6), (150, 32, 1, 20)])  # 150: blocks within a row
+def test_overlap_tile_equals_the_original_unet_on_the_whole_mirrored_image(width, tile, batch, tiles) -> None:
     torch.manual_seed(0)
     model = create_model("unet", 2).eval()
-    image = torch.randn(1, 100, 70)
+    image = torch.randn(1, 100, width)
     with torch.no_grad():
         whole = full_size_forward(model, image[None]).softmax(1)[0]
-    tiled = predict_tiled(model, image, tile=48, batch=2, progress=False)
-    plan = plan_tiles(100, 70, tile=48, model=model)
-    assert plan.output == (48, 48) and plan.border == 92 and plan.num_tiles == 6
+    tiled = predict_tiled(model, image, tile=tile, batch=batch, progress=False)
+    plan = plan_tiles(100, width, tile=tile, model=model)
+    assert plan.output == (tile, tile) and plan.border == 92 and plan.num_tiles == tiles
     torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-6)
 
 
@@ -91,7 +93,7 @@ def test_streaming_a_tiff_gives_the_labels_of_in_memory_tiling(tmp_path, name, t
     model = create_model(name, 3, in_channels=1).eval()
     info = {"mean": [0.5], "std": [0.25]}
     written = predict_tiff(model, info, tmp_path / "big.tif", tmp_path / "out" / "big.tif", tile=tile, overlap=0.25,
-                           block=64, progress=False)
+                           batch=1, block=64, progress=False)  # batch 1: each row of tiles in several blocks
     _, x = prepare_image(tmp_path / "big.tif", info, 1)
     expected = predict_tiled(model, x[0], tile=tile, overlap=0.25, progress=False).argmax(0).numpy()
     labels = tifffile.imread(written)
@@ -99,11 +101,34 @@ def test_streaming_a_tiff_gives_the_labels_of_in_memory_tiling(tmp_path, name, t
     assert tifffile.TiffFile(written).pages.first.is_tiled
 
 
-def test_streaming_refuses_a_compressed_tiff_and_says_what_to_do(tmp_path) -> None:
-    tifffile.imwrite(tmp_path / "z.tif", np.zeros((40, 40), np.uint8), compression="zlib")
-    model = create_model("segnet_basic", 2, in_channels=1)
-    with pytest.raises(ValueError, match=r"z.tif is compressed, tiled or planar: streaming reads uncompressed"):
-        predict_tiff(model, {}, tmp_path / "z.tif", tmp_path / "o.tif", tile=32)
+@pytest.mark.parametrize("layout", [{"compression": "zlib", "rowsperstrip": 7},
+                                    {"compression": "zlib", "tile": (32, 48)}, {"tile": (16, 16)}])
+def test_compressed_and_tiled_tiffs_stream_by_their_strips_and_tiles(tmp_path, layout) -> None:
+    from segforge.tiling import TiffRows
+
+    image = (np.random.default_rng(2).random((75, 101, 3)) * 65535).astype(np.uint16)  # edge chunks are partial
+    tifffile.imwrite(tmp_path / "c.tif", image, **layout)
+    tifffile.imwrite(tmp_path / "plain.tif", image)
+    info = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    packed, plain = TiffRows(tmp_path / "c.tif", info, 3), TiffRows(tmp_path / "plain.tif", info, 3)
+    assert not packed._raw and plain._raw
+    for y0, y1, x0, x1 in [(0, 75, 0, 101), (5, 40, 17, 99), (70, 75, 0, 3), (33, 34, 100, 101)]:
+        torch.testing.assert_close(packed(y0, y1, x0, x1), plain(y0, y1, x0, x1), rtol=0, atol=0)
+    packed.close(), plain.close()
+    model = create_model("segnet_basic", 3, in_channels=3).eval()
+    a = predict_tiff(model, info, tmp_path / "c.tif", tmp_path / "a.tif", tile=32, batch=2, progress=False)
+    b = predict_tiff(model, info, tmp_path / "plain.tif", tmp_path / "b.tif", tile=32, batch=2, progress=False)
+    assert np.array_equal(tifffile.imread(a), tifffile.imread(b))
+
+
+def test_streaming_refuses_planar_tiffs_and_non_tiffs_and_says_what_to_do(tmp_path) -> None:
+    tifffile.imwrite(tmp_path / "p.tif", np.zeros((3, 40, 40), np.uint8), planarconfig="separate", photometric="rgb")
+    model = create_model("segnet_basic", 2, in_channels=3)
+    with pytest.raises(ValueError, match=r"p.tif stores its channels in separate planes.*planarconfig='contig'"):
+        predict_tiff(model, {}, tmp_path / "p.tif", tmp_path / "o.tif", tile=32)
+    (tmp_path / "n.tif").write_bytes(b"not a tiff at all")
+    with pytest.raises(ValueError, match=r"cannot read .*n.tif as a TIFF"):
+        predict_tiff(model, {}, tmp_path / "n.tif", tmp_path / "o.tif", tile=32)
 
 
 def test_cli_predict_with_tiles_and_streaming(tmp_path, capsys) -> None:

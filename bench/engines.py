@@ -1,7 +1,7 @@
 """ONNX Runtime against PyTorch: forward-pass time and achieved GFLOP/s of every architecture.
 
-    PYTHONPATH=. .venv/bin/python bench/onnx.py --size 512 --repeats 5
-    PYTHONPATH=. .venv/bin/python bench/onnx.py --models segnet_basic unet_padded --size 256
+    PYTHONPATH=. .venv/bin/python bench/engines.py --size 512 --repeats 5
+    PYTHONPATH=. .venv/bin/python bench/engines.py --models segnet_basic unet_padded --size 256
 
 Each model (random weights, 2 classes, 3 input channels) is exported with ``segforge.export``
 (dynamic sizes, checked against PyTorch) and timed on one ``size x size`` image: PyTorch as
@@ -14,27 +14,17 @@ one warm-up; FLOPs from ``segforge.summary``. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from models import time_forward  # bench/models.py, beside this script
 
 from segforge import create_model, list_models
 from segforge.export import OnnxSegmenter, export_onnx
 from segforge.models.fold import fold_batch_norm
 from segforge.summary import summarize
-
-
-def _median_seconds(run, repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -57,11 +47,10 @@ def main() -> None:
             export_seconds = time.perf_counter() - started
             engine = OnnxSegmenter(path)
             x = torch.randn(1, 3, summary.input_size, summary.input_size)
-            onnx_seconds = _median_seconds(lambda: engine(x), args.repeats)
+            onnx_seconds = time_forward(engine, x, args.repeats)
         fast = fold_batch_norm(model.to(memory_format=torch.channels_last))
         x_last = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            torch_seconds = _median_seconds(lambda: fast(x_last), args.repeats)
+        torch_seconds = time_forward(fast, x_last, args.repeats)
         gflops = summary.flops / 1e9
         print(f"| {name} | {gflops:.1f} | {torch_seconds * 1e3:.0f} | {gflops / torch_seconds:.0f} | "
               f"{onnx_seconds * 1e3:.0f} | {gflops / onnx_seconds:.0f} | {export_seconds:.0f} |", flush=True)
