@@ -24,6 +24,7 @@ from models import time_forward  # bench/models.py, beside this script
 from segforge import create_model, list_models
 from segforge.export import OnnxSegmenter, export_onnx
 from segforge.models.fold import fold_batch_norm
+from segforge.runtime import keep_freed_memory
 from segforge.summary import summarize
 
 
@@ -33,7 +34,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", nargs="*", default=list_models())
     args = parser.parse_args()
-    print(f"one {args.size}x{args.size} image, {torch.get_num_threads()} threads, median of {args.repeats}\n")
+    kept = keep_freed_memory()  # as segforge predict does; SEGFORGE_KEEP_FREED_MEMORY=0 measures without
+    print(f"one {args.size}x{args.size} image, {torch.get_num_threads()} threads, median of {args.repeats}, "
+          f"freed memory kept: {kept}\n")
     print("| model | GFLOPs | PyTorch ms | PyTorch GFLOP/s | ONNX Runtime ms | ONNX Runtime GFLOP/s | export s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in args.models:

@@ -58,8 +58,10 @@ def _child(path: Path, mode: str, tile: int) -> None:
     from segforge import create_model
     from segforge.models.fold import fold_batch_norm
     from segforge.predict import prepare_image
+    from segforge.runtime import keep_freed_memory
     from segforge.tiling import predict_tiff, predict_tiled
 
+    keep_freed_memory()  # as segforge predict does
     torch.manual_seed(0)
     model = create_model("unet_padded", 2, in_channels=1, encoder="mobilenet_v2").eval()
     model = fold_batch_norm(model.to(memory_format=torch.channels_last), inplace=True)  # as segforge predict does

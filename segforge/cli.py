@@ -355,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    from segforge.runtime import keep_freed_memory
+
+    keep_freed_memory()  # reuse freed activations instead of page-faulting them in again (segforge/runtime.py)
     try:
         return args.run(args)
     except ValueError as err:
