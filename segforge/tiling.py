@@ -278,7 +278,7 @@ class TiffRows:
         except (OSError, tifffile.TiffFileError) as err:
             raise ValueError(f"cannot read {self.path} as a TIFF ({err}); streaming reads TIFF files") from err
         page = self._tif.pages.first
-        if page.planarconfig == 2 and page.samplesperpixel > 1 or len(page.chunked) > 3:
+        if (page.planarconfig == 2 and page.samplesperpixel > 1) or len(page.chunked) > 3:
             self._tif.close()
             raise ValueError(f"{self.path} stores its channels in separate planes (or is a volume): streaming reads "
                              "interleaved 2D TIFFs; rewrite it with tifffile.imwrite(path, image, planarconfig='contig')")
