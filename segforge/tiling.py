@@ -376,7 +376,10 @@ def _stream(model: nn.Module, reader: TiffRows, target: str | Path, *, tile: int
                 count -= rows
 
     def write(tmp: str) -> None:
+        # With several threads tifffile gathers `buffersize` bytes of blocks before compressing them
+        # (512 MiB by default: every block of a 16384² image); one row of blocks bounds it.
+        row_of_blocks = -(-reader.width // block) * block * block * np.dtype(dtype).itemsize
         tifffile.imwrite(tmp, data=blocks(), shape=(reader.height, reader.width), dtype=dtype, tile=(block, block),
-                         compression="zlib")
+                         compression="zlib", buffersize=row_of_blocks)
 
     return atomic_write(Path(target), write)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import tifffile
@@ -149,3 +151,26 @@ def test_cli_predict_with_tiles_and_streaming(tmp_path, capsys) -> None:
     assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "x"),
                  "--stream"]) == 2
     assert "--stream reads and writes tile by tile: give --tile N" in capsys.readouterr().err
+
+
+def test_streaming_with_threaded_compression_holds_one_row_of_blocks(tmp_path, monkeypatch) -> None:
+    # tifffile compresses with several threads on machines with more cores; it then gathers blocks
+    # before compressing them: the labels must stay right and the blocks gathered one row at most.
+    monkeypatch.setattr(tifffile.TiffWriter, "_maxworkers", staticmethod(lambda *args: 2))
+    gathered, executor_map = [], ThreadPoolExecutor.map
+
+    def spy(self, fn, *iterables, **kwargs):
+        items = list(iterables[0])
+        gathered.append(len(items))
+        return executor_map(self, fn, items, **kwargs)
+
+    monkeypatch.setattr(ThreadPoolExecutor, "map", spy)
+    image = (np.random.default_rng(3).random((130, 200)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    model = create_model("segnet_basic", 3, in_channels=1).eval()
+    info = {"mean": [0.5], "std": [0.25]}
+    written = predict_tiff(model, info, tmp_path / "a.tif", tmp_path / "o.tif", tile=64, block=32, progress=False)
+    _, x = prepare_image(tmp_path / "a.tif", info, 1)
+    expected = predict_tiled(model, x[0], tile=64, progress=False).argmax(0).numpy()
+    assert np.array_equal(tifffile.imread(written), expected)
+    assert gathered and max(gathered) <= 7  # 200 px = 7 blocks of 32 per row; 35 blocks in all
