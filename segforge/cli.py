@@ -23,7 +23,8 @@ def _doctor(args: argparse.Namespace) -> int:
     from segforge.data.doctor import diagnose
 
     report = diagnose(args.data, layout=args.format, split=args.split, num_classes=args.num_classes,
-                      ignore_index=args.ignore_index, colour_map=args.palette, label_map=args.label_map)
+                      ignore_index=args.ignore_index, colour_map=args.palette, label_map=args.label_map,
+                      region_masks=args.region_masks)
     print(report.format())
     return report.exit_code
 
@@ -35,11 +36,20 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
     return [
         (data, "--data", "data.root", {"help": "dataset folder"}),
         (data, "--format", "data.format", {"help": "dataset layout (default: auto-detect)"}),
-        (data, "--num-classes", "data.num_classes", {"type": _positive_int}),
+        (data, "--num-classes", "data.num_classes", {"type": _positive_int,
+                                                      "help": "default: the dataset's, or inferred from the masks"}),
         (data, "--ignore-index", "data.ignore_index", {"type": int}),
         (data, "--palette", "data.palette", {"metavar": "FILE", "help": "colour → class mapping for colour masks"}),
-        (data, "--train-split", "data.train_split", {"help": "e.g. train, or train[:25] for the first 25"}),
-        (data, "--val-split", "data.val_split", {}),
+        (data, "--label-map", "data.label_map", {"type": _label_map, "metavar": "RAW=LABEL,...",
+                                                  "help": "replace raw mask values, e.g. 255=1 for 0/255 masks"}),
+        (data, "--region-masks", "data.region_masks", {"metavar": "DIR", "help": "valid-region masks, one per "
+                                                        "image (same stem): pixels at 0 are not trained or scored"}),
+        (data, "--train-split", "data.train_split",
+         {"help": "e.g. train, all (every pair), train[:25] for the first 25 (default: train, else all)"}),
+        (data, "--val-split", "data.val_split",
+         {"help": "e.g. val, train[25:]; none: no validation (default: val, else a hold-out)"}),
+        (data, "--val-fraction", "data.val_fraction",
+         {"type": _fraction, "metavar": "F", "help": "share held out for validation without a val split (default 0.2)"}),
         (data, "--batch-size", "data.batch_size", {"type": _positive_int}),
         (data, "--crop-size", "data.crop_size", {"type": _positive_int}),
         (data, "--workers", "data.workers", {"type": int}),
@@ -54,14 +64,18 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
         (model, "--weight-decay", "optimizer.weight_decay", {"type": float}),
         (model, "--schedule", "schedule.name", {"choices": ["poly", "cosine", "step", "constant"]}),
         (model, "--warmup", "schedule.warmup_iters", {"type": int, "metavar": "ITERS"}),
+        (run, "--time-budget", "train.time_budget",
+         {"metavar": "DURATION", "help": "e.g. 30m, 1h30m: train as many steps as fit, then stop and report"}),
         (run, "--epochs", "train.epochs", {"type": _positive_int}),
-        (run, "--iterations", "train.iterations", {"type": _positive_int}),
+        (run, "--iterations", "train.iterations", {"type": _positive_int, "help": "optimizer steps"}),
         (run, "--accumulate", "train.accumulate", {"type": _positive_int}),
         (run, "--amp", "train.amp", {"choices": ["auto", "on", "off"]}),
         (run, "--channels-last", "train.channels_last", {"action": argparse.BooleanOptionalAction}),
         (run, "--seed", "train.seed", {"type": int}),
         (run, "--device", "train.device", {}),
-        (run, "--eval-every", "train.eval_every", {"type": _positive_int}),
+        (run, "--eval-every", "train.eval_every", {"type": _positive_int, "metavar": "EPOCHS"}),
+        (run, "--eval-steps", "train.eval_steps", {"type": _positive_int, "metavar": "STEPS",
+                                                    "help": "validate every N optimizer steps"}),
         (run, "--early-stop", "train.early_stop", {"type": _positive_int}),
         (run, "--checkpoint-minutes", "train.checkpoint_minutes",
          {"type": float, "metavar": "MIN", "help": "save the resume state mid-epoch this often (default 10)"}),
@@ -113,6 +127,11 @@ def _device(name: str | None):
     return resolve_device(name or "auto")
 
 
+def _stored_label_map(info: dict) -> dict[int, int] | None:
+    pairs = info.get("label_map")
+    return {int(raw): int(label) for raw, label in pairs} if pairs else None
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from segforge.checkpoint import load_model
     from segforge.models.fold import fold_batch_norm
@@ -124,10 +143,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     model, info = load_model(args.checkpoint, map_location=device)
     fold_batch_norm(model, inplace=True)
     ignore = info.get("ignore_index")
-    dataset = create_dataset(args.format, args.data, args.split, classes=info.get("classes") or None,
-                             ignore_index=None if ignore == NO_IGNORE else ignore,
-                             mean=info.get("mean"), std=info.get("std"))
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split or 'all'}"
+    trained = info.get("config", {}).get("data", {})
+    same_data = bool(trained.get("root")) and Path(trained["root"]).resolve() == Path(args.data).resolve()
+    # On the run's own data, the run's validation split (a hold-out's list) and region masks are the default.
+    split = args.split or (trained.get("val_split") if same_data else None) or "val"
+    regions = args.region_masks or (trained.get("region_masks") if same_data else None)
+    label_map = args.label_map if args.label_map is not None else _stored_label_map(info)
+    if args.split is None:
+        print(f"evaluating split {split}" + (" (the run's validation split)" if same_data else ""))
+    dataset = create_dataset(args.format, args.data, split, classes=info.get("classes") or None,
+                             ignore_index=None if ignore == NO_IGNORE else ignore, label_map=label_map,
+                             region_masks=regions, mean=info.get("mean"), std=info.get("std"))
+    name = Path(split).stem if split.endswith(".txt") else split
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{name}"
     write_report(model, dataset, out, num_classes=model.num_classes, ignore_index=ignore, device=device,
                  flip=args.flip, scales=args.scales)
     print(f"report, confusion matrix and overlays: {out}")
@@ -174,9 +202,10 @@ def _predict(args: argparse.Namespace) -> int:
                                   flip=args.flip, scales=args.scales)
             print(f"{path} -> {target}")
         return 0
+    label_map = args.label_map if args.label_map is not None else _stored_label_map(info)
     written = predict_files(model, info, args.inputs, args.out, device=device, flip=args.flip, scales=args.scales,
                             overlays=args.overlay, probabilities=args.probabilities, tile=args.tile,
-                            overlap=args.overlap, tile_batch=args.tile_batch, blend=args.blend)
+                            overlap=args.overlap, tile_batch=args.tile_batch, blend=args.blend, label_map=label_map)
     print(f"{len(written)} mask(s) written to {args.out}")
     return 0
 
@@ -250,6 +279,10 @@ def _share(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+def _fraction(text: str) -> float:
+    return _number(text, float, lambda v: 0 < v < 1, "a share between 0 and 1, e.g. 0.2")
+
+
 def _positive_int(text: str) -> int:
     return _number(text, int, lambda v: v >= 1, "a positive integer")
 
@@ -275,8 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--ignore-index", type=int, default=None, help="label value that marks unlabelled pixels")
     doctor.add_argument("--palette", default=None, metavar="FILE",
                         help="colour mapping for RGB masks: a YAML/JSON file {name: [r, g, b]} or 'name=r,g,b;...'")
-    doctor.add_argument("--label-map", type=_label_map, default=None, metavar="RAW=LABEL,...",
-                        help="replace raw mask values, e.g. 255=1 for masks stored as 0/255")
+    _add_label_options(doctor)
     doctor.set_defaults(run=_doctor)
     train = commands.add_parser("train", help="train a model from a YAML config and/or flags",
                                 description="Flags override the config file; a flag left unset never does.")
@@ -295,8 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint of a training run")
     evaluate.add_argument("--data", required=True, help="dataset folder")
     evaluate.add_argument("--format", default="auto", help="dataset layout (default: auto-detect)")
-    evaluate.add_argument("--split", default="val", help="split to evaluate (default val)")
+    evaluate.add_argument("--split", default=None,
+                          help="split to evaluate: a name (val, test, all, train[25:]) or a split list file "
+                          "(default: the run's validation split on the run's data, else val)")
     evaluate.add_argument("--out", default=None, help="report folder (default: beside the checkpoint)")
+    _add_label_options(evaluate, stored=True)
     _add_inference_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
@@ -310,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--probabilities", action="store_true", help="also write <name>_probs.npy (float16)")
     predict.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True,
                          help="write <name>_overlay.png (default on)")
+    predict.add_argument("--label-map", type=_label_map, default=None, metavar="RAW=LABEL,...",
+                         help="write each label as the raw value that maps to it (255=1: class 1 as 255); default "
+                         "the checkpoint's, so masks come out as the training masks were stored")
     _add_inference_options(predict)
     tiles = predict.add_argument_group("tiled inference (images of any size, memory bounded by the tile)")
     tiles.add_argument("--tile", type=_positive_int, default=None, metavar="N",
@@ -339,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=_positive_int, default=128, help="image side length (default 128)")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _add_label_options(parser: argparse.ArgumentParser, *, stored: bool = False) -> None:
+    default = " (default: the checkpoint's)" if stored else ""
+    parser.add_argument("--label-map", type=_label_map, default=None, metavar="RAW=LABEL,...",
+                        help=f"replace raw mask values, e.g. 255=1 for masks stored as 0/255{default}")
+    parser.add_argument("--region-masks", default=None, metavar="DIR",
+                        help="valid-region masks, one per image (same stem): pixels at 0 are not scored"
+                        + (" (default: the run's, on the run's data)" if stored else ""))
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:

@@ -3,11 +3,17 @@
 A config file mirrors these dataclasses (``model:``, ``data:``, ``loss:``, ``optimizer:``,
 ``schedule:``, ``train:``). Flags override the file; a flag left unset never does. A key that is
 not a field, or a value of the wrong type, is rejected with the key's full name and the choices.
+
+A value left at None (``null``) is chosen by the recipe (``segforge.training.recipe``) from a
+fingerprint of the training data: model, crop and batch size, optimizer and learning rate, loss,
+class weights, normalisation, augmentation and the number of steps. The run's ``config.yaml``
+holds every value as resolved, so it can be edited and rerun.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +25,8 @@ import yaml
 
 @dataclass
 class ModelConfig:
-    name: str = "unet_padded"
-    encoder: str | None = None
+    name: str | None = None  # None: the recipe's choice
+    encoder: str | None = None  # None: the recipe's choice, or the architecture's own
     encoder_weights: str | None = None  # path or URL of torchvision ImageNet weights
     in_channels: int | None = None  # default: the dataset's channels
 
@@ -29,21 +35,26 @@ class ModelConfig:
 class DataConfig:
     root: str = ""
     format: str = "auto"  # a layout of segforge.data.list_dataset_layouts(), or auto-detect
-    train_split: str = "train"
-    val_split: str | None = "val"
-    num_classes: int | None = None  # default: the dataset's
+    train_split: str = "auto"  # auto: "train" when the dataset has it, else every pair ("all")
+    val_split: str | None = "auto"  # auto: "val" if the dataset has it, else a seeded hold-out; None/"none": none
+    val_fraction: float = 0.2  # the share of the training split a hold-out takes (at least one image)
+    num_classes: int | None = None  # default: the dataset's, or inferred from the masks
     ignore_index: int | None = None  # default: the dataset's
     palette: str | None = None  # colour-coded masks: a YAML/JSON colour → class mapping
+    label_map: dict[int, int] | None = None  # raw mask value → label, e.g. {255: 1} for 0/255 masks
+    region_masks: str | None = None  # a folder of valid-region masks (0 = not scored), one per image
     crop_size: int | None = None
-    batch_size: int = 8
+    batch_size: int | None = None
     workers: int = 2
     augmentation: dict[str, Any] | None = None  # see segforge.data.transforms.build_transforms
-    class_weights: Literal["none", "median_frequency"] | list[float] = "none"
+    class_weights: Literal["none", "median_frequency"] | list[float] | None = None
+    mean: list[float] | None = None  # per-channel normalisation of the [0, 1]-scaled images
+    std: list[float] | None = None
 
 
 @dataclass
 class LossConfig:
-    name: Literal["ce", "dice", "ce+dice"] = "ce"
+    name: Literal["ce", "dice", "ce+dice"] | None = None
     dice_weight: float = 1.0
     aux_weight: float = 0.4  # PSPNet's auxiliary head
     smooth: float = 1.0
@@ -51,32 +62,34 @@ class LossConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 0.01
+    name: Literal["sgd", "adam", "adamw"] | None = None
+    lr: float | None = None
     momentum: float = 0.9  # SGD; the U-Net paper uses 0.99
     weight_decay: float = 1e-4
 
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["poly", "cosine", "step", "constant"] = "poly"
+    name: Literal["poly", "cosine", "step", "constant"] | None = None
     power: float = 0.9  # poly
     step_size: int = 30  # step, in epochs
     gamma: float = 0.1  # step
-    warmup_iters: int = 0
+    warmup_iters: int | None = None  # None: 5 % of the steps, at most 100
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 50
-    iterations: int | None = None  # overrides epochs when set
+    epochs: int | None = None  # the run's length in epochs; or iterations; or time_budget
+    iterations: int | None = None  # optimizer steps; overrides epochs when set
+    time_budget: str | None = None  # e.g. "30m", "1h30m": the steps that fit, measured; overrides both
     accumulate: int = 1  # gradient accumulation steps
     amp: Literal["auto", "on", "off"] = "auto"  # mixed precision, CUDA only
     channels_last: bool = True
     seed: int = 0
     device: str = "auto"  # auto: CUDA if present
-    eval_every: int = 1  # epochs
-    early_stop: int | None = None  # epochs without a better val mIoU
+    eval_every: int = 1  # epochs, when the run's length is in epochs
+    eval_steps: int | None = None  # validate every N optimizer steps (default: about 15 times per run)
+    early_stop: int | None = None  # validations without a better val mIoU
     checkpoint_minutes: float = 10.0  # also save the resume state mid-epoch this often (0: at epoch ends only)
     sync_bn: bool = False  # SyncBatchNorm across processes under torchrun (CUDA)
     out: str = "runs"
@@ -167,13 +180,52 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def parse_duration(text: str) -> float:
+    """``"30m"``, ``"1h30m"``, ``"90s"``, ``"1.5h"`` → seconds.
+
+    Raises:
+        ValueError: not such a duration, or not positive (the message shows the accepted forms).
+    """
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d*)?)\s*s)?\s*",
+                         str(text))
+    if match is None or not any(match.groups()):
+        raise ValueError(f"train.time_budget must be a duration such as 30m, 1h30m, 90s or 1.5h, got {text!r}")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if total <= 0:
+        raise ValueError(f"train.time_budget must be longer than zero, got {text!r}")
+    return total
+
+
+def _check_values(config: Config) -> None:
+    """Values that have the right type but cannot be right."""
+    data = config.data
+    if not 0 < data.val_fraction < 1:
+        raise ValueError(f"data.val_fraction must be a share between 0 and 1 (e.g. 0.2 holds out 20 %), got "
+                         f"{data.val_fraction}; to train without validation use --val-split none")
+    if data.label_map is not None:
+        for raw, label in data.label_map.items():
+            if not (isinstance(raw, int) and isinstance(label, int) and not isinstance(raw, bool)) or raw < 0:
+                raise ValueError(f"data.label_map maps raw mask values to labels, both integers >= 0 for the raw "
+                                 f"value (e.g. {{255: 1}}), got {raw!r}: {label!r}")
+    if (data.mean is None) != (data.std is None) or (data.mean is not None and len(data.mean) != len(data.std)):
+        raise ValueError(f"data.mean and data.std go together, one value per channel each; got {data.mean} and "
+                         f"{data.std}")
+    if config.train.time_budget is not None:
+        parse_duration(config.train.time_budget)
+
+
 def config_from_dict(values: dict[str, Any] | None) -> Config:
     """Builds a validated ``Config``; missing keys take their defaults."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise ValueError(f"a config must be a mapping of sections, got {type(values).__name__}")
-    return _build(Config, values, "")
+    config = _build(Config, values, "")
+    if config.data.val_split == "none":
+        config.data.val_split = None
+    _check_values(config)
+    return config
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

@@ -13,7 +13,7 @@ from segforge.files import atomic_write
 
 
 def plot_curves(csv_path: Path, png_path: Path) -> Path:
-    """Loss, mean IoU and pixel accuracy per epoch, for train and val, from the run's metrics CSV."""
+    """Loss, mean IoU and pixel accuracy per optimizer step, for train and val, from the run's metrics CSV."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -25,11 +25,11 @@ def plot_curves(csv_path: Path, png_path: Path) -> Path:
                                          ("pixel_accuracy", "pixel accuracy"))):
         ax = fig.add_subplot(1, 3, i + 1)
         for split in ("train", "val"):
-            points = [(int(r["epoch"]), float(r[f"{split}_{metric}"])) for r in rows if r.get(f"{split}_{metric}")]
+            points = [(int(r["step"]), float(r[f"{split}_{metric}"])) for r in rows if r.get(f"{split}_{metric}")]
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, label=split)
         ax.set_title(title)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -9,7 +9,7 @@ their stride and crop back.
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +92,17 @@ def prepare_image(path: Path, info: dict, in_channels: int) -> tuple[np.ndarray,
     return image, to_tensor(image, info.get("mean"), info.get("std"), name=str(path))[None]
 
 
+def raw_values(label_map: Mapping[int, int], classes: int) -> np.ndarray:
+    """The inverse of a label map: ``(classes,)`` raw mask value of each label, so predictions can be written
+    as the training masks were stored (``{255: 1}``: class 1 → 255). A label that several raw values map to
+    takes the smallest; a label the map does not name keeps its own value."""
+    table = np.arange(classes, dtype=np.int64)
+    for raw, label in sorted(label_map.items(), reverse=True):
+        if 0 <= label < classes:
+            table[label] = raw
+    return table
+
+
 def _save_npy(path: str, array: np.ndarray) -> None:
     with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temporary name
         np.save(f, array)
@@ -101,9 +112,12 @@ def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], ou
                   device: torch.device | str = "cpu", flip: bool = False, scales: Sequence[float] = (1.0,),
                   overlays: bool = True, probabilities: bool = False, progress: bool | None = None,
                   tile: int | None = None, overlap: float = 0.25, tile_batch: int = 4,
-                  blend: str = "gaussian") -> list[Path]:
+                  blend: str = "gaussian", label_map: Mapping[int, int] | None = None) -> list[Path]:
     """Writes ``out/<stem>.png`` (palette index mask), ``out/<stem>_overlay.png`` and, when asked,
     ``out/<stem>_probs.npy`` (float16 ``(K, H, W)``) for every input image. Returns the mask paths.
+
+    With ``label_map`` (raw value → label, as in training), each label is written as its raw value
+    (``raw_values``), coloured like its class: the masks come out as the training masks were stored.
 
     With ``tile``, each image goes through the network in tiles (``segforge.tiling.predict_tiled``:
     overlap-tile for the original U-Net, blended sliding windows otherwise), so the network's memory
@@ -115,6 +129,15 @@ def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], ou
     palette = info.get("palette") or []
     if len(palette) < classes:
         palette = default_palette(classes)
+    stored = None
+    if label_map:
+        stored = raw_values(label_map, classes)
+        colours = [(0, 0, 0)] * (int(stored.max()) + 1)
+        for label, raw in enumerate(stored.tolist()):
+            colours[raw] = tuple(palette[label])
+        mask_palette = colours
+    else:
+        mask_palette = palette
     written = []
     quiet = None if progress is None else not progress  # tqdm's None: no bar when stderr is not a terminal
     for path in tqdm(paths, desc="predict", unit="image", disable=quiet):
@@ -125,7 +148,8 @@ def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], ou
             probs = predict_tiled(model, x[0], tile=tile, overlap=overlap, batch=tile_batch, blend=blend, flip=flip,
                                   scales=scales, device=device, progress=False)
         labels = logits_to_labels(probs[None])[0].numpy()  # K >= 2 probabilities: the most likely class
-        written.append(save_index_png(labels, palette, out / f"{path.stem}.png"))
+        written.append(save_index_png(labels if stored is None else stored[labels], mask_palette,
+                                      out / f"{path.stem}.png"))
         if overlays:
             save_png(overlay_panel(display, None, labels, palette), out / f"{path.stem}_overlay.png")
         if probabilities:

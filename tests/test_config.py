@@ -40,9 +40,9 @@ def test_unknown_key_names_it_and_lists_the_valid_ones(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"data": {"batch_size": "8"}}, r"'data.batch_size' must be int, got '8'"),
+    ({"data": {"batch_size": "8"}}, r"'data.batch_size' must be int \| null, got '8'"),
     ({"train": {"channels_last": 1}}, r"'train.channels_last' must be bool, got 1"),
-    ({"optimizer": {"name": "rmsprop"}}, r"'optimizer.name' must be 'sgd' \| 'adam' \| 'adamw', got 'rmsprop'"),
+    ({"optimizer": {"name": "rmsprop"}}, r"'optimizer.name' must be 'sgd' \| 'adam' \| 'adamw' \| null, got 'rmsprop'"),
     ({"data": {"class_weights": [1, "x"]}}, r"'data.class_weights' must be 'none' \| 'median_frequency' \| list"),
     ({"model": "unet"}, r"config section 'model' must be a mapping"),
 ])

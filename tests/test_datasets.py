@@ -262,14 +262,18 @@ def test_missing_folder(tmp_path: Path) -> None:
 
 def test_missing_split_list(tmp_path: Path) -> None:
     root = _folder(tmp_path)
-    with pytest.raises(DatasetError, match=rf"split list {root / 'val.txt'} does not exist.*split=None"):
+    with pytest.raises(DatasetError, match=rf"split 'val' is neither a list {root / 'val.txt'} nor a folder "
+                                          rf".*splits found: none.*the split 'all'"):
         FolderDataset(root, "val")
 
 
 def test_no_pairs(tmp_path: Path) -> None:
     _image(tmp_path / "images" / "a.png")
     _mask(tmp_path / "masks" / "a_mask.png", LABELS)
-    with pytest.raises(DatasetError, match=rf"no image/mask pairs in {tmp_path}: 1 images in .*name each mask like"):
+    (tmp_path / "masks" / "notes.txt").write_text("x")
+    with pytest.raises(DatasetError, match=rf"no image/mask pairs in {tmp_path}: .*images holds 1 file\(s\) \(.png 1\), "
+                       r".*masks holds 2 file\(s\) \(.png 1, .txt 1\); not read: .txt .*images e.g. a.png; masks e.g. "
+                       r"a_mask.png\); name each mask like"):
         FolderDataset(tmp_path)
 
 

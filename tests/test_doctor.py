@@ -172,7 +172,7 @@ def test_colour_masks(tmp_path: Path) -> None:
     assert report.exit_code == 1
     text = _messages(report)
     assert "is RGB: colour-coded masks need a palette mapping" in text and "(128, 64, 128)" in text
-    assert "--palette FILE" in text
+    assert "--palette colours.yaml" in text
     (tmp_path / "palette.yaml").write_text("bg: [0, 0, 0]\nroad: [128, 64, 128]\n")
     assert diagnose(tmp_path, colour_map=tmp_path / "palette.yaml").exit_code == 0
 
@@ -206,11 +206,12 @@ def test_class_that_never_occurs_is_a_warning(tmp_path: Path) -> None:
     assert problem.severity == "warning" and "1 class(es) never occur: ghost" in problem.message
 
 
-def test_unknown_class_count_is_inferred_with_a_warning(tmp_path: Path) -> None:
+def test_unknown_class_count_is_inferred_as_training_infers_it(tmp_path: Path) -> None:
     _pair(tmp_path, "a", np.array([[0, 1, 2, 2]]))
     report = diagnose(tmp_path)
-    assert [p.message for p in report.problems] == \
-        ["the number of classes was not given: 3 assumed (from the largest label found)"]
+    assert report.problems == [] and report.num_classes == 3
+    assert any(note.startswith("classes: 3, inferred from the labels (the largest label is 2)") and
+               f"`segforge train --data {tmp_path} --num-classes 3`" in note for note in report.notes)
     assert report.weights is not None and len(report.weights) == 3
 
 
@@ -272,3 +273,65 @@ def test_0_255_masks_beyond_a_short_label_map_are_reported_not_a_crash(tmp_path:
     report = diagnose(tmp_path, num_classes=2, label_map=[0, 1])
     assert report.exit_code == 1
     assert "255" in _messages(report) and "label map" in _messages(report)
+
+
+# --- every fix is a command the named command accepts -----------------------------------------------------
+
+
+def _problem_datasets(tmp_path: Path) -> list[tuple[Path, dict]]:
+    """One small dataset (and diagnose options) per kind of problem whose fix names a command."""
+    cases = []
+    binary = tmp_path / "binary"  # 0/255 masks
+    _pair(binary, "a", BINARY * 255)
+    cases.append((binary, {}))
+    cases.append((binary, {"num_classes": 2}))
+    out_of_range = tmp_path / "range"  # labels beyond the class count
+    _pair(out_of_range, "a", np.array([[0, 1, 7, 7], [1, 0, 0, 250]]))
+    cases.append((out_of_range, {"num_classes": 2, "label_map": {3: 1}}))
+    colour = tmp_path / "colour"  # RGB masks without a palette
+    _pair(colour, "a", BINARY)
+    rgb = np.zeros((2, 4, 3), np.uint8)
+    rgb[:, :2] = (128, 64, 128)
+    Image.fromarray(rgb).save(colour / "masks" / "a.png")
+    cases.append((colour, {"layout": "folder"}))
+    grey = tmp_path / "grey"  # colour masks converted to grey
+    palette = default_palette(21)
+    levels = [round((299 * r + 587 * g + 114 * b) / 1000) for r, g, b in palette[1:4]]
+    _pair(grey, "a", np.array([[0, levels[0], levels[1], levels[2]]] * 2))
+    cases.append((grey, {"num_classes": 21, "ignore_index": 255}))
+    inferred = tmp_path / "inferred"  # class count inferred: a note with a command
+    _pair(inferred, "a", np.array([[0, 1, 2, 2]]))
+    cases.append((inferred, {"region_masks": None}))
+    return cases
+
+
+def test_every_fix_the_doctor_prints_is_a_command_line_the_command_accepts(tmp_path: Path) -> None:
+    import re
+    import shlex
+
+    from segforge.cli import build_parser
+
+    parser, commands = build_parser(), []
+    for root, options in _problem_datasets(tmp_path):
+        report = diagnose(root, **options)
+        texts = [p.fix for p in report.problems] + [note for note in report.notes if "`" in note]
+        assert texts, root
+        for text in texts:
+            quoted = re.findall(r"`([^`]*)`", text)
+            outside = re.sub(r"`[^`]*`", "", text)
+            assert not re.search(r"(^|\s)--[a-z]", outside), f"a flag outside a command line: {text}"
+            commands += [q for q in quoted if q.startswith("segforge ")]
+    assert {shlex.split(c)[1] for c in commands} == {"train"} and len(commands) >= 6
+    assert any("--label-map 255=1" in c for c in commands) and any("--palette colours.yaml" in c for c in commands)
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])  # exits (SystemExit) on anything it does not accept
+        assert args.run.__name__ == "_train" and getattr(args, "data.root") is not None, command
+
+
+def test_a_label_map_naming_values_the_masks_lack_is_a_warning(tmp_path: Path) -> None:
+    _pair(tmp_path, "a", BINARY * 255)
+    report = diagnose(tmp_path, num_classes=2, label_map={255: 1, 128: 1})
+    assert report.exit_code == 0
+    [warning] = report.problems
+    assert warning.severity == "warning"
+    assert "the label map names value(s) [128] that no mask holds (the masks hold [0, 255])" in warning.message

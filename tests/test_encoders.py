@@ -15,7 +15,7 @@ from segforge.encoders.weights import adapt_input_conv
 
 RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101"]
 # Encoders with no torchvision ImageNet counterpart (trained from scratch).
-NO_TORCHVISION_COUNTERPART = {"unet"}
+NO_TORCHVISION_COUNTERPART = {"unet", "unet32", "unet16"}
 VGG_CLASSIFIER = {"classifier.0.weight": (4096, 25088), "classifier.0.bias": (4096,),
                   "classifier.3.weight": (4096, 4096), "classifier.3.bias": (4096,),
                   "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,)}

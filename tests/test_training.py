@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 
 import numpy as np
 import pytest
@@ -47,18 +48,18 @@ def test_resume_after_an_interruption_continues_exactly(data_root, tmp_path, mon
 
     def save_then_interrupt(*args, **kwargs):
         original(*args, **kwargs)
-        if kwargs["epoch"] == 1:  # epoch 1 is on disk: stop as Ctrl-C would
+        if args[7].step == 2:  # the first round (epoch 1: 2 steps) is on disk: stop as Ctrl-C would
             raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "_save", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         fit(tiny_config(data_root, tmp_path, "interrupted"), progress=False)
     monkeypatch.setattr(loop, "_save", original)
-    assert load_state(tmp_path / "interrupted" / "state.pt")["epoch"] == 1
+    assert load_state(tmp_path / "interrupted" / "state.pt")["progress"]["step"] == 2
     resumed = fit(None, resume=tmp_path / "interrupted", progress=False)
 
     a, b = load_state(straight / "state.pt"), load_state(resumed / "state.pt")
-    assert b["epoch"] == 2
+    assert b["progress"]["step"] == 4 and b["progress"]["batches"] == 4
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
     rows_a = list(csv.DictReader(open(straight / "metrics.csv")))
@@ -68,7 +69,8 @@ def test_resume_after_an_interruption_continues_exactly(data_root, tmp_path, mon
 
 def test_a_nan_loss_stops_with_the_step_and_a_hint(data_root, tmp_path) -> None:
     config = tiny_config(data_root, tmp_path, "nan", **{"optimizer.name": "sgd", "optimizer.lr": 1e30})
-    with pytest.raises(TrainingError, match=r"loss became (nan|inf) at epoch \d+, batch \d+: lower the learning rate"):
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf) at step \d+ \(epoch \d+, batch \d+\): lower the "
+                                            r"learning rate"):
         fit(config, progress=False)
     with pytest.raises(ValueError, match="optimizer.lr must be a positive number, got nan"):
         fit(tiny_config(data_root, tmp_path, "nan2", **{"optimizer.lr": float("nan")}), progress=False)
@@ -118,9 +120,11 @@ def test_cli_train_evaluate_predict(data_root, tmp_path, capsys) -> None:
 
 def test_iterations_stop_mid_epoch_and_a_used_run_name_is_refused(data_root, tmp_path) -> None:
     # 8 training images in batches of 4: 2 steps per epoch; 3 iterations end half-way through epoch 2
-    folder = fit(tiny_config(data_root, tmp_path, "iters", **{"train.iterations": 3}), progress=False)
+    folder = fit(tiny_config(data_root, tmp_path, "iters", **{"train.iterations": 3, "train.eval_steps": 2}),
+                 progress=False)
     assert load_state(folder / "state.pt")["scheduler"]["last_epoch"] == 3
-    assert len(list(csv.DictReader(open(folder / "metrics.csv")))) == 2
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    assert [(r["step"], r["epoch"]) for r in rows] == [("2", "1"), ("3", "1.50")]
     with pytest.raises(ValueError, match=r"run folder .*iters already holds a run; continue it with --resume"):
         fit(tiny_config(data_root, tmp_path, "iters"), progress=False)
 
@@ -134,39 +138,40 @@ def test_mixed_precision_on_without_cuda_is_refused(data_root, tmp_path) -> None
 
 @pytest.mark.parametrize("size,batch,world", [(16, 4, 1), (16, 4, 2), (18, 6, 3), (10, 4, 1)])
 def test_process_shares_of_each_global_batch_add_up_to_the_single_process_batches(size, batch, world) -> None:
-    from segforge.training.distributed import EpochBatchSampler
+    from segforge.training.distributed import StreamBatchSampler
 
-    single = EpochBatchSampler(size, batch, shuffle=True, seed=3, drop_last=world > 1)
-    shares = [EpochBatchSampler(size, batch, shuffle=True, seed=3, rank=r, world_size=world) for r in range(world)]
-    for sampler in [single, *shares]:
-        sampler.set_epoch(2)
-    joined = [sum(parts, []) for parts in zip(*(list(s) for s in shares))]
-    assert joined == list(single)[:len(joined)] and len(joined) == size // batch
-    if world == 1:  # one process keeps a last, partial batch: every sample once
-        assert sorted(sum(list(single), [])) == list(range(size))
-    assert len(single) == len(list(single))
+    def first(sampler, count):
+        return list(itertools.islice(iter(sampler), count))
+
+    batches = 3 * (size // batch)  # three epochs
+    single = first(StreamBatchSampler(size, batch, seed=3), batches)
+    shares = [first(StreamBatchSampler(size, batch, seed=3, rank=r, world_size=world), batches) for r in range(world)]
+    assert [sum(parts, []) for parts in zip(*shares)] == single
+    for epoch in range(3):  # each epoch: a new order of distinct samples, keyed epoch * size + sample
+        keys = sum(single[epoch * (size // batch):(epoch + 1) * (size // batch)], [])
+        assert len(set(keys)) == len(keys) == size - size % batch
+        assert all(epoch * size <= key < (epoch + 1) * size for key in keys)
+    assert sorted(k % size for k in sum(single[:size // batch], [])) != sorted(k % size for k in single[0])
 
 
-def test_a_resumed_epoch_skips_exactly_the_batches_already_done() -> None:
-    from segforge.training.distributed import EpochBatchSampler
+def test_a_resumed_stream_continues_with_exactly_the_next_batches() -> None:
+    from segforge.training.distributed import StreamBatchSampler
 
-    sampler = EpochBatchSampler(10, 3, shuffle=True, seed=0, drop_last=False)
-    sampler.set_epoch(1)
-    full = list(sampler)
-    sampler.set_epoch(1, start=2)
-    assert list(sampler) == full[2:] and len(sampler) == 2 and len(full) == 4
-    sampler.set_epoch(2)
-    assert list(sampler) != full  # a new order every epoch
+    full = list(itertools.islice(iter(StreamBatchSampler(10, 3, seed=0)), 8))  # 3 batches per epoch
+    assert list(itertools.islice(iter(StreamBatchSampler(10, 3, seed=0, start=5)), 3)) == full[5:]
+    assert [k % 10 for k in full[3]] != [k % 10 for k in full[0]]  # a new order every epoch
+    small = list(itertools.islice(iter(StreamBatchSampler(3, 8, seed=0)), 2))  # fewer samples than a batch: all
+    assert [sorted(batch) for batch in small] == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_a_global_batch_must_split_evenly_over_the_processes() -> None:
-    from segforge.training.distributed import EpochBatchSampler
+    from segforge.training.distributed import StreamBatchSampler
 
     with pytest.raises(ValueError, match="data.batch_size 6 is the global batch and must be a multiple of the 4 "
                                          "processes; use 4 or 8"):
-        EpochBatchSampler(100, 6, shuffle=True, rank=0, world_size=4)
+        StreamBatchSampler(100, 6, rank=0, world_size=4)
     with pytest.raises(ValueError, match="fewer than one global batch of 8"):
-        EpochBatchSampler(5, 8, shuffle=True, rank=0, world_size=2)
+        StreamBatchSampler(5, 8, rank=0, world_size=2)
 
 
 def test_augmentation_is_drawn_per_sample_whatever_the_order(data_root) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from segforge.data.colour import ColourMap, load_colour_map
-from segforge.data.io import DatasetError, map_files, read_image, read_mask
+from segforge.data.io import DatasetError, count_extensions, list_images, map_files, read_image, read_mask
 from segforge.data.transforms import Transform as SeededTransform
 
 Sample = tuple[Path, "Path | None"]
@@ -111,9 +111,13 @@ class SegmentationDataset(Dataset):
         unpaired_images: samples without their mask (recorded instead of raised when built with
             strict=False); they are not in ``samples``.
         unpaired_masks: masks without their image.
+        region_masks: image path → valid-region mask (``set_region_masks``): pixels where it is 0 are
+            labelled ``ignore_index`` (or -100 without one), so neither the loss nor the metrics see them.
     """
 
     layout = "custom"
+    #: how images and masks were paired when not by identical file stems (a line for the log), else None
+    pairing: str | None = None
 
     def __init__(self, samples: Sequence[Sample], *, classes: Sequence[str],
                  palette: Sequence[Sequence[int]] | None = None, ignore_index: int | None = None,
@@ -137,6 +141,7 @@ class SegmentationDataset(Dataset):
         self.augment_seed: int | None = None
         self.unpaired_images = list(unpaired_images)
         self.unpaired_masks = list(unpaired_masks)
+        self.region_masks: dict[Path, Path] | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -152,6 +157,71 @@ class SegmentationDataset(Dataset):
     def describe(self, index: int) -> str:
         """The file of sample ``index``, as error messages name it."""
         return str(self.samples[index][0])
+
+    def sample_name(self, index: int) -> str:
+        """The name split lists use for sample ``index``: its image's file stem."""
+        return Path(self.samples[index][0]).stem
+
+    def select(self, names: Sequence[str], *, what: str = "split list") -> SegmentationDataset:
+        """The samples named ``names`` (``sample_name``, or a file name with its extension), in that order.
+
+        Raises:
+            DatasetError: a name is not a sample of this dataset (the message lists a few).
+        """
+        index = {self.sample_name(i): i for i in range(len(self))}
+        found = [index.get(name, index.get(Path(name).stem)) for name in names]
+        missing = [name for name, i in zip(names, found, strict=True) if i is None]
+        if missing:
+            raise DatasetError(f"{len(missing)} name(s) of the {what} are not samples of this dataset, e.g. "
+                               f"{', '.join(missing[:5])}; were images renamed or removed since it was written?",
+                               kind="missing")
+        return self.subset(found)
+
+    def set_region_masks(self, folder: str | Path) -> None:
+        """Pairs every image with a valid-region mask in ``folder`` (matched like masks: by file stem, or by
+        the part of the names that differs); zero pixels of a region mask become unlabelled.
+
+        Raises:
+            DatasetError: the folder is missing, or an image has no region mask (the message names it).
+        """
+        from segforge.data.folder import pair_files
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DatasetError(f"region mask folder {folder} does not exist; pass the folder of valid-region masks "
+                               "(one per image, same file stem, 0 = outside)", path=folder, kind="missing")
+        images = list(dict.fromkeys(Path(image) for image, _ in self.samples))
+        if not images or len(images) < len(self.samples):
+            raise DatasetError(f"the {self.layout} layout does not store one image file per sample, which region masks "
+                               "need (one region mask per image file)", path=folder, kind="unsupported")
+        pairs, lonely, _ = pair_files(images, list_images(folder))
+        if lonely:
+            raise DatasetError(f"{len(lonely)} image(s) have no region mask in {folder}, e.g. {lonely[0].name} "
+                               f"({count_extensions(folder)}); add one per image, named like the image",
+                               path=lonely[0], kind="missing")
+        self.region_masks = dict(pairs)
+
+    def load_region(self, index: int, shape: tuple[int, int]) -> np.ndarray | None:
+        """``(H, W)`` bool: where sample ``index`` is scored; None without region masks.
+
+        Raises:
+            DatasetError: the region mask is unreadable or not of the image's size ``shape``.
+        """
+        if self.region_masks is None:
+            return None
+        path = self.region_masks[Path(self.samples[index][0])]
+        region = read_mask(path)
+        if region.shape != tuple(shape):
+            raise DatasetError(f"region mask {path} is {region.shape[1]}x{region.shape[0]} but image "
+                               f"{self.describe(index)} is {shape[1]}x{shape[0]} (WxH); a region mask must have its "
+                               "image's size: re-export it (nearest-neighbour), or check that it belongs to this image",
+                               path=path, kind="size_mismatch")
+        return region != 0
+
+    @property
+    def unlabelled(self) -> int:
+        """The label of pixels without a class: ``ignore_index``, or -100 (``NO_LABEL``) without one."""
+        return NO_LABEL if self.ignore_index is None else self.ignore_index
 
     def load_image(self, index: int) -> np.ndarray:
         """``(H, W, C)`` in the file's dtype."""
@@ -197,32 +267,45 @@ class SegmentationDataset(Dataset):
         return mask
 
     def load_mask(self, index: int, shape: tuple[int, int] | None = None) -> np.ndarray:
-        """``(H, W)`` int64 labels; an unlabelled sample is all ``ignore_index`` (or -100) of ``shape``."""
+        """``(H, W)`` int64 labels, unlabelled outside the valid region; an unlabelled sample is all
+        ``ignore_index`` (or -100) of ``shape``.
+
+        Raises:
+            DatasetError: the mask (or region mask) is not of the image's size ``shape``, or its labels
+                are out of range; the message names the file.
+        """
         raw = self.load_raw_mask(index)
-        if raw is not None:
-            return self.labels(raw, index)
-        if shape is None:
-            raise ValueError(f"sample {self.describe(index)} has no mask and no shape to fill")
-        return np.full(shape, NO_LABEL if self.ignore_index is None else self.ignore_index, dtype=np.int64)
+        if raw is None:
+            if shape is None:
+                raise ValueError(f"sample {self.describe(index)} has no mask and no shape to fill")
+            return np.full(shape, self.unlabelled, dtype=np.int64)
+        if shape is not None and raw.shape != tuple(shape):
+            raise DatasetError(f"mask {self.mask_name(index)} is {raw.shape[1]}x{raw.shape[0]} but image "
+                               f"{self.describe(index)} is {shape[1]}x{shape[0]} (WxH); masks must have "
+                               "their image's size: re-export the mask, or resize it with nearest-neighbour",
+                               path=self.mask_name(index), kind="size_mismatch")
+        mask = self.labels(raw, index)
+        region = self.load_region(index, mask.shape)
+        return mask if region is None else np.where(region, mask, self.unlabelled)
+
+    def sample(self, index: int, *, transform: Transform | None = None,
+               augment_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``index`` as tensors, augmented by ``transform`` with the draws of ``(augment_seed, index)``
+        when both are given (a seeded transform; see ``augment_seed``)."""
+        image = self.load_image(index)
+        mask = self.load_mask(index, image.shape[:2])
+        image = scale_image(image)
+        if isinstance(transform, SeededTransform) and augment_seed is not None:
+            image, mask = transform(image, mask, rng=np.random.default_rng([augment_seed, index]))
+        elif transform is not None:
+            image, mask = transform(image, mask)
+        image_t = to_tensor(image, self.mean, self.std, name=self.describe(index))
+        return image_t, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
-        index %= len(self)
-        image = self.load_image(index)
-        mask = self.load_mask(index, image.shape[:2])
-        if mask.shape != image.shape[:2]:
-            raise DatasetError(f"mask {self.mask_name(index)} is {mask.shape[1]}x{mask.shape[0]} but image "
-                               f"{self.describe(index)} is {image.shape[1]}x{image.shape[0]} (WxH); masks must have "
-                               "their image's size: re-export the mask, or resize it with nearest-neighbour",
-                               path=self.mask_name(index), kind="size_mismatch")
-        image = scale_image(image)
-        if isinstance(self.transform, SeededTransform) and self.augment_seed is not None:
-            image, mask = self.transform(image, mask, rng=np.random.default_rng([self.augment_seed, index]))
-        elif self.transform is not None:
-            image, mask = self.transform(image, mask)
-        image_t = to_tensor(image, self.mean, self.std, name=self.describe(index))
-        return image_t, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+        return self.sample(index % len(self), transform=self.transform, augment_seed=self.augment_seed)
 
 
 class SubsetDataset(SegmentationDataset):
@@ -236,6 +319,10 @@ class SubsetDataset(SegmentationDataset):
                          transform=parent.transform)
         self.parent, self.indices = parent, indices
         self.label_map, self.colour_map, self.layout = parent.label_map, parent.colour_map, parent.layout
+        self.region_masks = parent.region_masks
+
+    def sample_name(self, index: int) -> str:
+        return self.parent.sample_name(self.indices[index])
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -253,12 +340,45 @@ class SubsetDataset(SegmentationDataset):
         return self.parent.load_raw_mask(self.indices[index])
 
 
+def image_moments(image: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(pixels, per-channel mean, per-channel sum of squared deviations)`` of one ``(H, W, C)`` image,
+    in float64: what ``combine_moments`` merges into a dataset's mean and standard deviation."""
+    flat = image.reshape(-1, image.shape[-1]).astype(np.float64)
+    mean = flat.mean(axis=0) if len(flat) else np.zeros(image.shape[-1])
+    return len(flat), mean, ((flat - mean) ** 2).sum(axis=0)
+
+
+def combine_moments(moments: Iterable[tuple[int, np.ndarray, np.ndarray]], *,
+                    describe: Callable[[int], str] = str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Merges per-image moments pairwise (Chan et al.: exact and stable in float64 however many images).
+
+    Returns:
+        ``(mean, std)``, a tuple of C floats each.
+
+    Raises:
+        ValueError: no moments, or images with different channel counts (``describe(i)`` names image i).
+    """
+    total, mean, m2 = 0, None, None
+    for index, (n, image_mean, image_m2) in enumerate(moments):
+        if mean is None:
+            total, mean, m2 = n, image_mean, image_m2
+            continue
+        if len(image_mean) != len(mean):
+            raise ValueError(f"image {describe(index)} has {len(image_mean)} channels, the first image has "
+                             f"{len(mean)}; convert the images to one mode")
+        delta = image_mean - mean
+        mean = mean + delta * n / max(total + n, 1)
+        m2 = m2 + image_m2 + delta ** 2 * total * n / max(total + n, 1)
+        total += n
+    if mean is None:
+        raise ValueError("cannot compute normalisation statistics of an empty dataset")
+    std = np.sqrt(m2 / max(total, 1))
+    return tuple(float(v) for v in mean), tuple(float(max(v, 1e-12)) for v in std)
+
+
 def compute_stats(dataset: SegmentationDataset, *, max_samples: int | None = None, workers: int | None = None,
                   progress: bool | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation of the [0, 1]-scaled images, streamed over the files.
-
-    Each image's mean and sum of squared deviations are merged pairwise (Chan et al.), which is
-    exact and stable in float64 however many images there are.
 
     Args:
         dataset: the (training) dataset; its transform and normalisation are not applied.
@@ -271,27 +391,6 @@ def compute_stats(dataset: SegmentationDataset, *, max_samples: int | None = Non
         ValueError: the dataset is empty or its images differ in channel count.
     """
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
-    if count == 0:
-        raise ValueError("cannot compute normalisation statistics of an empty dataset")
-
-    def moments(index: int) -> tuple[int, np.ndarray, np.ndarray]:
-        pixels = scale_image(dataset.load_image(index))
-        flat = pixels.reshape(-1, pixels.shape[-1]).astype(np.float64)
-        mean = flat.mean(axis=0)
-        return len(flat), mean, ((flat - mean) ** 2).sum(axis=0)
-
-    total, mean, m2 = 0, None, None
-    for index, (n, image_mean, image_m2) in enumerate(map_files(moments, count, desc="statistics",
-                                                                workers=workers, progress=progress)):
-        if mean is None:
-            total, mean, m2 = n, image_mean, image_m2
-            continue
-        if len(image_mean) != len(mean):
-            raise ValueError(f"image {dataset.describe(index)} has {len(image_mean)} channels, the first image has "
-                             f"{len(mean)}; convert the images to one mode")
-        delta = image_mean - mean
-        mean = mean + delta * n / (total + n)
-        m2 = m2 + image_m2 + delta ** 2 * total * n / (total + n)
-        total += n
-    std = np.sqrt(m2 / total)
-    return tuple(float(v) for v in mean), tuple(float(max(v, 1e-12)) for v in std)
+    moments = map_files(lambda i: image_moments(scale_image(dataset.load_image(i))), count, desc="statistics",
+                        workers=workers, progress=progress)
+    return combine_moments(moments, describe=dataset.describe)

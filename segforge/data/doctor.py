@@ -12,24 +12,25 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from segforge.data.base import SegmentationDataset
+from segforge.data.base import SegmentationDataset, image_moments, scale_image
 from segforge.data.colour import ColourMap
 from segforge.data.io import DatasetError, map_files
 from segforge.data.registry import DATASETS, create_dataset, detect_layout
 from segforge.data.stats import ClassPixels
 
-#: the fix for each kind of DatasetError, when the doctor reports a group of them
+#: the fix for each kind of DatasetError, when the doctor reports a group of them; ``{palette}`` is a command
 FIXES = {
     "missing": "restore the files or correct the path",
     "unreadable": "re-export the files (or remove them and their masks)",
     "unsupported": "convert the files to a supported mode (see the message)",
-    "colour_mask": "write a palette mapping, one 'name: [r, g, b]' line per class, and pass --palette FILE "
+    "colour_mask": "write a palette file, one 'name: [r, g, b]' line per class, and pass it, e.g. `{palette}` "
                    "(colour_map= in Python)",
     "unexpected_colour": "add the colours to the palette mapping (as classes, or under 'ignore:'), or repaint them",
     "label_range": "fix the masks, or the label map",
@@ -52,7 +53,12 @@ class Problem:
 
 @dataclass
 class SplitSummary:
-    """What one split holds. Only scanned splits have sizes, values and pixels."""
+    """What one split holds. Only scanned splits have sizes, values and pixels.
+
+    Mask values are counted inside the valid region when the dataset has region masks, over the
+    whole mask and over its top and left halves (``raw_top``, ``raw_left``), so that a recipe can
+    tell whether the layout of the classes has an up and a down.
+    """
 
     name: str
     samples: int
@@ -61,6 +67,10 @@ class SplitSummary:
     sizes: Counter = field(default_factory=Counter)  # (width, height) -> images
     channels: Counter = field(default_factory=Counter)  # (channels, dtype) -> images
     raw_values: dict[int, int] = field(default_factory=dict)  # raw mask value -> pixels
+    raw_top: Counter = field(default_factory=Counter)  # raw mask value -> pixels in the masks' top halves
+    raw_left: Counter = field(default_factory=Counter)  # ... in their left halves
+    moments: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)  # per image, see image_moments
+    max_value: float = 0.0  # the largest pixel value of the images, as stored
     pixels: ClassPixels | None = None
     labels_ok: bool = True  # False when the label values have an error (no weights then)
 
@@ -79,6 +89,14 @@ class DoctorReport:
     weights_split: str | None = None
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    options: list[tuple[str, str]] = field(default_factory=list)  # the data flags the data was read with
+    num_classes: int | None = None  # given, or inferred from the labels
+
+    def command(self, name: str, *flags: str) -> str:
+        """A ``segforge <name>`` command line on this data: its flags as given, ``flags`` added or replacing."""
+        added = set(flags[::2])
+        kept = [item for flag, value in self.options if flag not in added for item in (flag, value)]
+        return shlex.join(["segforge", name, "--data", str(self.root), *kept, *flags])
 
     @property
     def errors(self) -> list[Problem]:
@@ -101,9 +119,30 @@ class _Check:
     image_shape: tuple[int, ...] | None = None
     image_dtype: str = ""
     mask_shape: tuple[int, ...] | None = None
-    values: np.ndarray | None = None  # raw mask values present
+    values: np.ndarray | None = None  # raw mask values present (inside the valid region)
     counts: np.ndarray | None = None  # their pixels
+    top: np.ndarray | None = None  # their pixels in the top half of the mask
+    left: np.ndarray | None = None  # ... in the left half
+    moments: tuple[int, np.ndarray, np.ndarray] | None = None  # image_moments of the [0, 1]-scaled image
+    max_value: float = 0.0
     errors: list[DatasetError] = field(default_factory=list)
+
+
+def _value_counts(raw: np.ndarray, region: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """``(values, pixels, pixels in the top half, pixels in the left half)`` of a mask, inside ``region``."""
+    low = min(int(raw.min()), 0) if raw.size else 0
+    shifted = raw - low  # bincount takes no negative values (int16 TIFF masks)
+    size = int(shifted.max()) + 1 if raw.size else 1
+
+    def count(rows: slice, cols: slice) -> np.ndarray:
+        part = shifted[rows, cols] if region is None else shifted[rows, cols][region[rows, cols]]
+        return np.bincount(part.ravel(), minlength=size)
+
+    every = slice(None)
+    total = count(every, every)
+    top, left = count(slice(0, raw.shape[0] // 2), every), count(every, slice(0, raw.shape[1] // 2))
+    values = np.flatnonzero(total)
+    return values + low, total[values], top[values], left[values]
 
 
 def _inspect(dataset: SegmentationDataset, index: int) -> _Check:
@@ -111,18 +150,19 @@ def _inspect(dataset: SegmentationDataset, index: int) -> _Check:
     try:
         image = dataset.load_image(index)
         check.image_shape, check.image_dtype = image.shape, str(image.dtype)
+        check.moments, check.max_value = image_moments(scale_image(image)), float(image.max(initial=0))
     except DatasetError as err:
         check.errors.append(err)
     try:
         raw = dataset.load_raw_mask(index)
         if raw is not None:
             check.mask_shape = raw.shape
-            if raw.size and raw.min() >= 0:
-                counts = np.bincount(raw.ravel())
-                check.values = np.flatnonzero(counts)
-                check.counts = counts[check.values]
-            else:
-                check.values, check.counts = np.unique(raw, return_counts=True)
+            region = None
+            if dataset.region_masks is not None:
+                region = dataset.load_region(index, check.image_shape[:2] if check.image_shape else raw.shape)
+            if region is not None and region.shape != raw.shape:
+                region = None  # the mask's own size is wrong: reported as a size mismatch
+            check.values, check.counts, check.top, check.left = _value_counts(raw, region)
     except DatasetError as err:
         check.errors.append(err)
     return check
@@ -152,14 +192,20 @@ def _scan(dataset: SegmentationDataset, summary: SplitSummary, report: DoctorRep
         if check.image_shape is not None and check.mask_shape is not None and \
                 tuple(check.image_shape[:2]) != tuple(check.mask_shape):
             mismatched.append(Path(dataset.mask_name(index)))
+        if check.moments is not None:
+            summary.moments.append(check.moments)
+            summary.max_value = max(summary.max_value, check.max_value)
         if check.values is not None:
             summary.labelled += 1
-            for value, count in zip(check.values.tolist(), check.counts.tolist(), strict=True):
+            values = check.values.tolist()
+            for value, count in zip(values, check.counts.tolist(), strict=True):
                 summary.raw_values[value] = summary.raw_values.get(value, 0) + count
+            summary.raw_top.update(dict(zip(values, check.top.tolist(), strict=True)))
+            summary.raw_left.update(dict(zip(values, check.left.tolist(), strict=True)))
     for kind, errors in by_kind.items():
         files = [e.path for e in errors if e.path is not None]
         report.problems.append(Problem("error", f"{tag}{len(errors)} file(s) cannot be used: {errors[0]}",
-                                       FIXES.get(kind, "see the message"), files))
+                                       _fix(kind, report), files))
     if mismatched:
         report.problems.append(Problem("error", f"{tag}{len(mismatched)} mask(s) differ in size from their image",
                                        "re-export each mask at its image's size (resize masks with nearest-neighbour, "
@@ -184,17 +230,20 @@ def _check_labels(dataset: SegmentationDataset, summary: SplitSummary, report: D
         report.problems.append(Problem(
             "error", f"{tag}masks store a binary task as 0 and 255: 255 is not class 1 (it is out of range, or "
             "silently ignored when 255 is the ignore index), so the foreground would never be learned",
-            "map 255 to 1: --label-map 255=1 (label_map={255: 1} in Python), or re-save the masks with values 0/1"))
+            f"map 255 to 1 on every command, e.g. `{report.command('train', '--label-map', '255=1')}` "
+            "(label_map={255: 1} in Python), or re-save the masks with values 0/1"))
     elif lut is not None and set(raw) <= {0, 255} and max(raw, default=0) < len(lut):
         mapped = ", ".join(f"{v} -> {lut[v]}" + (f" ({dataset.classes[lut[v]]})" if 0 <= lut[v] < len(dataset.classes)
                                                   else "") for v in sorted(raw))
         report.notes.append(f"{tag}masks store 0/255; the {dataset.layout} label map turns them into labels ({mapped})")
     if num_classes is None:
         valid = [lut[v] if lut is not None and v < len(lut) else v for v in raw]
-        num_classes = 2 if binary_255 else max([v for v in valid if v != ignore and v >= 0], default=0) + 1
-        basis = "0/255 masks: a binary task" if binary_255 else "from the largest label found"
-        report.problems.append(Problem("warning", f"the number of classes was not given: {num_classes} assumed "
-                                       f"({basis})", "pass --num-classes N (classes= in Python)"))
+        largest = max([v for v in valid if v != ignore and v >= 0], default=0)
+        num_classes = 2 if binary_255 else largest + 1
+        basis = "0/255 masks: a binary task" if binary_255 else f"the largest label is {largest}"
+        report.notes.append(f"classes: {num_classes}, inferred from the labels ({basis}), as segforge train infers "
+                            f"them; to set them: `{report.command('train', '--num-classes', str(num_classes))}`")
+    report.num_classes = num_classes
     pixels = ClassPixels.zeros(num_classes)
     uncovered, out_of_range = Counter(), Counter()
     uncovered_files, out_files = [], []
@@ -229,14 +278,17 @@ def _check_labels(dataset: SegmentationDataset, summary: SplitSummary, report: D
         if from_colour and len([v for v in out_of_range if v in greys]) >= 2:
             report.problems.append(Problem("error", f"{tag}masks look like colour masks converted to grey: their "
                                            f"values {_listing(out_of_range)} are the grey levels of the class colours",
-                                           "use the original RGB masks with a palette mapping (--palette FILE)",
+                                           "use the original RGB masks with a palette file (one 'name: [r, g, b]' line "
+                                           f"per class), e.g. `{report.command('train', '--palette', 'colours.yaml')}`",
                                            out_files))
         else:
+            largest, commonest = max(out_of_range), max(out_of_range, key=out_of_range.get)
             report.problems.append(Problem(
                 "error", f"{tag}label values {_listing(out_of_range)} are >= the number of classes ({num_classes}) and "
                 f"are not the ignore index ({ignore})",
-                "pass the right --num-classes, set --ignore-index if a value marks unlabelled pixels, or fix the masks",
-                out_files))
+                f"give the class count, e.g. `{report.command('train', '--num-classes', str(largest + 1))}`, or mark "
+                f"the value of unlabelled pixels, e.g. `{report.command('train', '--ignore-index', str(commonest))}`, "
+                "or fix the masks", out_files))
     absent = [dataset.classes[c] if c < len(dataset.classes) else str(c)
               for c in np.flatnonzero(pixels.class_pixels == 0)]
     if absent and not binary_255:  # with 0/255 masks class 1 is absent for that reason, already reported
@@ -246,24 +298,82 @@ def _check_labels(dataset: SegmentationDataset, summary: SplitSummary, report: D
                                        "learned (its median-frequency weight is set to 1)"))
 
 
+def _check_label_map(report: DoctorReport, label_map: Mapping[int, int]) -> None:
+    """A label map that names values no scanned mask holds is a warning: a typo, or masks of another encoding."""
+    found = {value for s in report.splits.values() if s.scanned for value in s.raw_values}
+    unused = sorted(set(label_map) - found)
+    if found and unused:
+        report.problems.append(Problem(
+            "warning", f"the label map names value(s) {unused} that no mask holds (the masks hold "
+            f"{sorted(found)[:12]}{' ...' if len(found) > 12 else ''})",
+            "check the label map against the mask values listed above; map the values the masks hold"))
+
+
+def _fix(kind: str, report: DoctorReport) -> str:
+    return FIXES.get(kind, "see the message").format(palette=report.command("train", "--palette", "colours.yaml"))
+
+
 def _listing(counter: Mapping[int, int], limit: int = 8) -> str:
     total = sum(counter.values())
     shown = ", ".join(f"{v} ({n / total:.0%})" for v, n in sorted(counter.items(), key=lambda kv: -kv[1])[:limit])
     return shown + (f" and {len(counter) - limit} more" if len(counter) > limit else "")
 
 
+def data_options(*, layout: str = "auto", num_classes: int | None = None, ignore_index: int | None = None,
+                 colour_map: ColourMap | str | Path | None = None,
+                 label_map: Mapping[int, int] | Sequence[int] | None = None,
+                 region_masks: str | Path | None = None) -> list[tuple[str, str]]:
+    """The command-line flags that describe data read with these options (for the fixes' command lines)."""
+    options = [("--format", layout)] if layout != "auto" else []
+    if num_classes is not None:
+        options.append(("--num-classes", str(num_classes)))
+    if ignore_index is not None:
+        options.append(("--ignore-index", str(ignore_index)))
+    if isinstance(colour_map, (str, Path)):
+        options.append(("--palette", str(colour_map)))
+    if label_map is not None:
+        pairs = label_map.items() if isinstance(label_map, Mapping) else enumerate(label_map)
+        changed = ",".join(f"{raw}={label}" for raw, label in pairs if raw != label)
+        if changed:
+            options.append(("--label-map", changed))
+    if region_masks is not None:
+        options.append(("--region-masks", str(region_masks)))
+    return options
+
+
+def check_split(report: DoctorReport, dataset: SegmentationDataset, name: str, *, scan: bool = True,
+                workers: int | None = None, progress: bool | None = None) -> SplitSummary:
+    """Adds one split of a dataset to ``report``: its unpaired files and, with ``scan``, what reading every
+    sample finds (sizes, channels, label values, class pixels, problems). Training checks its data with it."""
+    report.classes, report.ignore_index = dataset.classes, dataset.ignore_index
+    summary = report.splits.setdefault(name, SplitSummary(name, len(dataset)))
+    if dataset.pairing and dataset.pairing not in report.notes:
+        report.notes.append(dataset.pairing)
+    if dataset.unpaired_images:
+        report.problems.append(Problem("error", f"[{name}] {len(dataset.unpaired_images)} image(s) have no mask",
+                                       "add the masks (same file stem as the image), remove the images, or list "
+                                       "only paired images in the split file", dataset.unpaired_images))
+    if dataset.unpaired_masks:
+        report.problems.append(Problem("warning", f"[{name}] {len(dataset.unpaired_masks)} mask(s) have no image "
+                                       "(they are not used)", "add their images or delete them",
+                                       dataset.unpaired_masks))
+    if scan:
+        _scan(dataset, summary, report, num_classes=dataset.num_classes, workers=workers, progress=progress)
+    return summary
+
+
 def diagnose(root: str | Path, *, layout: str = "auto", split: str | None = None, num_classes: int | None = None,
              ignore_index: int | None = None, colour_map: ColourMap | str | Path | None = None,
-             label_map: Mapping[int, int] | None = None, workers: int | None = None,
-             progress: bool | None = None) -> DoctorReport:
+             label_map: Mapping[int, int] | None = None, region_masks: str | Path | None = None,
+             workers: int | None = None, progress: bool | None = None) -> DoctorReport:
     """Reads a dataset once and reports its contents and problems.
 
     Args:
         root: the dataset folder.
         layout: one of ``list_dataset_layouts()``, or ``"auto"`` to detect it.
         split: scan only this split (every split is still counted); None scans all.
-        num_classes, ignore_index, colour_map, label_map: as for ``create_dataset``; the folder layout
-            infers the number of classes from the labels (with a warning) when not given.
+        num_classes, ignore_index, colour_map, label_map, region_masks: as for ``create_dataset``; the
+            folder layout infers the number of classes from the labels (as training does) when not given.
         workers: reader threads (default: up to 8); progress: tqdm bar (default: on a terminal).
 
     Returns:
@@ -284,28 +394,22 @@ def diagnose(root: str | Path, *, layout: str = "auto", split: str | None = None
         names = [*names, split]
     order = {n: i for i, n in enumerate(("train", "training", "val", "validation", "trainval", "test"))}
     names = sorted(names, key=lambda n: (order.get(n, len(order)), str(n)))
-    report = DoctorReport(root, layout, detected, [], None)
+    options = data_options(layout="auto" if detected else layout, num_classes=num_classes, ignore_index=ignore_index,
+                           colour_map=colour_map, label_map=label_map, region_masks=region_masks)
+    report = DoctorReport(root, layout, detected, [], None, options=options)
     for name in names:
         label = name or "all"
         try:
             dataset = create_dataset(layout, root, name, num_classes=num_classes, ignore_index=ignore_index,
-                                     colour_map=colour_map, label_map=label_map, strict=False)
+                                     colour_map=colour_map, label_map=label_map, strict=False,
+                                     region_masks=region_masks)
         except DatasetError as err:
-            report.problems.append(Problem("error", f"[{label}] {err}", FIXES.get(err.kind, "see the message"),
+            report.problems.append(Problem("error", f"[{label}] {err}", _fix(err.kind, report),
                                            [err.path] if err.path else []))
             continue
-        report.classes, report.ignore_index = dataset.classes, dataset.ignore_index
-        summary = report.splits.setdefault(label, SplitSummary(label, len(dataset)))
-        if dataset.unpaired_images:
-            report.problems.append(Problem("error", f"[{label}] {len(dataset.unpaired_images)} image(s) have no mask",
-                                           "add the masks (same file stem as the image), remove the images, or list "
-                                           "only paired images in the split file", dataset.unpaired_images))
-        if dataset.unpaired_masks:
-            report.problems.append(Problem("warning", f"[{label}] {len(dataset.unpaired_masks)} mask(s) have no image "
-                                           "(they are not used)", "add their images or delete them",
-                                           dataset.unpaired_masks))
-        if split is None or name == split:
-            _scan(dataset, summary, report, num_classes=dataset.num_classes, workers=workers, progress=progress)
+        check_split(report, dataset, label, scan=split is None or name == split, workers=workers, progress=progress)
+    if isinstance(label_map, Mapping):
+        _check_label_map(report, label_map)
     labelled = [s for s in report.splits.values()
                 if s.pixels is not None and s.pixels.class_pixels.any() and s.labels_ok]
     chosen = next((s for s in labelled if s.name in _TRAIN_NAMES), labelled[0] if labelled else None)

@@ -3,10 +3,14 @@
 ::
 
     root/
-      images/   a.jpg  b.png  c.tif ...      (png, jpg, tif, bmp; grey, RGB or multi-band)
-      masks/    a.png  b.png  c.png ...      (class index per pixel; or RGB with a colour map)
+      images/   a.jpg  b.png  c.tif ...      (png, jpg, tif, bmp, gif, ppm/pgm, webp; grey, RGB or multi-band)
+      masks/    a.png  b.gif  c.png ...      (class index per pixel; or RGB with a colour map)
       train.txt val.txt                     (optional: one stem or file name per line)
       classes.txt                           (optional: one class name per line, in index order)
+
+Images and masks pair by file stem (``a.jpg`` ↔ ``a.png``); when that leaves files unpaired, by
+the part of the names that differs (``21_training.tif`` ↔ ``21_manual1.gif``). Without split
+lists, the split ``all`` (or None) names every pair, and training holds out a validation share.
 
 ``image/``, ``imgs/`` and ``labels/``, ``label/``, ``annotations/``, ``gt/`` are accepted as folder
 names too, and splits may be sub-folders instead of lists (``images/train``, ``masks/train``).
@@ -14,6 +18,7 @@ names too, and splits may be sub-folders instead of lists (``images/train``, ``m
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,7 +26,7 @@ import numpy as np
 
 from segforge.data.base import SegmentationDataset, Transform
 from segforge.data.colour import ColourMap, load_colour_map
-from segforge.data.io import DatasetError, list_images, stems
+from segforge.data.io import DatasetError, count_extensions, list_images, stems
 from segforge.data.registry import DATASETS
 
 IMAGE_DIRS = ("images", "image", "imgs", "img")
@@ -32,8 +37,34 @@ def first_dir(root: Path, names: Sequence[str]) -> Path | None:
     return next((root / n for n in names if (root / n).is_dir()), None)
 
 
+def differing_parts(paths: Sequence[Path]) -> dict[str, Path] | None:
+    """Keys the files by the part of their stems that differs: ``21_training``, ``22_training`` → ``21``, ``22``.
+
+    The longest prefix and suffix that every stem shares are dropped, never cutting into a number
+    (``10``, ``11`` share the prefix ``1``, which stays). Returns None when fewer than two files
+    are given or the keys are not unique and non-empty.
+    """
+    names = [p.stem for p in paths]
+    if len(names) < 2:
+        return None
+    prefix = os.path.commonprefix(names)
+    suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]
+    while prefix and prefix[-1].isdigit():
+        prefix = prefix[:-1]
+    while suffix and suffix[0].isdigit():
+        suffix = suffix[1:]
+    if len(prefix) + len(suffix) >= min(map(len, names)):
+        return None
+    keys = [n[len(prefix):len(n) - len(suffix)] for n in names]
+    return dict(zip(keys, paths, strict=True)) if len(set(keys)) == len(keys) else None
+
+
 def pair_files(images: Sequence[Path], masks: Sequence[Path]) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
-    """Matches images and masks by stem.
+    """Matches images and masks by stem; failing that, by the part of their stems that differs.
+
+    ``a.jpg`` pairs with ``a.png``. When some files are left unpaired and keying each folder by
+    ``differing_parts`` pairs more of them (``21_training.tif`` with ``21_manual1.gif``), that
+    pairing is used instead (``pairing_note`` says so).
 
     Returns:
         ``(pairs, images without a mask, masks without an image)``, pairs in image order.
@@ -41,8 +72,24 @@ def pair_files(images: Sequence[Path], masks: Sequence[Path]) -> tuple[list[tupl
     by_stem = stems(masks)
     stems(images)  # refuses duplicate image stems
     pairs = [(image, by_stem[image.stem]) for image in images if image.stem in by_stem]
-    image_stems = {image.stem for image in images}
-    return pairs, [i for i in images if i.stem not in by_stem], [m for m in masks if m.stem not in image_stems]
+    if len(pairs) < min(len(images), len(masks)):
+        image_keys, mask_keys = differing_parts(images), differing_parts(masks)
+        if image_keys is not None and mask_keys is not None:
+            keyed = [(image, mask_keys[key]) for key, image in image_keys.items() if key in mask_keys]  # image order
+            if len(keyed) > len(pairs):
+                pairs = keyed
+    paired_images, paired_masks = {i for i, _ in pairs}, {m for _, m in pairs}
+    return pairs, [i for i in images if i not in paired_images], [m for m in masks if m not in paired_masks]
+
+
+def pairing_note(pairs: Sequence[tuple[Path, Path]]) -> str | None:
+    """A line for the log when files were paired by the differing part of their names, else None."""
+    renamed = [(i, m) for i, m in pairs if i.stem != m.stem]
+    if not renamed:
+        return None
+    image, mask = renamed[0]
+    return (f"files paired by the part of their names that differs, e.g. {image.name} <-> {mask.name} "
+            f"({len(renamed)} of {len(pairs)} pairs)")
 
 
 def pair_folders(
@@ -71,6 +118,10 @@ def pair_folders(
     return pairs, lonely_images, lonely_masks
 
 
+def _examples(paths: Sequence[Path], count: int = 3) -> str:
+    return ", ".join(p.name for p in paths[:count]) if paths else "none"
+
+
 def read_split_list(path: Path) -> list[str]:
     """Stems listed in a split file: the first word of each non-empty, non-comment line, extension dropped."""
     names = []
@@ -87,7 +138,7 @@ class FolderDataset(SegmentationDataset):
 
     Args:
         root: the dataset folder (see the module docstring for the layout).
-        split: None for every pair; else a split list ``root/<split>.txt`` or sub-folders
+        split: None or ``"all"`` for every pair; else a split list ``root/<split>.txt`` or sub-folders
             ``images/<split>`` and ``masks/<split>``.
         classes: class names; or ``num_classes`` (names ``class_0``...); or taken from the colour map or
             ``root/classes.txt``. With none of these the classes are unknown and labels are not checked.
@@ -125,7 +176,7 @@ class FolderDataset(SegmentationDataset):
                                    f"(or one of {list(names[1:])}), or name the folder with {what}_dir=",
                                    path=where, kind="missing")
         wanted = None
-        if split is not None:
+        if split is not None and split != "all":
             if (images_dir / split).is_dir():
                 images_dir, masks_dir = images_dir / split, masks_dir / split
                 if not masks_dir.is_dir():
@@ -134,39 +185,43 @@ class FolderDataset(SegmentationDataset):
             elif (root / f"{split}.txt").is_file():
                 wanted = read_split_list(root / f"{split}.txt")
             else:
-                raise DatasetError(f"split list {root / f'{split}.txt'} does not exist (nor {images_dir / split}/); "
-                                   f"write one image stem per line, or pass split=None to use every pair. Splits "
-                                   f"found: {self.splits(root) or 'none'}", path=root / f"{split}.txt", kind="missing")
+                raise DatasetError(f"split {split!r} is neither a list {root / f'{split}.txt'} nor a folder "
+                                   f"{images_dir / split}/ (splits found: {', '.join(self.splits(root)) or 'none'}); "
+                                   "write one image stem per line in a list, or name every pair with the split "
+                                   "'all' (slices work: 'all[:16]')", path=root / f"{split}.txt", kind="missing")
         images, masks = list_images(images_dir), list_images(masks_dir)
-        if wanted is not None:
-            by_stem = stems(images)
-            missing = [images_dir / f"{name}.*" for name in wanted if name not in by_stem]
-            images = [by_stem[name] for name in wanted if name in by_stem]
-        else:
-            missing = []
         pairs, lonely_images, lonely_masks = pair_files(images, masks)
-        lonely_images = missing + lonely_images
-        if wanted is not None:
-            lonely_masks = []  # the other splits' masks
         if not pairs:
-            raise DatasetError(f"no image/mask pairs in {root}: {len(images)} images in {images_dir}, {len(masks)} "
-                               f"masks in {masks_dir}, and no mask has an image's file stem; name each mask like its "
-                               "image (a.jpg ↔ a.png)", path=root, kind="no_pairs")
+            raise DatasetError(f"no image/mask pairs in {root}: {images_dir} holds {count_extensions(images_dir)}, "
+                               f"{masks_dir} holds {count_extensions(masks_dir)}, and no mask is named like an image "
+                               f"(images e.g. {_examples(images)}; masks e.g. {_examples(masks)}); name each mask "
+                               "like its image (a.jpg <-> a.png)", path=root, kind="no_pairs")
+        if wanted is not None:
+            by_stem = {image.stem: (image, mask) for image, mask in pairs}
+            lonely = {image.stem: image for image in lonely_images}
+            missing = [lonely.get(name, images_dir / f"{name}.*") for name in wanted if name not in by_stem]
+            pairs = [by_stem[name] for name in wanted if name in by_stem]
+            lonely_images, lonely_masks = missing, []  # masks of other splits are not lonely
+            if not pairs:
+                raise DatasetError(f"no image of split {split!r} has a mask: its list names {len(wanted)} stem(s), "
+                                   f"e.g. {', '.join(wanted[:3])}, and {images_dir} holds "
+                                   f"{count_extensions(images_dir)}", path=root, kind="no_pairs")
         if lonely_images and strict:
             shown = ", ".join(p.name for p in lonely_images[:5])
             raise DatasetError(f"{len(lonely_images)} images in {images_dir} have no mask in {masks_dir} ({shown}"
                                f"{', ...' if len(lonely_images) > 5 else ''}); add their masks, remove them, or list "
                                "only paired stems in a split file (`segforge doctor` lists them all)",
                                path=lonely_images[0], kind="unpaired")
+        self.pairing = pairing_note(pairs)
         if isinstance(colour_map, (str, Path)):
             colour_map = load_colour_map(colour_map)
         palette = None
         if classes is None and colour_map is not None:
             classes, palette = list(colour_map.classes), colour_map.palette
-        if classes is None and num_classes is not None:
-            classes = [f"class_{i}" for i in range(num_classes)]
         if classes is None and (root / "classes.txt").is_file():
             classes = [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
+        if classes is None and num_classes is not None:
+            classes = [f"class_{i}" for i in range(num_classes)]
         if num_classes is not None and classes is not None and len(classes) != num_classes:
             raise ValueError(f"num_classes={num_classes} but {len(classes)} class names are given; make them agree")
         if ignore_index is None and colour_map is not None:

@@ -9,9 +9,11 @@ Decisions, in one place:
 
 - RGBA and LA images: the alpha channel is dropped (it is transparency, not a band); a
   4-band TIFF is kept as 4 bands.
-- Palette ("P") PNGs: ``read_image`` expands them to their RGB colours (an image stored with a
-  palette is a colour image); ``read_mask`` keeps the palette *indices* (PASCAL VOC stores class
-  indices this way).
+- Palette ("P") images: ``read_image`` expands them to their colours (one grey band when every
+  palette entry is grey, else RGB). ``read_mask`` keeps a palette PNG's *indices* (PASCAL VOC
+  stores class indices this way) but reads a GIF by its colours: a GIF always has a palette, whose
+  order the program that wrote it chose (Pillow writes a 0/255 mask as indices 0/1), so only the
+  colours mean anything.
 - 16-bit PNG/TIFF stays uint16, float TIFF becomes float32; other integer TIFFs (int16, uint32)
   become float32 with their values unchanged.
 - 3-D TIFF: channels-last when the file says so (samples axis last, ``YXS``) or when the last axis
@@ -24,6 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +38,9 @@ from PIL import Image
 if TYPE_CHECKING:
     from segforge.data.colour import ColourMap
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: what ``read_image``/``read_mask`` take: every raster format Pillow or tifffile reads that datasets use
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm",
+                    ".webp")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 _CONVERT_TO_RGB = ("CMYK", "YCbCr")
 _T = TypeVar("_T")
@@ -122,6 +127,16 @@ def _channels_last(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
     return np.moveaxis(squeezed, 0, -1)
 
 
+def _grey_palette(image: Image.Image) -> bool:
+    """Whether every palette entry a palette image uses is grey (R = G = B)."""
+    palette = np.asarray(image.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+    indices = np.asarray(image)
+    used = np.unique(indices[..., 0] if indices.ndim == 3 else indices)  # PA: (index, alpha)
+    used = used[used < len(palette)]
+    colours = palette[used]
+    return bool(len(colours)) and bool((colours == colours[:, :1]).all())
+
+
 def _pil_image_array(image: Image.Image, path: Path) -> np.ndarray:
     mode = image.mode
     if mode == "1":
@@ -129,6 +144,8 @@ def _pil_image_array(image: Image.Image, path: Path) -> np.ndarray:
     if mode in ("L", "LA"):
         return np.asarray(image.convert("L"))[:, :, None]
     if mode in ("P", "PA"):
+        if _grey_palette(image):
+            return np.asarray(image.convert("L"))[:, :, None]
         return np.asarray(image.convert("RGB"))
     if mode in ("RGB", "RGBA", "RGBX"):
         return np.asarray(image)[:, :, :3]
@@ -251,6 +268,10 @@ def read_mask(path: str | Path, colour_map: ColourMap | None = None) -> np.ndarr
         return _integer_mask(values, path)
     with _open_pil(path, "mask") as image:
         mode = image.mode
+        if mode in ("P", "PA") and path.suffix.lower() == ".gif":  # a GIF's meaning is its colours (module doc)
+            if colour_map is None and _grey_palette(image):
+                return np.asarray(image.convert("L")).astype(np.int64)
+            image, mode = image.convert("RGB"), "RGB"
         if colour_map is not None or mode in ("RGB", "RGBA", "RGBX"):
             return _mask_from_rgb(np.asarray(image.convert("RGB")), path, colour_map)
         if mode in ("LA", "PA"):
@@ -289,6 +310,20 @@ def natural_key(path: Path) -> tuple:
 def list_images(folder: Path) -> list[Path]:
     """The image files in ``folder`` (not recursive), naturally sorted."""
     return sorted((p for p in folder.iterdir() if is_image_file(p)), key=natural_key)
+
+
+def count_extensions(folder: Path) -> str:
+    """What ``folder`` holds, for messages: ``"20 files (.tif 20)"``, naming the files it cannot read."""
+    if not folder.is_dir():
+        return "missing"
+    counts = Counter(p.suffix.lower() or "(no extension)" for p in folder.iterdir()
+                     if p.is_file() and not p.name.startswith("."))
+    if not counts:
+        return "no files"
+    shown = ", ".join(f"{ext} {n}" for ext, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    unread = sorted(ext for ext in counts if ext not in IMAGE_EXTENSIONS)
+    skipped = f"; not read: {', '.join(unread)} (segforge reads {' '.join(IMAGE_EXTENSIONS)})" if unread else ""
+    return f"{sum(counts.values())} file(s) ({shown}){skipped}"
 
 
 def stems(paths: Sequence[Path]) -> dict[str, Path]:

@@ -114,6 +114,9 @@ class ISBIDataset(SegmentationDataset):
     def describe(self, index: int) -> str:
         return super().describe(index) if self.slices is None else f"{self.samples[index][0]} (page {index})"
 
+    def sample_name(self, index: int) -> str:
+        return super().sample_name(index) if self.slices is None else f"{Path(self.samples[index][0]).stem}-{index}"
+
     def mask_name(self, index: int) -> str:
         return super().mask_name(index) if self.slices is None else f"{self.samples[index][1]} (page {index})"
 

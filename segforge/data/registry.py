@@ -52,20 +52,24 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
                    ignore_index: int | None = None, colour_map: ColourMap | str | Path | None = None,
                    label_map: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                   transform: Transform | None = None, strict: bool = True) -> SegmentationDataset:
+                   transform: Transform | None = None, strict: bool = True,
+                   region_masks: str | Path | None = None) -> SegmentationDataset:
     """Builds the dataset stored at ``root`` in layout ``kind``.
 
     Args:
         kind: one of ``list_dataset_layouts()``, or ``"auto"`` to detect it from the folders.
         root: the dataset folder.
         split: ``"train"``, ``"val"``, ...; None: the layout's default (the folder layout: every pair).
-            A slice selects part of a split: ``"train[:25]"``, ``"train[25:]"``.
+            A slice selects part of a split: ``"train[:25]"``, ``"train[25:]"``. ``"all"`` names every
+            pair of the folder layout; the path of a split list file (``segforge.data.splits``) selects
+            the samples it names.
         num_classes, classes, ignore_index, colour_map, label_map: what the mask values mean; only the
             folder layout takes them freely. The other layouts fix their classes: a value given for them
             must agree (``num_classes=11`` for CamVid), and colour/label maps are refused.
         mean, std: per-channel normalisation of the [0, 1]-scaled images.
         transform: joint augmentation ``(image (H, W, C) float32, mask (H, W) int64) -> (image, mask)``.
         strict: raise on images without masks; False records them in ``dataset.unpaired_images``.
+        region_masks: a folder of valid-region masks, one per image (``SegmentationDataset.set_region_masks``).
 
     Returns:
         A ``SegmentationDataset``.
@@ -74,11 +78,19 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
         ValueError: unknown kind (the message lists the choices), options that contradict the layout,
             and every ``DatasetError`` of the layout (missing folders, no pairs, ...).
     """
+    if split is not None and split.endswith(".txt") and Path(split).is_file():  # e.g. a run's splits/val.txt
+        from segforge.data.splits import read_split_file
+
+        base, names = read_split_file(Path(split))
+        whole = create_dataset(kind, root, base, num_classes=num_classes, classes=classes, ignore_index=ignore_index,
+                               colour_map=colour_map, label_map=label_map, mean=mean, std=std, transform=transform,
+                               strict=strict, region_masks=region_masks)
+        return whole.select(names, what=f"split list {split}")
     part = re.fullmatch(r"(.+)\[(-?\d*):(-?\d*)\]", split) if split else None
     if part is not None:  # "train[:25]", "train[25:]": a slice of a split, e.g. to hold slices out
         whole = create_dataset(kind, root, part.group(1), num_classes=num_classes, classes=classes,
                                ignore_index=ignore_index, colour_map=colour_map, label_map=label_map, mean=mean,
-                               std=std, transform=transform, strict=strict)
+                               std=std, transform=transform, strict=strict, region_masks=region_masks)
         start, stop = (int(g) if g else None for g in part.group(2, 3))
         chosen = range(len(whole))[start:stop]
         if not chosen:
@@ -92,8 +104,14 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
     if split is not None:
         common["split"] = split
     if kind == "folder":
-        return cls(root, num_classes=num_classes, classes=classes, ignore_index=ignore_index, colour_map=colour_map,
-                   label_map=label_map, **common)
+        dataset = cls(root, num_classes=num_classes, classes=classes, ignore_index=ignore_index,
+                      colour_map=colour_map, label_map=label_map, **common)
+        if region_masks is not None:
+            dataset.set_region_masks(region_masks)
+        return dataset
+    if split == "all":
+        raise ValueError(f"the split 'all' names every pair of a plain folder; the {kind} layout has the splits "
+                         f"{cls.splits(root)}")
     for option, value in (("colour_map", colour_map), ("label_map", label_map)):
         if value is not None:
             raise ValueError(f"{option} applies to the folder layout only; the {kind} layout defines its labels "
@@ -107,4 +125,6 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
     if ignore_index is not None and ignore_index != dataset.ignore_index:
         raise ValueError(f"the {kind} layout's ignore index is {dataset.ignore_index}, not {ignore_index}; "
                          "drop --ignore-index or use --format folder")
+    if region_masks is not None:
+        dataset.set_region_masks(region_masks)
     return dataset

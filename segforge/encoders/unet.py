@@ -72,3 +72,17 @@ def unet_encoder(*, in_channels: int = 3, output_stride: int = 32, return_indice
     """U-Net's own contracting path, padded and with batch norm (for ``unet_padded``)."""
     check_options("unet", output_stride=output_stride, return_indices=return_indices)
     return UNetEncoder(in_channels=in_channels, padding=True, batch_norm=True)
+
+
+@ENCODERS.register("unet32")
+def unet32_encoder(*, in_channels: int = 3, output_stride: int = 32, return_indices: bool = False) -> UNetEncoder:
+    """U-Net's contracting path at half the paper's widths (32 → 512): a quarter of the FLOPs."""
+    check_options("unet32", output_stride=output_stride, return_indices=return_indices)
+    return UNetEncoder(in_channels=in_channels, widths=tuple(w // 2 for w in UNET_WIDTHS))
+
+
+@ENCODERS.register("unet16")
+def unet16_encoder(*, in_channels: int = 3, output_stride: int = 32, return_indices: bool = False) -> UNetEncoder:
+    """U-Net's contracting path at a quarter of the paper's widths (16 → 256): 1/16 of the FLOPs, for CPUs."""
+    check_options("unet16", output_stride=output_stride, return_indices=return_indices)
+    return UNetEncoder(in_channels=in_channels, widths=tuple(w // 4 for w in UNET_WIDTHS))

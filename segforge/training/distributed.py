@@ -102,24 +102,27 @@ def barrier(process: Process) -> None:
         dist.barrier()
 
 
-class EpochBatchSampler(Sampler[list[int]]):
-    """This process's share of each global batch of a seeded, per-epoch order.
+class StreamBatchSampler(Sampler[list[int]]):
+    """This process's share of each global batch of an endless, seeded stream of epochs.
 
-    Epoch ``e`` draws the permutation from seed ``seed + e`` (or keeps dataset order without
-    ``shuffle``) and cuts it into global batches of ``batch_size``; process ``rank`` takes the
-    ``rank``-th of ``world_size`` equal slices of each. ``start`` skips global batches already done
-    (a run resumed mid-epoch).
+    Epoch ``e`` draws its order from seed ``seed + e`` and is cut into ``batches_per_epoch`` global
+    batches of ``batch_size`` (a last, incomplete batch is dropped unless the whole dataset is smaller
+    than one batch); epochs follow one another without end, so a run's length (epochs, steps or a time
+    budget) is the loop's business. Global batch ``g`` is the same whatever the number of processes:
+    process ``rank`` takes the ``rank``-th of ``world_size`` equal slices of it. ``start`` skips the
+    global batches a resumed run has done.
 
-    Args:
-        size: number of samples.
-        batch_size: the global batch; a multiple of ``world_size``.
-        shuffle: new order every epoch (training) or dataset order (evaluation).
-        drop_last: drop a last, incomplete global batch (always done with several processes, which
-            must all take part in every step).
+    Each index is yielded as ``epoch * size + sample``, so the dataset can draw the sample's
+    augmentation from ``(seed, epoch, sample)`` (``EpochSamples``): every process, worker and resumed
+    run augments a sample of an epoch alike.
+
+    Raises:
+        ValueError: the global batch does not split evenly over the processes, or a process would get
+            no sample.
     """
 
-    def __init__(self, size: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = True,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, size: int, batch_size: int, *, seed: int = 0, start: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
         if batch_size % world_size:
             raise ValueError(f"data.batch_size {batch_size} is the global batch and must be a multiple of the "
                              f"{world_size} processes; use {batch_size - batch_size % world_size or world_size} or "
@@ -127,30 +130,24 @@ class EpochBatchSampler(Sampler[list[int]]):
         if world_size > 1 and size < batch_size:
             raise ValueError(f"the training set has {size} samples, fewer than one global batch of {batch_size}: "
                              "lower data.batch_size")
-        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
-        self.drop_last = drop_last or world_size > 1
+        self.size, self.batch_size, self.seed, self.start = size, batch_size, seed, start
         self.rank, self.world_size = rank, world_size
-        self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def __len__(self) -> int:
-        """Global batches left in this epoch."""
-        full, rest = divmod(self.size, self.batch_size)
-        return max(full + (1 if rest and not self.drop_last else 0) - self.start, 0)
+    @property
+    def batches_per_epoch(self) -> int:
+        return max(self.size // self.batch_size, 1)
 
     def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
-            order = torch.arange(self.size)
         share = self.batch_size // self.world_size
-        for first in range(self.start * self.batch_size, self.size, self.batch_size):
-            batch = order[first:first + self.batch_size]
-            if len(batch) < self.batch_size and self.drop_last:
-                return
-            yield batch[self.rank * share:(self.rank + 1) * share].tolist()
+        epoch, first = divmod(self.start, self.batches_per_epoch)
+        while True:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+            for batch in range(first, self.batches_per_epoch):
+                chosen = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+                if self.size >= self.batch_size:
+                    chosen = chosen[self.rank * share:(self.rank + 1) * share]
+                yield (chosen + epoch * self.size).tolist()
+            epoch, first = epoch + 1, 0
 
 
 def shard(size: int, process: Process) -> list[int]:

@@ -1,20 +1,28 @@
-"""``segforge.fit``: the training loop, read top to bottom.
+"""``segforge.training.fit``: the training loop, read top to bottom.
 
-A run folder holds ``config.yaml`` (resolved), ``metrics.csv`` (one row per epoch), ``curves.png``,
-``last.safetensors`` and ``best.safetensors`` (weights + model config + classes/palette),
-``state.pt`` (optimizer, schedule, epoch, RNG: what ``--resume`` needs), and at the end the
-validation report (``report.json``, ``confusion.png``, ``overlays/``).
+A new run first prepares (``segforge.training.prepare``): layout, splits, the data checked and
+fingerprinted, and the recipe for whatever the config leaves open. Then it trains in **optimizer
+steps**, whatever unit the user chose: ``train.epochs`` (steps per epoch x epochs),
+``train.iterations``, or ``train.time_budget`` (the steps that fit, measured and refitted as the
+run goes; ``segforge.training.budget``). Every ``eval_steps`` steps a *round* ends: the model is
+validated, a row is added to ``metrics.csv`` and ``curves.png``, and the checkpoints are saved.
 
-Every file is written atomically (temp file + rename). The resume state is saved at the end of every
-epoch, every ``train.checkpoint_minutes`` within an epoch, and when Ctrl-C or SIGTERM asks the run
-to stop; so a run killed at any moment (even by SIGKILL) loses at most the work since the last
-save, and ``--resume`` continues it exactly: batch order and augmentation are drawn from seeds
-of (seed, epoch) and (seed, epoch, sample), so they do not depend on where a run was resumed.
+A run folder holds ``config.yaml`` (resolved), ``splits/`` (a hold-out's lists), ``metrics.csv``,
+``curves.png``, ``last.safetensors`` and ``best.safetensors`` (weights + model config + classes,
+palette, normalisation, label map), ``state.pt`` (everything ``--resume`` needs), and at the end the
+validation report of the best checkpoint (``report.json``, ``confusion.png``, ``overlays/``).
+
+Every file is written atomically (temp file + rename). The resume state is saved at every round's
+end, every ``train.checkpoint_minutes`` within a round, and when Ctrl-C or SIGTERM asks the run to
+stop; so a run killed at any moment (even by SIGKILL) loses at most the work since the last save,
+and ``--resume`` continues it exactly: batch order and augmentation are drawn from seeds of
+(seed, epoch) and (seed, epoch, sample), so they do not depend on where a run was resumed.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import math
 import random
@@ -27,29 +35,31 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from segforge.checkpoint import load_state, save_checkpoint, save_state
-from segforge.config import Config, config_from_dict
+from segforge.config import Config, config_from_dict, parse_duration
 from segforge.data import SegmentationDataset, build_transforms, class_weights, create_dataset
 from segforge.files import atomic_write
 from segforge.losses import create_loss
 from segforge.metrics import ConfusionMatrix
 from segforge.models import create_model
 from segforge.models.segmenter import full_size_forward
-from segforge.training import distributed
-from segforge.training.distributed import EpochBatchSampler
+from segforge.plots import plot_curves
+from segforge.training import distributed, recipe
+from segforge.training.budget import Clock, describe_seconds, fit_steps
+from segforge.training.distributed import StreamBatchSampler
 from segforge.training.evaluate import evaluate, write_report
 from segforge.training.optim import create_optimizer, create_scheduler
-from segforge.plots import plot_curves
+from segforge.training.prepare import dataset_options, prepare
 
 NO_IGNORE = -100  # the ignore label used when a dataset has none (never a real class)
-CSV_FIELDS = ["epoch", "lr", "train_loss", "train_mean_iou", "train_pixel_accuracy", "val_loss", "val_mean_iou",
-              "val_pixel_accuracy", "seconds"]
+CSV_FIELDS = ["step", "epoch", "lr", "train_loss", "train_mean_iou", "train_pixel_accuracy", "val_loss",
+              "val_mean_iou", "val_pixel_accuracy", "seconds"]
+MEASURED_STEPS = 5  # steps timed (after a first, warm-up one) before a time budget is first fitted
 
 
 class TrainingError(RuntimeError):
@@ -63,6 +73,35 @@ class Datasets:
     num_classes: int
     ignore_index: int
     in_channels: int
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in the resume state.
+
+    ``step`` counts optimizer steps, ``batches`` global batches (``accumulate`` per step); a round
+    ends at step ``last_eval + eval_steps``. ``seconds`` is the run's clock at the last save;
+    ``step_seconds``/``timed_steps`` and ``round_seconds`` are what a time budget is fitted with.
+    """
+
+    total_steps: int
+    eval_steps: int
+    warmup_steps: int
+    steps_per_epoch: int
+    step: int = 0
+    batches: int = 0
+    last_eval: int = 0
+    best_iou: float = -1.0
+    stale: int = 0
+    seconds: float = 0.0
+    step_seconds: float = 0.0
+    timed_steps: int = 0
+    round_seconds: float = 0.0  # one validation, row and save, as last measured
+    fitted: bool = False  # the total has been fitted to the time budget
+
+    @property
+    def epoch(self) -> float:
+        return self.step / self.steps_per_epoch
 
 
 def seed_everything(seed: int) -> None:
@@ -79,13 +118,11 @@ def _worker_init(_: int) -> None:
 
 
 def build_datasets(config: Config) -> Datasets:
-    """The train and val datasets (the train augmentation is set per epoch by ``fit``)."""
+    """The train and val datasets of a resolved config (normalised; the train augmentation is ``fit``'s)."""
     data = config.data
     if not data.root:
         raise ValueError("data.root is not set: pass --data PATH (a dataset folder) or set data.root in the config")
-    options = {"num_classes": data.num_classes, "ignore_index": data.ignore_index, "colour_map": data.palette}
-    if data.format != "folder" and data.format != "auto":
-        options = {k: v for k, v in options.items() if v is not None}
+    options = dataset_options(config) | {"mean": data.mean, "std": data.std}
     train = create_dataset(data.format, data.root, data.train_split, **options)
     val = create_dataset(data.format, data.root, data.val_split, **options) if data.val_split else None
     num_classes = train.num_classes or data.num_classes
@@ -95,6 +132,26 @@ def build_datasets(config: Config) -> Datasets:
     ignore_index = train.ignore_index if train.ignore_index is not None else NO_IGNORE
     in_channels = train[0][0].shape[0]
     return Datasets(train, val, num_classes, ignore_index, in_channels)
+
+
+def augment_seed(seed: int, epoch: int) -> int:
+    """The seed from which each sample's augmentation in ``epoch`` is drawn (with the sample's index)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class EpochSamples(Dataset):
+    """The training stream's samples: key ``epoch * n + i`` (``StreamBatchSampler``) is sample ``i``
+    augmented with the draws of ``(seed, epoch, i)``, whatever worker or process reads it."""
+
+    def __init__(self, dataset: SegmentationDataset, transform, seed: int) -> None:
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = divmod(key, len(self.dataset))
+        return self.dataset.sample(index, transform=self.transform, augment_seed=augment_seed(self.seed, epoch))
 
 
 class PadCollate:
@@ -116,12 +173,11 @@ class PadCollate:
 
 
 def _run_folder(config: Config) -> Path:
-    name = config.train.name or f"{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = config.train.name or f"{config.model.name or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = Path(config.train.out) / name
     if (folder / "state.pt").exists():
         raise ValueError(f"run folder {folder} already holds a run; continue it with --resume {folder}, "
                          "or pick another --name")
-    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
@@ -132,6 +188,23 @@ def _append_csv(path: Path, row: dict) -> None:
         if new:
             writer.writeheader()
         writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Removes metrics rows of steps after the resume state (a kill can fall between the row and the state)."""
+    if not path.exists():
+        return
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    kept = [row for row in rows if int(row["step"]) <= step]
+    if len(kept) < len(rows):
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+                writer.writeheader()
+                writer.writerows(kept)
+
+        atomic_write(path, write)
 
 
 class _StopRequest:
@@ -160,98 +233,240 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _drop_rows_after(path: Path, epoch: int) -> None:
-    """Removes metrics rows of epochs after the resume state (a kill can fall between the row and the state)."""
-    if not path.exists():
-        return
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    kept = [row for row in rows if int(row["epoch"]) <= epoch]
-    if len(kept) < len(rows):
-        def write(tmp: str) -> None:
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-                writer.writeheader()
-                writer.writerows(kept)
-
-        atomic_write(path, write)
+class _Stopped(Exception):
+    """Raised inside the loop after the state was saved on request (Ctrl-C, SIGTERM)."""
 
 
 def fit(config: Config | None, *, resume: str | Path | None = None, progress: bool | None = None) -> Path:
     """Trains ``config.model`` on ``config.data``; returns the run folder.
 
     Under ``torchrun`` every process calls it; they train one model with DistributedDataParallel and
-    rank 0 writes the run folder (see ``segforge.training.distributed``).
+    rank 0 prepares the run and writes the run folder (see ``segforge.training.distributed``).
 
     Args:
-        config: the validated configuration (``segforge.config.load_config``); None with ``resume``.
-        resume: a run folder to continue exactly where its last saved state left it (an epoch's
-            end, or mid-epoch after Ctrl-C or a ``train.checkpoint_minutes`` save).
+        config: the validated configuration (``segforge.config.load_config``); values left at None
+            are chosen by the recipe from the data. None with ``resume``.
+        resume: a run folder to continue exactly where its last saved state left it (a round's
+            end, or mid-round after Ctrl-C or a ``train.checkpoint_minutes`` save).
         progress: show progress bars (default: when stderr is a terminal).
 
     Raises:
-        ValueError: bad data, config or checkpoint (the message names the file or key).
+        ValueError: bad data, config or checkpoint (the message names the file or key and the fix).
         TrainingError: the loss became NaN or infinite.
         KeyboardInterrupt: stopped by Ctrl-C or SIGTERM, after saving the resume state.
     """
-    state = None
+    clock, state = Clock(), None
     if resume is not None:
         # state.pt alone (one atomic file) holds everything resuming needs, weights included, so a kill
-        # between two writes can never pair the weights of one epoch with the optimizer of another.
+        # between two writes can never pair the weights of one round with the optimizer of another.
         state = load_state(Path(resume) / "state.pt")
+        if "progress" not in state:
+            raise ValueError(f"{resume}/state.pt was written by an earlier segforge that counted epochs, not steps; "
+                             "start a new run")
         config = config_from_dict(state["config"])
+        clock = Clock(before=state["progress"]["seconds"])
     elif config is None:
         raise ValueError("fit needs a config, or resume= a run folder")
     if config.train.checkpoint_minutes < 0:
-        raise ValueError(f"train.checkpoint_minutes must be >= 0 (0: save at epoch ends only), "
+        raise ValueError(f"train.checkpoint_minutes must be >= 0 (0: save at round ends only), "
                          f"got {config.train.checkpoint_minutes}")
     process, device = distributed.start(config.train.device)
     try:
-        folder = Path(resume) if resume is not None else _shared_run_folder(config, process)
+        if resume is not None:
+            folder = Path(resume)
+        else:
+            config, folder = _new_run(config, process, device, progress)
         with _StopRequest(show=process.is_main) as stop:
-            return _train(config, state, folder, process, device, stop, progress)
+            return _train(config, state, folder, process, device, stop, progress, clock)
     finally:
         distributed.stop(process)
 
 
-def _shared_run_folder(config: Config, process: distributed.Process) -> Path:
-    """Rank 0 creates the run folder and every process learns its name (or rank 0's error)."""
-    folder, error = None, None
+def _new_run(config: Config, process: distributed.Process, device: torch.device,
+             progress: bool | None) -> tuple[Config, Path]:
+    """Rank 0 prepares the run (data checks, recipe) and writes its folder; every process learns the
+    complete config and the folder (or rank 0's error)."""
+    result, error = None, None
     if process.is_main:
         try:
-            folder = str(_run_folder(config))
+            if config.train.name:
+                _run_folder(config)  # a used name fails before the data is read
+            prepared = prepare(config, cuda=device.type == "cuda", progress=progress)
+            folder = _run_folder(prepared.config)
+            print(prepared.format(), flush=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            result = (str(folder), prepared.write(folder).to_dict())
         except ValueError as err:
             error = str(err)
-    folder, error = distributed.broadcast((folder, error), process)
+    result, error = distributed.broadcast((result, error), process)
     if error:
         raise ValueError(error)
-    return Path(folder)
+    return config_from_dict(result[1]), Path(result[0])
+
+
+@dataclass
+class _Session:
+    """Everything one process's training session works with, built once by ``_start``."""
+
+    config: Config
+    folder: Path
+    process: distributed.Process
+    device: torch.device
+    clock: Clock
+    budget: float | None  # seconds, with train.time_budget
+    data: Datasets
+    net: nn.Module
+    model: nn.Module  # what the steps call: net, or its DistributedDataParallel wrapper
+    memory_format: torch.memory_format
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp: bool
+    run: Progress
+    batches: object  # the iterator over the training stream's batches
+    val_loader: DataLoader | None
+    save: functools.partial
+    partial: dict | None  # the counts of a round interrupted by a mid-round save
+    progress: bool | None  # progress bars: True, False, or None (on a terminal only)
 
 
 def _train(config: Config, state: dict | None, folder: Path, process: distributed.Process, device: torch.device,
-           stop: _StopRequest, progress: bool | None) -> Path:
+           stop: _StopRequest, progress: bool | None, clock: Clock) -> Path:
+    session = _start(config, state, folder, process, device, progress, clock)
+    run = session.run
+    try:
+        _rounds(session, stop)
+    except _Stopped as where:
+        if process.is_main:
+            print(f"\nstopped at {where}: saved the state there in {folder}; "
+                  f"continue with: segforge train --resume {folder}", flush=True)
+        raise KeyboardInterrupt from None
+    except KeyboardInterrupt:
+        if process.is_main:
+            print(f"\ninterrupted at step {run.step}: the last saved state is in {folder}; "
+                  f"continue with: segforge train --resume {folder}", flush=True)
+        raise
+    if session.data.val is not None and process.is_main:
+        model, _ = _best_model(folder, device, session.memory_format)
+        write_report(model, session.data.val, folder, num_classes=session.data.num_classes,
+                     ignore_index=session.data.ignore_index, device=device, memory_format=session.memory_format,
+                     progress=progress)
+    if process.is_main and session.budget is not None:
+        print(f"run time {describe_seconds(clock.elapsed())} of the {config.train.time_budget} budget", flush=True)
+    return folder
+
+
+def _start(config: Config, state: dict | None, folder: Path, process: distributed.Process, device: torch.device,
+           progress: bool | None, clock: Clock) -> _Session:
+    """Data, model, loss, optimizer, schedule and the training stream, restored from ``state`` when resuming."""
     seed_everything(config.train.seed)
     data = build_datasets(config)
-    main = process.is_main
-    batch_size = config.data.batch_size
-    sampler = EpochBatchSampler(len(data.train), batch_size, shuffle=True, seed=config.train.seed,
-                                drop_last=len(data.train) > batch_size, rank=process.rank,
-                                world_size=process.world_size)
+    net, model, memory_format = _build_model(config, data, state, process, device)
+    loss_fn = _build_loss(config, data, net, device)
+    run = Progress(**state["progress"]) if state is not None else _plan_length(config, data, process)
+    budget = parse_duration(config.train.time_budget) if config.train.time_budget else None
+    if budget is not None and clock.elapsed() >= budget:
+        raise ValueError(f"the time budget {config.train.time_budget} was spent before training started (reading "
+                         f"and checking the data took {describe_seconds(clock.elapsed())}); give more time")
+    optimizer = create_optimizer(net, config.optimizer)
+    scheduler = create_scheduler(optimizer, config.schedule, progress=run)
+    if config.train.amp == "on" and device.type != "cuda":
+        raise ValueError(f"train.amp is 'on' but training runs on {device}: mixed precision needs CUDA; "
+                         "use amp: auto (on when CUDA is used) or off")
+    amp = device.type == "cuda" and config.train.amp != "off"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if process.is_main:
+            _drop_rows_after(folder / "metrics.csv", run.step)
+    info = {"config": config.to_dict(), "classes": data.train.classes, "palette": data.train.palette,
+            "ignore_index": data.ignore_index, "mean": data.train.mean, "std": data.train.std,
+            "label_map": sorted(config.data.label_map.items()) if config.data.label_map else None}
+    save = functools.partial(_save, folder, net, optimizer, scheduler, scaler, config, info, run, clock)
+    sampler = StreamBatchSampler(len(data.train), config.data.batch_size, seed=config.train.seed,
+                                 start=run.batches, rank=process.rank, world_size=process.world_size)
+    transform = build_transforms(config.data.augmentation, ignore_index=data.ignore_index,
+                                 crop_size=config.data.crop_size, seed=config.train.seed)
     loader_options = {"num_workers": config.data.workers, "collate_fn": PadCollate(data.ignore_index),
                       "worker_init_fn": _worker_init, "pin_memory": device.type == "cuda",
                       # worker seeds come from here, not from the global RNG, which stays the model's (dropout)
                       "generator": torch.Generator().manual_seed(config.train.seed)}
-    train_loader = DataLoader(data.train, batch_sampler=sampler, **loader_options)
+    batches = iter(DataLoader(EpochSamples(data.train, transform, config.train.seed), batch_sampler=sampler,
+                              **loader_options))
     val_loader = (DataLoader(data.val, batch_size=1, sampler=distributed.shard(len(data.val), process),
                              **loader_options) if data.val is not None else None)
+    quiet = True if not process.is_main else None if progress is None else not progress
+    return _Session(config, folder, process, device, clock, budget, data, net, model, memory_format, loss_fn,
+                    optimizer, scheduler, scaler, amp, run, batches, val_loader, save,
+                    state.get("round") if state is not None else None, None if quiet is None else not quiet)
 
+
+def _rounds(s: _Session, stop: _StopRequest) -> None:
+    """Optimizer steps until the run's total, a round's end every ``eval_steps``; a time budget is fitted after
+    the first steps and refitted after every round, and ends the run when it runs out."""
+    run, main = s.run, s.process.is_main
+    round_ = _Round.start(s.data.num_classes, s.data.ignore_index, s.partial, s.device, main)
+    bar = tqdm(total=run.total_steps, initial=run.step, desc="train", unit="step", leave=False, dynamic_ncols=True,
+               disable=None if s.progress is None else not s.progress)  # None: a bar on a terminal only
+    every, last_save = 60 * s.config.train.checkpoint_minutes, time.monotonic()
+    with bar:
+        while run.step < run.total_steps:
+            started = time.perf_counter()
+            save_due = every > 0 and time.monotonic() - last_save >= every
+            spent = s.budget is not None and run.fitted and \
+                s.clock.elapsed() + _final_seconds(run, s.data) + _step_seconds(run) >= s.budget
+            stop_now, save_now, out_of_time = _optimizer_step(s, round_, stop.requested, save_due, spent)
+            if run.step > 1:  # the first step warms up allocations and workers: not a measure of speed
+                run.step_seconds += time.perf_counter() - started
+                run.timed_steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{round_.loss / max(round_.batches, 1):.4f}")
+            if s.budget is not None and run.step == 1:
+                _check_budget(s.config, s.clock, s.budget, time.perf_counter() - started, s.data)
+            if s.budget is not None and not run.fitted and run.timed_steps >= MEASURED_STEPS:
+                _fit_to_budget(run, s.budget, s.clock, s.config, s.data, s.process)
+                bar.total = run.total_steps
+            if out_of_time or run.step - run.last_eval >= run.eval_steps or run.step >= run.total_steps:
+                best = _end_round(s, round_)
+                round_ = _Round.start(s.data.num_classes, s.data.ignore_index, None, s.device, main)
+                last_save = time.monotonic()
+                if s.budget is not None and run.fitted and not out_of_time:
+                    _fit_to_budget(run, s.budget, s.clock, s.config, s.data, s.process)
+                    bar.total = run.total_steps
+                if stop_now:
+                    raise _Stopped(f"step {run.step}")
+                if out_of_time:
+                    if main:
+                        print(f"time budget {s.config.train.time_budget} spent at step {run.step}: stopping; the "
+                              f"resume state is saved in {s.folder}", flush=True)
+                    return
+                if s.config.train.early_stop and run.stale >= s.config.train.early_stop and not best:
+                    if main:
+                        print(f"early stop: no better val mean IoU for {run.stale} validations", flush=True)
+                    return
+            elif stop_now or save_now:
+                counts = distributed.all_reduce_sum(round_.confusion.matrix.clone(), s.process)
+                if main:
+                    s.save(partial=round_.partial(counts))
+                last_save = time.monotonic()
+                if stop_now:
+                    raise _Stopped(f"step {run.step}")
+
+
+def _build_model(config: Config, data: Datasets, state: dict | None, process: distributed.Process,
+                 device: torch.device) -> tuple[nn.Module, nn.Module, torch.memory_format]:
+    """``(net, what the steps call: net or its DistributedDataParallel wrapper, memory format)``."""
     net = create_model(config.model.name, data.num_classes, in_channels=data.in_channels,
                        encoder=config.model.encoder, encoder_weights=config.model.encoder_weights)
     if state is not None:
         net.load_state_dict(state["model"])
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
     net = net.to(device).to(memory_format=memory_format)
-    model: nn.Module = net  # what the training steps call: net, or its DistributedDataParallel wrapper
+    model: nn.Module = net
     if process.distributed:
         if config.train.sync_bn:
             if device.type != "cuda":
@@ -259,178 +474,208 @@ def _train(config: Config, state: dict | None, folder: Path, process: distribute
                                  "off on the CPU (each process then normalises with its own batch statistics)")
             net = model = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return net, model, memory_format
+
+
+def _build_loss(config: Config, data: Datasets, net: nn.Module, device: torch.device) -> nn.Module:
     weights = None
     if isinstance(config.data.class_weights, list):
         weights = config.data.class_weights
     elif config.data.class_weights == "median_frequency":
         weights = class_weights(data.train).tolist()
-    loss_fn = create_loss(config.loss.name, ignore_index=data.ignore_index,
-                          class_weight=weights if config.loss.name != "dice" else None,
-                          dice_class_weight=weights if config.loss.name == "dice" else None,
-                          dice_weight=config.loss.dice_weight if config.loss.name == "ce+dice" else None,
-                          smooth=config.loss.smooth,
-                          aux_weight=config.loss.aux_weight if net.aux_head is not None else None,
-                          # every mask was range-checked by the dataset (naming its file); re-checking
-                          # each batch in every loss term would cost device syncs for nothing
-                          validate=False).to(device)
-
-    num_batches = len(sampler)
-    steps_per_epoch = math.ceil(num_batches / config.train.accumulate)
-    epochs = (math.ceil(config.train.iterations / steps_per_epoch) if config.train.iterations
-              else config.train.epochs)
-    total_steps = config.train.iterations or epochs * steps_per_epoch
-    optimizer = create_optimizer(net, config.optimizer)
-    scheduler = create_scheduler(optimizer, config.schedule, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-    if config.train.amp == "on" and device.type != "cuda":
-        raise ValueError(f"train.amp is 'on' but training runs on {device}: mixed precision needs CUDA; "
-                         "use amp: auto (on when CUDA is used) or off")
-    amp = device.type == "cuda" and config.train.amp != "off"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-
-    start_epoch, start_batch, best_iou, stale, partial = 0, 0, -1.0, 0, None
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best_iou, stale = state["epoch"], state["best_iou"], state["stale"]
-        start_batch, partial = state.get("batch", 0), state.get("partial")
-        torch.set_rng_state(state["torch_rng"])
-        if main:
-            _drop_rows_after(folder / "metrics.csv", start_epoch)
-    elif main:
-        atomic_write(folder / "config.yaml",
-                     lambda tmp: Path(tmp).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False)))
-
-    info = {"config": config.to_dict(), "classes": data.train.classes, "palette": data.train.palette,
-            "ignore_index": data.ignore_index, "mean": data.train.mean, "std": data.train.std}
-    save = functools.partial(_save, folder, net, optimizer, scheduler, scaler, config, info)
-    quiet = True if not main else None if progress is None else not progress  # None: bar only on a terminal
-    every = 60 * config.train.checkpoint_minutes
-    last_save = time.monotonic()
-    epoch = start_epoch
-    try:
-        for epoch in range(start_epoch, epochs):
-            skip = start_batch if epoch == start_epoch else 0
-            sampler.set_epoch(epoch, skip)
-            # Epoch-seeded augmentation, drawn per sample: a resumed or data-parallel run augments alike.
-            seed = int(np.random.SeedSequence([config.train.seed, epoch]).generate_state(1)[0])
-            data.train.transform = build_transforms(config.data.augmentation, ignore_index=data.ignore_index,
-                                                    crop_size=config.data.crop_size, seed=seed)
-            data.train.augment_seed = seed
-            model.train()
-            confusion = ConfusionMatrix(data.num_classes, ignore_index=data.ignore_index)
-            total_loss, batches, elapsed = 0.0, 0, 0.0
-            if skip and partial is not None:  # the counts of the batches before the mid-epoch save
-                total_loss, batches, elapsed = partial["loss"], partial["batches"], partial["seconds"]
-                if main:  # summed once over the processes at the epoch's end
-                    confusion.matrix += partial["confusion"].to(confusion.matrix.device)
-            started = time.perf_counter() - elapsed
-            clock, seen = time.perf_counter(), 0  # throughput of this process's session
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", disable=quiet,
-                       leave=False, dynamic_ncols=True, initial=skip, total=num_batches)
-            optimizer.zero_grad(set_to_none=True)
-            for batch_index, (images, masks) in enumerate(bar, start=skip):
-                images = images.to(device, non_blocking=True).to(memory_format=memory_format)
-                masks = masks.to(device, non_blocking=True)
-                with torch.autocast(device.type, enabled=amp):
-                    output = full_size_forward(model, images)
-                    loss = loss_fn(output, masks)
-                save_due = every > 0 and time.monotonic() - last_save >= every
-                loss_value, stop_now, save_now = _agree(loss.detach(), stop.requested, save_due, process)
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"the loss became {loss_value} at epoch {epoch + 1}, batch {batch_index + 1}: lower the "
-                        f"learning rate (optimizer.lr = {config.optimizer.lr}), add warm-up (schedule.warmup_iters), "
-                        "or turn off mixed precision (train.amp: off); the last good checkpoint is in " + str(folder)
-                    )
-                scaler.scale(loss / config.train.accumulate).backward()
-                step_end = (batch_index + 1) % config.train.accumulate == 0 or batch_index + 1 == num_batches
-                if step_end:
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                logits = output[0] if isinstance(output, tuple) else output
-                confusion.update(logits.detach(), masks)
-                total_loss += loss_value
-                batches += 1
-                seen += batch_size
-                bar.set_postfix(loss=f"{total_loss / batches:.4f}", img_s=f"{seen / (time.perf_counter() - clock):.1f}")
-                finished = scheduler.last_epoch >= total_steps  # train.iterations reached mid-epoch
-                if step_end and not finished and batch_index + 1 < num_batches and (stop_now or save_now):
-                    counts = distributed.all_reduce_sum(confusion.matrix.clone(), process)
-                    if main:
-                        save(epoch=epoch, best_iou=best_iou, stale=stale, batch=batch_index + 1,
-                             partial={"confusion": counts.cpu(), "loss": total_loss, "batches": batches,
-                                      "seconds": time.perf_counter() - started})
-                    last_save = time.monotonic()
-                    if stop_now:
-                        raise _Stopped(f"epoch {epoch + 1}, batch {batch_index + 1}")
-                if finished:
-                    break
-            bar.close()
-            confusion.all_reduce()
-            train_scores = confusion.compute()
-            row = {"epoch": epoch + 1, "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
-                   "train_loss": f"{total_loss / max(batches, 1):.6f}",
-                   "train_mean_iou": f"{train_scores['mean_iou']:.6f}",
-                   "train_pixel_accuracy": f"{train_scores['pixel_accuracy']:.6f}"}
-            improved = False
-            if val_loader is not None and ((epoch + 1) % config.train.eval_every == 0 or epoch + 1 == epochs):
-                _share_buffers(net, process)  # every process evaluates with rank 0's batch-norm statistics
-                val = evaluate(net, val_loader, num_classes=data.num_classes, ignore_index=data.ignore_index,
-                               loss_fn=loss_fn, device=device, memory_format=memory_format,
-                               progress=False if quiet is True else progress, distributed=process.distributed)
-                row |= {"val_loss": f"{val.loss:.6f}", "val_mean_iou": f"{val.scores['mean_iou']:.6f}",
-                        "val_pixel_accuracy": f"{val.scores['pixel_accuracy']:.6f}"}
-                improved = val.scores["mean_iou"] > best_iou
-                if improved:
-                    best_iou, stale = val.scores["mean_iou"], 0
-                else:
-                    stale += 1
-            row["seconds"] = f"{time.perf_counter() - started:.1f}"
-            if main:
-                _append_csv(folder / "metrics.csv", row)
-                plot_curves(folder / "metrics.csv", folder / "curves.png")
-                save(epoch=epoch + 1, best_iou=best_iou, stale=stale, best=improved or val_loader is None)
-                print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-            last_save = time.monotonic()
-            if _agree(torch.zeros((), device=device), stop.requested, False, process)[1]:
-                raise _Stopped(f"the end of epoch {epoch + 1}")
-            if config.train.early_stop and stale >= config.train.early_stop:
-                if main:
-                    print(f"early stop: no better val mean IoU for {stale} evaluations", flush=True)
-                break
-    except _Stopped as where:
-        if main:
-            print(f"\nstopped at {where}: saved the state there in {folder}; "
-                  f"continue with: segforge train --resume {folder}", flush=True)
-        raise KeyboardInterrupt from None
-    except KeyboardInterrupt:
-        if main:
-            print(f"\ninterrupted in epoch {epoch + 1}: the last saved state is in {folder}; "
-                  f"continue with: segforge train --resume {folder}", flush=True)
-        raise
-    if data.val is not None and main:
-        model, _ = _best_model(folder, device, memory_format)
-        write_report(model, data.val, folder, num_classes=data.num_classes, ignore_index=data.ignore_index,
-                     device=device, memory_format=memory_format, progress=progress)
-    return folder
+    name = config.loss.name or "ce"
+    return create_loss(name, ignore_index=data.ignore_index,
+                       class_weight=weights if name != "dice" else None,
+                       dice_class_weight=weights if name == "dice" else None,
+                       dice_weight=config.loss.dice_weight if name == "ce+dice" else None,
+                       smooth=config.loss.smooth,
+                       aux_weight=config.loss.aux_weight if net.aux_head is not None else None,
+                       # every mask was range-checked by the dataset (naming its file); re-checking
+                       # each batch in every loss term would cost device syncs for nothing
+                       validate=False).to(device)
 
 
-class _Stopped(Exception):
-    """Raised inside the loop after the state was saved on request (Ctrl-C, SIGTERM)."""
+def _plan_length(config: Config, data: Datasets, process: distributed.Process) -> Progress:
+    """A new run's length in steps, its validation interval and warm-up, from epochs, iterations or the budget."""
+    batches_per_epoch = StreamBatchSampler(len(data.train), config.data.batch_size,
+                                           world_size=process.world_size).batches_per_epoch
+    steps_per_epoch = math.ceil(batches_per_epoch / config.train.accumulate)
+    train = config.train
+    if train.time_budget is not None:
+        total = train.iterations or 10**9  # fitted after the first steps; iterations, if given, caps it
+    elif train.iterations is not None:
+        total = train.iterations
+    elif train.epochs is not None:
+        total = train.epochs * steps_per_epoch
+    else:
+        raise ValueError("the run's length is not set: give train.epochs, train.iterations or train.time_budget "
+                         "(--epochs, --iterations, --time-budget)")
+    if train.eval_steps is not None:
+        eval_steps = train.eval_steps
+    elif train.epochs is not None and train.iterations is None and train.time_budget is None:
+        eval_steps = train.eval_every * steps_per_epoch
+    else:
+        eval_steps = recipe.eval_steps(total)
+    warmup = config.schedule.warmup_iters
+    if warmup is None:
+        warmup = recipe.warmup_steps(total) if train.time_budget is None else recipe.MAX_WARMUP
+    return Progress(total_steps=total, eval_steps=min(eval_steps, total), warmup_steps=warmup,
+                    steps_per_epoch=steps_per_epoch)
 
 
-def _agree(loss: torch.Tensor, stop: bool, save: bool, process: distributed.Process) -> tuple[float, bool, bool]:
-    """The mean loss over the processes and whether any of them wants to stop or save: one small
-    all-reduce per batch, so every process takes the same decision at the same step."""
+@dataclass
+class _Round:
+    """What the steps of one round add up: the training confusion matrix, loss and batch count."""
+
+    confusion: ConfusionMatrix
+    loss: float = 0.0
+    batches: int = 0
+
+    @classmethod
+    def start(cls, num_classes: int, ignore_index: int, partial: dict | None, device: torch.device,
+              main: bool) -> _Round:
+        round_ = cls(ConfusionMatrix(num_classes, ignore_index=ignore_index))
+        if partial is not None:  # the counts of the batches before a mid-round save
+            round_.loss, round_.batches = partial["loss"], partial["batches"]
+            if main:  # summed once over the processes at the round's end
+                round_.confusion.matrix += partial["confusion"].to(round_.confusion.matrix.device)
+        return round_
+
+    def partial(self, counts: torch.Tensor) -> dict:
+        return {"confusion": counts.cpu(), "loss": self.loss, "batches": self.batches}
+
+
+def _optimizer_step(s: _Session, round_: _Round, stop: bool, save: bool, spent: bool) -> tuple[bool, bool, bool]:
+    """One optimizer step over ``train.accumulate`` global batches; returns what the processes agreed on:
+    ``(stop, save, out of time)``."""
+    run, config = s.run, s.config
+    s.optimizer.zero_grad(set_to_none=True)
+    for _ in range(config.train.accumulate):
+        images, masks = next(s.batches)
+        images = images.to(s.device, non_blocking=True).to(memory_format=s.memory_format)
+        masks = masks.to(s.device, non_blocking=True)
+        with torch.autocast(s.device.type, enabled=s.amp):
+            output = full_size_forward(s.model, images)
+            loss = s.loss_fn(output, masks)
+        loss_value, stop, save, spent = _agree(loss.detach(), (stop, save, spent), s.process)
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"the loss became {loss_value} at step {run.step + 1} (epoch {math.floor(run.epoch) + 1}, batch "
+                f"{run.batches + 1}): lower the learning rate (optimizer.lr = {config.optimizer.lr}), add warm-up "
+                "(schedule.warmup_iters), or turn off mixed precision (train.amp: off); the last good checkpoint is "
+                f"in {s.folder}")
+        s.scaler.scale(loss / config.train.accumulate).backward()
+        logits = output[0] if isinstance(output, tuple) else output
+        round_.confusion.update(logits.detach(), masks)
+        round_.loss += loss_value
+        round_.batches += 1
+        run.batches += 1
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.scheduler.step()
+    run.step += 1
+    return stop, save, spent
+
+
+def _agree(loss: torch.Tensor, flags: tuple[bool, ...], process: distributed.Process) -> tuple:
+    """The mean loss over the processes and whether any of them raised each flag (stop, save, out of time):
+    one small all-reduce per batch, so every process takes the same decision at the same step."""
     if not process.distributed:
-        return loss.item(), stop, save
-    values = torch.stack([loss.float(), loss.new_tensor(float(stop)), loss.new_tensor(float(save))])
+        return (loss.item(), *flags)
+    values = torch.stack([loss.float(), *(loss.new_tensor(float(flag)) for flag in flags)])
     distributed.all_reduce_sum(values, process)
-    total, stops, saves = values.tolist()
-    return total / process.world_size, stops > 0, saves > 0
+    total, *raised = values.tolist()
+    return (total / process.world_size, *(count > 0 for count in raised))
+
+
+def _end_round(s: _Session, round_: _Round) -> bool:
+    """Validates, logs a row and saves; returns whether the model is the best so far."""
+    started, run = time.perf_counter(), s.run
+    round_.confusion.all_reduce()
+    scores = round_.confusion.compute()
+    epoch = run.epoch
+    row = {"step": run.step, "epoch": f"{epoch:.0f}" if epoch == round(epoch) else f"{epoch:.2f}",
+           "lr": f"{s.optimizer.param_groups[0]['lr']:.6g}", "train_loss": f"{round_.loss / max(round_.batches, 1):.6f}",
+           "train_mean_iou": f"{scores['mean_iou']:.6f}", "train_pixel_accuracy": f"{scores['pixel_accuracy']:.6f}"}
+    improved = s.val_loader is None
+    if s.val_loader is not None:
+        _share_buffers(s.net, s.process)  # every process evaluates with rank 0's batch-norm statistics
+        val = evaluate(s.net, s.val_loader, num_classes=s.data.num_classes, ignore_index=s.data.ignore_index,
+                       loss_fn=s.loss_fn, device=s.device, memory_format=s.memory_format, progress=s.progress,
+                       distributed=s.process.distributed)
+        row |= {"val_loss": f"{val.loss:.6f}", "val_mean_iou": f"{val.scores['mean_iou']:.6f}",
+                "val_pixel_accuracy": f"{val.scores['pixel_accuracy']:.6f}"}
+        improved = val.scores["mean_iou"] > run.best_iou
+        run.best_iou, run.stale = (val.scores["mean_iou"], 0) if improved else (run.best_iou, run.stale + 1)
+    run.last_eval = run.step
+    row["seconds"] = f"{s.clock.elapsed():.1f}"
+    if s.process.is_main:
+        _append_csv(s.folder / "metrics.csv", row)
+        plot_curves(s.folder / "metrics.csv", s.folder / "curves.png")
+        s.save(best=improved)
+        run.round_seconds = time.perf_counter() - started
+        print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    return improved
+
+
+def _step_seconds(run: Progress) -> float:
+    return run.step_seconds / max(run.timed_steps, 1)
+
+
+def _final_seconds(run: Progress, data: Datasets) -> float:
+    """What the run needs after its last step: one more round, and the report of the best checkpoint."""
+    return 2.2 * run.round_seconds + 5.0 if data.val is not None else run.round_seconds + 2.0
+
+
+def _estimate_round_seconds(config: Config, data: Datasets, step_seconds: float) -> float:
+    """Before the first validation: its seconds, from the training speed (a forward pass costs about a
+    third of a training step per pixel), plus a second for the row and the checkpoints."""
+    if data.val is None:
+        return 1.0
+    image, _ = data.val[0]
+    val_pixels = image.shape[-1] * image.shape[-2]
+    crop = config.data.crop_size
+    train_pixels = config.data.batch_size * (crop * crop if crop else val_pixels)
+    return len(data.val) * val_pixels * step_seconds / train_pixels / 3 + 1.0
+
+
+def _check_budget(config: Config, clock: Clock, budget: float, first_step: float, data: Datasets) -> None:
+    """After the first step: a budget too short for training at all is an error that says what would fit."""
+    final = 2 * _estimate_round_seconds(config, data, first_step)
+    if clock.elapsed() + final > budget:
+        needed = clock.elapsed() + final + 50 * first_step
+        raise ValueError(f"the time budget {config.train.time_budget} is too short to train: preparing took "
+                         f"{describe_seconds(clock.elapsed() - first_step)}, one step {first_step:.1f} s, and the "
+                         f"final evaluation needs about {describe_seconds(final)}; give at least "
+                         f"--time-budget {math.ceil(needed / 60)}m (50 steps), or a smaller --crop-size/--batch-size")
+
+
+def _fit_to_budget(run: Progress, budget: float, clock: Clock, config: Config, data: Datasets,
+                   process: distributed.Process) -> None:
+    """Refits the run's total steps (and, the first time, its validation interval and warm-up) to the time
+    left; rank 0 decides for every process."""
+    fitted, first = None, not run.fitted
+    if process.is_main:
+        step_seconds = _step_seconds(run)
+        round_seconds = run.round_seconds or _estimate_round_seconds(config, data, step_seconds)
+        final_seconds = 2.2 * round_seconds + 5.0 if data.val is not None else round_seconds + 2.0
+        if first and config.train.eval_steps is None:
+            estimate = fit_steps(budget, elapsed=clock.elapsed(), step=run.step, step_seconds=step_seconds,
+                                 validation_seconds=round_seconds, eval_steps=run.step + recipe.VALIDATIONS,
+                                 final_seconds=final_seconds)
+            run.eval_steps = recipe.eval_steps(estimate, validation_seconds=round_seconds, step_seconds=step_seconds)
+        total = fit_steps(budget, elapsed=clock.elapsed(), step=run.step, step_seconds=step_seconds,
+                          validation_seconds=round_seconds, eval_steps=run.eval_steps, final_seconds=final_seconds)
+        total = min(max(total, run.step + 1), config.train.iterations or total)
+        if first and config.schedule.warmup_iters is None:
+            run.warmup_steps = max(recipe.warmup_steps(total), run.step)
+        fitted = (total, run.eval_steps, run.warmup_steps)
+        if first:
+            print(f"time budget {config.train.time_budget}: {step_seconds:.2f} s per step measured, {total} steps "
+                  f"fit (validation every {run.eval_steps} steps, about {round_seconds:.0f} s each; warm-up "
+                  f"{run.warmup_steps} steps)", flush=True)
+    run.total_steps, run.eval_steps, run.warmup_steps = distributed.broadcast(fitted, process)
+    run.fitted = True
 
 
 def _share_buffers(net: nn.Module, process: distributed.Process) -> None:
@@ -441,23 +686,23 @@ def _share_buffers(net: nn.Module, process: distributed.Process) -> None:
             torch.distributed.broadcast(buffer, src=0)
 
 
-def _save(folder: Path, model, optimizer, scheduler, scaler, config: Config, info: dict, *, epoch: int,
-          best_iou: float, stale: int, best: bool = False, batch: int = 0, partial: dict | None = None) -> None:
+def _save(folder: Path, model, optimizer, scheduler, scaler, config: Config, info: dict, run: Progress,
+          clock: Clock, *, best: bool = False, partial: dict | None = None) -> None:
     """Writes the resume state, then last (and best) weights; each file atomically.
 
-    ``epoch`` counts the finished epochs. A mid-epoch save (``batch`` > 0) writes the resume state
-    only: ``batch`` global batches of epoch ``epoch + 1`` are done and ``partial`` holds their
-    summed confusion matrix, loss and time.
+    A mid-round save (``partial``: the round's confusion matrix, loss and batches so far) writes the
+    resume state only.
     """
+    run.seconds = clock.elapsed()
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "config": config.to_dict(), "epoch": epoch, "best_iou": best_iou,
-             "stale": stale, "torch_rng": torch.get_rng_state(), "batch": batch}
+             "scaler": scaler.state_dict(), "config": config.to_dict(), "progress": dataclasses.asdict(run),
+             "torch_rng": torch.get_rng_state()}
     if partial is not None:
-        state["partial"] = partial
+        state["round"] = partial
     save_state(folder / "state.pt", state)
-    if batch:
+    if partial is not None:
         return
-    info = info | {"epoch": epoch, "best_mean_iou": best_iou}
+    info = info | {"step": run.step, "epoch": run.epoch, "best_mean_iou": run.best_iou}
     save_checkpoint(folder / "last.safetensors", model, **info)
     if best:
         save_checkpoint(folder / "best.safetensors", model, **info)

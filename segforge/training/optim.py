@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from segforge.config import OptimizerConfig, ScheduleConfig
 
+if TYPE_CHECKING:
+    from segforge.training.loop import Progress
+
 
 def create_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
     """SGD with momentum (the U-Net paper: 0.99), Adam or AdamW; no weight decay on norms and biases."""
-    if not (math.isfinite(config.lr) and config.lr > 0):
+    if config.lr is None or not (math.isfinite(config.lr) and config.lr > 0):
         raise ValueError(f"optimizer.lr must be a positive number, got {config.lr}")
     decay, no_decay = [], []
     for param in model.parameters():
@@ -23,15 +27,19 @@ def create_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.O
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     if config.name == "adam":
         return torch.optim.Adam(groups, lr=config.lr)
-    return torch.optim.AdamW(groups, lr=config.lr)
+    if config.name == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    raise ValueError(f"unknown optimizer {config.name!r}; choose from ['sgd', 'adam', 'adamw']")
 
 
-def lr_factor(step: int, total_steps: int, steps_per_epoch: int, config: ScheduleConfig) -> float:
-    """The learning-rate multiplier at optimizer step ``step`` (0-based) of ``total_steps``."""
-    if config.warmup_iters and step < config.warmup_iters:
-        return (step + 1) / config.warmup_iters
+def lr_factor(step: int, total_steps: int, steps_per_epoch: int, config: ScheduleConfig, *,
+              warmup_steps: int = 0) -> float:
+    """The learning-rate multiplier at optimizer step ``step`` (0-based) of ``total_steps``: a linear ramp over
+    ``warmup_steps``, then the schedule's decay over all the steps."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
     progress = min(step / max(total_steps, 1), 1.0)
-    if config.name == "poly":
+    if config.name in ("poly", None):
         return (1.0 - progress) ** config.power
     if config.name == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -40,8 +48,11 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, config: Schedul
     return 1.0
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, *, total_steps: int,
-                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def create_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, *,
+                     progress: Progress) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step learning rates that follow ``progress``: its total and warm-up steps may be refitted while the
+    run goes (a time budget), and the factor is read anew at every step."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, config)
+        optimizer, lambda step: lr_factor(step, progress.total_steps, progress.steps_per_epoch, config,
+                                          warmup_steps=progress.warmup_steps)
     )
