@@ -49,9 +49,10 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
         (data, "--val-split", "data.val_split",
          {"help": "e.g. val, train[25:]; none: no validation (default: val, else a hold-out)"}),
         (data, "--val-fraction", "data.val_fraction",
-         {"type": _fraction, "metavar": "F", "help": "share held out for validation without a val split (default 0.2)"}),
+         {"type": _fraction, "metavar": "F",
+          "help": "share held out for validation without a val split (default 0.2)"}),
         (data, "--batch-size", "data.batch_size", {"type": _positive_int}),
-        (data, "--crop-size", "data.crop_size", {"type": _positive_int}),
+        (data, "--crop-size", "data.crop_size", {"type": _natural, "help": "random crops of N px; 0: whole images"}),
         (data, "--workers", "data.workers", {"type": int}),
         (data, "--class-weights", "data.class_weights", {"choices": ["none", "median_frequency"]}),
         (model, "--model", "model.name", {}),
@@ -189,8 +190,9 @@ def _predict(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     model, info = _load_for_inference(args.checkpoint, args.engine, device)
+    label_map = args.label_map if args.label_map is not None else _stored_label_map(info)
     if args.stream:
-        from segforge.predict import expand_inputs
+        from segforge.predict import expand_inputs, raw_values
         from segforge.tiling import predict_tiff
 
         if args.tile is None:
@@ -199,10 +201,10 @@ def _predict(args: argparse.Namespace) -> int:
         for path in paths:
             target = predict_tiff(model, info, path, Path(args.out) / f"{path.stem}.tif", tile=args.tile,
                                   overlap=args.overlap, batch=args.tile_batch, blend=args.blend, device=device,
-                                  flip=args.flip, scales=args.scales)
+                                  flip=args.flip, scales=args.scales,
+                                  label_values=raw_values(label_map, max(model.num_classes, 2)) if label_map else None)
             print(f"{path} -> {target}")
         return 0
-    label_map = args.label_map if args.label_map is not None else _stored_label_map(info)
     written = predict_files(model, info, args.inputs, args.out, device=device, flip=args.flip, scales=args.scales,
                             overlays=args.overlay, probabilities=args.probabilities, tile=args.tile,
                             overlap=args.overlap, tile_batch=args.tile_batch, blend=args.blend, label_map=label_map)
@@ -238,12 +240,10 @@ def _demo(args: argparse.Namespace) -> int:
     if not (data / "train.txt").is_file():
         print(f"writing a synthetic dataset (4 classes, {args.size}x{args.size} RGB) to {data}")
         write_synthetic_dataset(data, num_train=160, num_val=32, size=args.size, num_classes=4, channels=3, seed=0)
-    config = load_config(None, {
-        "data.root": str(data), "data.format": "folder", "data.batch_size": 8, "data.workers": 2,
-        "model.name": "unet_padded", "model.encoder": "resnet18", "optimizer.name": "adam", "optimizer.lr": 0.003,
-        "train.epochs": args.epochs, "train.out": str(out), "train.name": "run",
-    })
-    folder = fit(config)
+    # The main job as a user runs it: the data folder and a time budget; the recipe chooses the rest.
+    print(f"segforge train --data {data} --time-budget {args.time_budget}")
+    folder = fit(load_config(None, {"data.root": str(data), "train.time_budget": args.time_budget,
+                                    "train.out": str(out)}))
     model, info = load_model(folder / "best.safetensors")
     predictions = predict_files(model, info, [data / "images"], out / "predictions", progress=False)
     print(f"\ndemo done. training curves: {folder / 'curves.png'}\n"
@@ -279,6 +279,10 @@ def _share(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+def _natural(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
 def _fraction(text: str) -> float:
     return _number(text, float, lambda v: 0 < v < 1, "a share between 0 and 1, e.g. 0.2")
 
@@ -288,7 +292,8 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segforge", description="Semantic segmentation with the papers' architectures.")
+    parser = argparse.ArgumentParser(prog="segforge",
+                                     description="Semantic segmentation with the papers' architectures.")
     parser.add_argument("--version", action="version", version=f"segforge {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     models = commands.add_parser("models", help="list every architecture with its parameters and GFLOPs")
@@ -335,6 +340,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
+    _add_predict_parser(commands)
+
+    export = commands.add_parser("export", help="export a checkpoint to ONNX (dynamic batch, height and width)")
+    export.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint of a training run")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
+    export.add_argument("--out", default=None, help="output file (default: the checkpoint's name with .onnx)")
+    export.add_argument("--size", type=_positive_int, default=None,
+                        help="side of the example input the export traces (default: small, architecture's minimum)")
+    export.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                        help="compare ONNX Runtime with PyTorch on two input sizes (default on)")
+    export.set_defaults(run=_export)
+
+    demo = commands.add_parser("demo", help="train on built-in synthetic data with the recipe, evaluate and predict")
+    demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
+    demo.add_argument("--time-budget", default="2m", metavar="DURATION", help="training time (default 2m)")
+    demo.add_argument("--size", type=_positive_int, default=128, help="image side length (default 128)")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser("predict", help="predict masks for images of any size")
     predict.add_argument("--checkpoint", required=True,
                          help="a .safetensors checkpoint of a training run, or a .onnx file from segforge export")
@@ -360,23 +386,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read each TIFF input by rows (by its strips or tiles if compressed) and write "
                        "<name>.tif labels tile by tile: memory is bounded by the tile, not the image")
     predict.set_defaults(run=_predict)
-
-    export = commands.add_parser("export", help="export a checkpoint to ONNX (dynamic batch, height and width)")
-    export.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint of a training run")
-    export.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
-    export.add_argument("--out", default=None, help="output file (default: the checkpoint's name with .onnx)")
-    export.add_argument("--size", type=_positive_int, default=None,
-                        help="side of the example input the export traces (default: small, architecture's minimum)")
-    export.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
-                        help="compare ONNX Runtime with PyTorch on two input sizes (default on)")
-    export.set_defaults(run=_export)
-
-    demo = commands.add_parser("demo", help="train a small U-Net on built-in synthetic data, evaluate and predict")
-    demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
-    demo.add_argument("--epochs", type=_positive_int, default=8)
-    demo.add_argument("--size", type=_positive_int, default=128, help="image side length (default 128)")
-    demo.set_defaults(run=_demo)
-    return parser
 
 
 def _add_label_options(parser: argparse.ArgumentParser, *, stored: bool = False) -> None:

@@ -43,7 +43,7 @@ class DataConfig:
     palette: str | None = None  # colour-coded masks: a YAML/JSON colour → class mapping
     label_map: dict[int, int] | None = None  # raw mask value → label, e.g. {255: 1} for 0/255 masks
     region_masks: str | None = None  # a folder of valid-region masks (0 = not scored), one per image
-    crop_size: int | None = None
+    crop_size: int | None = None  # random crops of this side; 0: whole images
     batch_size: int | None = None
     workers: int = 2
     augmentation: dict[str, Any] | None = None  # see segforge.data.transforms.build_transforms
@@ -213,6 +213,10 @@ def _check_values(config: Config) -> None:
                          f"{data.std}")
     if config.train.time_budget is not None:
         parse_duration(config.train.time_budget)
+    for key, value in (("data.crop_size", data.crop_size), ("data.batch_size", data.batch_size)):
+        if value is not None and value < (0 if key == "data.crop_size" else 1):
+            raise ValueError(f"{key} must be {'>= 0 (0: whole images)' if key == 'data.crop_size' else '>= 1'}, "
+                             f"got {value}")
 
 
 def config_from_dict(values: dict[str, Any] | None) -> Config:

@@ -335,36 +335,39 @@ class TiffRows:
 def predict_tiff(model: nn.Module, info: dict, source: str | Path, target: str | Path, *, tile: int = 512,
                  overlap: float = 0.25, batch: int = 4, blend: str = "gaussian", flip: bool = False,
                  scales: Sequence[float] = (1.0,), device: torch.device | str | None = None,
-                 progress: bool | None = None, block: int = 256) -> Path:
+                 progress: bool | None = None, block: int = 256, label_values: np.ndarray | None = None) -> Path:
     """Streams a large TIFF (uncompressed, compressed, stripped or tiled) through ``model``: reads it by
     rows, writes class indices as a tiled, deflate-compressed TIFF of ``block``-pixel tiles. Memory is
     bounded by the tile (see ``tile_blocks``), whatever the image height; the labels equal those of
-    ``predict_tiled`` on the same image."""
+    ``predict_tiled`` on the same image. ``label_values`` (``(classes,)``, see
+    ``segforge.predict.raw_values``) writes each label as that value instead."""
     reader = TiffRows(source, info, model.in_channels)
     try:
         return _stream(model, reader, target, tile=tile, overlap=overlap, batch=batch, blend=blend, flip=flip,
-                       scales=scales, device=device, progress=progress, block=block)
+                       scales=scales, device=device, progress=progress, block=block, label_values=label_values)
     finally:
         reader.close()
 
 
 def _stream(model: nn.Module, reader: TiffRows, target: str | Path, *, tile: int, overlap: float, batch: int,
             blend: str, flip: bool, scales: Sequence[float], device: torch.device | str | None,
-            progress: bool | None, block: int) -> Path:
+            progress: bool | None, block: int, label_values: np.ndarray | None) -> Path:
     import tifffile
 
     from segforge.files import atomic_write
 
     plan, fn, num_classes = _prepare(model, reader.height, reader.width, tile=tile, overlap=overlap, blend=blend,
                                      flip=flip, scales=scales, device=device)
-    dtype = np.uint8 if num_classes <= 256 else np.uint16
+    largest = num_classes - 1 if label_values is None else int(label_values.max())
+    dtype = np.uint8 if largest < 256 else np.uint16
 
     def blocks() -> Iterator[np.ndarray]:
         # finished label rows wait here until a whole row of TIFF blocks can be written
         pending, count = np.empty((block + max(_row_steps(plan)), reader.width), dtype), 0
         for y0, y1, x0, x1, values in tile_blocks(fn, reader, plan, num_outputs=num_classes, batch=batch,
                                                   progress=progress):
-            pending[count:count + y1 - y0, x0:x1] = values.argmax(0).numpy()
+            labels = values.argmax(0).numpy()
+            pending[count:count + y1 - y0, x0:x1] = labels if label_values is None else label_values[labels]
             if x1 < reader.width:
                 continue
             count += y1 - y0

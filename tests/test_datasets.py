@@ -271,7 +271,8 @@ def test_no_pairs(tmp_path: Path) -> None:
     _image(tmp_path / "images" / "a.png")
     _mask(tmp_path / "masks" / "a_mask.png", LABELS)
     (tmp_path / "masks" / "notes.txt").write_text("x")
-    with pytest.raises(DatasetError, match=rf"no image/mask pairs in {tmp_path}: .*images holds 1 file\(s\) \(.png 1\), "
+    with pytest.raises(DatasetError, match=rf"no image/mask pairs in {tmp_path}: .*images holds 1 file\(s\) "
+                       r"\(.png 1\), "
                        r".*masks holds 2 file\(s\) \(.png 1, .txt 1\); not read: .txt .*images e.g. a.png; masks e.g. "
                        r"a_mask.png\); name each mask like"):
         FolderDataset(tmp_path)

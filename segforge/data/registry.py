@@ -78,19 +78,17 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
         ValueError: unknown kind (the message lists the choices), options that contradict the layout,
             and every ``DatasetError`` of the layout (missing folders, no pairs, ...).
     """
+    options = {"num_classes": num_classes, "classes": classes, "ignore_index": ignore_index, "colour_map": colour_map,
+               "label_map": label_map, "mean": mean, "std": std, "transform": transform, "strict": strict,
+               "region_masks": region_masks}
     if split is not None and split.endswith(".txt") and Path(split).is_file():  # e.g. a run's splits/val.txt
         from segforge.data.splits import read_split_file
 
         base, names = read_split_file(Path(split))
-        whole = create_dataset(kind, root, base, num_classes=num_classes, classes=classes, ignore_index=ignore_index,
-                               colour_map=colour_map, label_map=label_map, mean=mean, std=std, transform=transform,
-                               strict=strict, region_masks=region_masks)
-        return whole.select(names, what=f"split list {split}")
+        return create_dataset(kind, root, base, **options).select(names, what=f"split list {split}")
     part = re.fullmatch(r"(.+)\[(-?\d*):(-?\d*)\]", split) if split else None
     if part is not None:  # "train[:25]", "train[25:]": a slice of a split, e.g. to hold slices out
-        whole = create_dataset(kind, root, part.group(1), num_classes=num_classes, classes=classes,
-                               ignore_index=ignore_index, colour_map=colour_map, label_map=label_map, mean=mean,
-                               std=std, transform=transform, strict=strict, region_masks=region_masks)
+        whole = create_dataset(kind, root, part.group(1), **options)
         start, stop = (int(g) if g else None for g in part.group(2, 3))
         chosen = range(len(whole))[start:stop]
         if not chosen:

@@ -380,7 +380,7 @@ def build_transforms(config: dict | None, *, ignore_index: int, crop_size: int |
         config: ``{key: {option: value}}`` with keys from ``AUGMENTATIONS``; None means
             ``DEFAULT_AUGMENTATION`` (flip, scale 0.75-1.25, jitter), ``{}`` means no augmentation.
         ignore_index: the mask label for pixels brought in by rotation, cropping and deformation.
-        crop_size: ``size`` or ``(height, width)``; when given, a random crop of that size is added
+        crop_size: ``size`` or ``(height, width)``; when given (and not 0), a random crop of that size is added
             (``crop.height`` / ``crop.width`` in the config take precedence; ``crop: null`` leaves it out).
         seed: int, ``numpy.random.Generator`` or None; see the module docstring for DataLoader workers.
 
@@ -396,7 +396,7 @@ def build_transforms(config: dict | None, *, ignore_index: int, crop_size: int |
     unknown = sorted(set(config) - set(AUGMENTATIONS))
     if unknown:
         raise ValueError(f"unknown augmentation {unknown[0]!r}; choose from {list(AUGMENTATIONS)}")
-    if crop_size is not None:
+    if crop_size:  # None or 0: whole images
         if isinstance(crop_size, int):
             crop_size = (crop_size, crop_size)
         if not (isinstance(crop_size, (tuple, list)) and len(crop_size) == 2):

@@ -595,7 +595,8 @@ def _end_round(s: _Session, round_: _Round) -> bool:
     scores = round_.confusion.compute()
     epoch = run.epoch
     row = {"step": run.step, "epoch": f"{epoch:.0f}" if epoch == round(epoch) else f"{epoch:.2f}",
-           "lr": f"{s.optimizer.param_groups[0]['lr']:.6g}", "train_loss": f"{round_.loss / max(round_.batches, 1):.6f}",
+           "lr": f"{s.optimizer.param_groups[0]['lr']:.6g}",
+           "train_loss": f"{round_.loss / max(round_.batches, 1):.6f}",
            "train_mean_iou": f"{scores['mean_iou']:.6f}", "train_pixel_accuracy": f"{scores['pixel_accuracy']:.6f}"}
     improved = s.val_loader is None
     if s.val_loader is not None:
@@ -657,11 +658,11 @@ def _fit_to_budget(run: Progress, budget: float, clock: Clock, config: Config, d
     fitted, first = None, not run.fitted
     if process.is_main:
         step_seconds = _step_seconds(run)
-        round_seconds = run.round_seconds or _estimate_round_seconds(config, data, step_seconds)
-        final_seconds = 2.2 * round_seconds + 5.0 if data.val is not None else round_seconds + 2.0
-        if first and config.train.eval_steps is None:
-            estimate = fit_steps(budget, elapsed=clock.elapsed(), step=run.step, step_seconds=step_seconds,
-                                 validation_seconds=round_seconds, eval_steps=run.step + recipe.VALIDATIONS,
+        run.round_seconds = run.round_seconds or _estimate_round_seconds(config, data, step_seconds)
+        round_seconds, final_seconds = run.round_seconds, _final_seconds(run, data)
+        if first and config.train.eval_steps is None:  # about VALIDATIONS rounds, if they cost under a tenth
+            estimate = fit_steps(budget - recipe.VALIDATIONS * round_seconds, elapsed=clock.elapsed(), step=run.step,
+                                 step_seconds=step_seconds, validation_seconds=0, eval_steps=1,
                                  final_seconds=final_seconds)
             run.eval_steps = recipe.eval_steps(estimate, validation_seconds=round_seconds, step_seconds=step_seconds)
         total = fit_steps(budget, elapsed=clock.elapsed(), step=run.step, step_seconds=step_seconds,

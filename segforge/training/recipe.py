@@ -146,11 +146,8 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
     if side > crop * 1.25:
         crop_size = choose(data, "crop_size", crop, f"images are {side}+ px: random {crop}-px crops")
     else:
-        choices.append(Choice("data.crop_size", data.crop_size, "images are small: whole images",
-                              data.crop_size is not None))
-        crop_size = data.crop_size
-    pixels = (crop_size or side) ** 2 if crop_size or fp.median_size[0] == fp.median_size[1] else \
-        fp.median_size[0] * fp.median_size[1]
+        crop_size = choose(data, "crop_size", 0, f"images are {side} px or less: whole images (0)")
+    pixels = crop_size ** 2 if crop_size else fp.median_size[0] * fp.median_size[1]
     budget = GPU_PIXELS_PER_STEP if cuda else CPU_PIXELS_PER_STEP
     batch = max(2, min(32, round(budget / pixels), fp.images))
     choose(data, "batch_size", batch, f"about {budget / 1e6:.2g} M pixels per step")
@@ -163,7 +160,8 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
     choose(data, "augmentation", augmentation, why)
     rare = _rare_classes(fp)
     if rare:
-        shares = ", ".join(f"{fp.classes[c]} {fp.class_share[c]:.1%}" for c in rare[:3]) + (", ..." if len(rare) > 3 else "")
+        shares = ", ".join(f"{fp.classes[c]} {fp.class_share[c]:.1%}" for c in rare[:3])
+        shares += ", ..." if len(rare) > 3 else ""
         choose(config.loss, "name", "ce+dice", f"rare classes ({shares}): Dice weighs every class alike")
     else:
         choose(config.loss, "name", "ce", "no class is rare: cross entropy")
