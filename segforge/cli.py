@@ -24,7 +24,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
     report = diagnose(args.data, layout=args.format, split=args.split, num_classes=args.num_classes,
                       ignore_index=args.ignore_index, colour_map=args.palette, label_map=args.label_map,
-                      region_masks=args.region_masks)
+                      region_masks=args.region_masks, image_dir=args.image_dir, mask_dir=args.mask_dir)
     print(report.format())
     return report.exit_code
 
@@ -44,6 +44,10 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
                                                   "help": "replace raw mask values, e.g. 255=1 for 0/255 masks"}),
         (data, "--region-masks", "data.region_masks", {"metavar": "DIR", "help": "valid-region masks, one per "
                                                         "image (same stem): pixels at 0 are not trained or scored"}),
+        (data, "--image-dir", "data.image_dir", {"metavar": "NAME", "help": "the images' folder in --data "
+                                                  "(default: images/, image/, imgs/ or img/)"}),
+        (data, "--mask-dir", "data.mask_dir", {"metavar": "NAME", "help": "the masks' folder in --data "
+                                                "(default: masks/, mask/, labels/, label/, annotations/ or gt/)"}),
         (data, "--train-split", "data.train_split",
          {"help": "e.g. train, all (every pair), train[:25] for the first 25 (default: train, else all)"}),
         (data, "--val-split", "data.val_split",
@@ -148,13 +152,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     same_data = bool(trained.get("root")) and Path(trained["root"]).resolve() == Path(args.data).resolve()
     # On the run's own data, the run's validation split (a hold-out's list) and region masks are the default.
     split = args.split or (trained.get("val_split") if same_data else None) or "val"
-    regions = args.region_masks or (trained.get("region_masks") if same_data else None)
+    regions, folders = args.region_masks, {"image_dir": args.image_dir, "mask_dir": args.mask_dir}
+    if same_data:  # what the run read its data with
+        regions = regions or trained.get("region_masks")
+        folders = {key: value or trained.get(key) for key, value in folders.items()}
     label_map = args.label_map if args.label_map is not None else _stored_label_map(info)
     if args.split is None:
         print(f"evaluating split {split}" + (" (the run's validation split)" if same_data else ""))
     dataset = create_dataset(args.format, args.data, split, classes=info.get("classes") or None,
                              ignore_index=None if ignore == NO_IGNORE else ignore, label_map=label_map,
-                             region_masks=regions, mean=info.get("mean"), std=info.get("std"))
+                             region_masks=regions, mean=info.get("mean"), std=info.get("std"), **folders)
     name = Path(split).stem if split.endswith(".txt") else split
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{name}"
     write_report(model, dataset, out, num_classes=model.num_classes, ignore_index=ignore, device=device,
@@ -313,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--ignore-index", type=int, default=None, help="label value that marks unlabelled pixels")
     doctor.add_argument("--palette", default=None, metavar="FILE",
                         help="colour mapping for RGB masks: a YAML/JSON file {name: [r, g, b]} or 'name=r,g,b;...'")
-    _add_label_options(doctor)
+    _add_data_options(doctor)
     doctor.set_defaults(run=_doctor)
     train = commands.add_parser("train", help="train a model from a YAML config and/or flags",
                                 description="Flags override the config file; a flag left unset never does.")
@@ -336,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="split to evaluate: a name (val, test, all, train[25:]) or a split list file "
                           "(default: the run's validation split on the run's data, else val)")
     evaluate.add_argument("--out", default=None, help="report folder (default: beside the checkpoint)")
-    _add_label_options(evaluate, stored=True)
+    _add_data_options(evaluate, stored=True)
     _add_inference_options(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
@@ -388,13 +395,17 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
     predict.set_defaults(run=_predict)
 
 
-def _add_label_options(parser: argparse.ArgumentParser, *, stored: bool = False) -> None:
+def _add_data_options(parser: argparse.ArgumentParser, *, stored: bool = False) -> None:
     default = " (default: the checkpoint's)" if stored else ""
     parser.add_argument("--label-map", type=_label_map, default=None, metavar="RAW=LABEL,...",
                         help=f"replace raw mask values, e.g. 255=1 for masks stored as 0/255{default}")
     parser.add_argument("--region-masks", default=None, metavar="DIR",
                         help="valid-region masks, one per image (same stem): pixels at 0 are not scored"
                         + (" (default: the run's, on the run's data)" if stored else ""))
+    parser.add_argument("--image-dir", default=None, metavar="NAME", help="the images' folder in --data "
+                        "(default: images/, image/, imgs/ or img/)" + (", or the run's" if stored else ""))
+    parser.add_argument("--mask-dir", default=None, metavar="NAME", help="the masks' folder in --data "
+                        "(default: masks/, labels/, gt/, ...)" + (", or the run's" if stored else ""))
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:

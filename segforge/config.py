@@ -43,6 +43,8 @@ class DataConfig:
     palette: str | None = None  # colour-coded masks: a YAML/JSON colour → class mapping
     label_map: dict[int, int] | None = None  # raw mask value → label, e.g. {255: 1} for 0/255 masks
     region_masks: str | None = None  # a folder of valid-region masks (0 = not scored), one per image
+    image_dir: str | None = None  # folder layout: the images' folder in root (default: images/, image/, imgs/, img/)
+    mask_dir: str | None = None  # folder layout: the masks' folder in root (default: masks/, labels/, gt/, ...)
     crop_size: int | None = None  # random crops of this side; 0: whole images
     batch_size: int | None = None
     workers: int = 2

@@ -15,7 +15,7 @@ from PIL import Image
 
 from segforge.cli import main
 from segforge.data import DatasetError, create_dataset, read_image, read_mask
-from segforge.data.folder import differing_parts, pair_files
+from segforge.data.pairing import differing_parts, pair_files
 from segforge.data.splits import holdout, read_split_file
 
 
@@ -259,3 +259,34 @@ def test_a_label_map_naming_values_the_masks_lack_is_a_warning_in_the_plan(tmp_p
     prepared = prepare(load_config(None, {"data.root": str(root), "data.label_map": {255: 1, 7: 1},
                                           "train.iterations": 5}), progress=False)
     assert any("the label map names value(s) [7] that no training mask holds" in note for note in prepared.notes)
+
+
+def test_val_split_none_trains_on_every_image_and_a_missing_split_is_named(tmp_path: Path) -> None:
+    from segforge.config import load_config
+    from segforge.training.prepare import prepare
+
+    root = retina_like(tmp_path, count=3)
+    base = {"data.root": str(root), "data.label_map": {255: 1}, "train.iterations": 5}
+    prepared = prepare(load_config(None, base | {"data.val_split": "none"}), progress=False)
+    assert prepared.config.data.val_split is None and prepared.held_out is None
+    assert prepared.fingerprint.images == 3 and prepared.config.data.train_split == "all"
+    held = prepare(load_config(None, base), progress=False)
+    assert held.held_out is not None and held.fingerprint.images == 2  # one of three held out
+    with pytest.raises(DatasetError, match=r"split 'val' is neither a list .*val.txt nor a folder"):
+        prepare(load_config(None, base | {"data.val_split": "val"}), progress=False)
+
+
+def test_folders_named_as_distributed_are_chosen_with_image_dir_and_mask_dir(tmp_path: Path, capsys) -> None:
+    # a retina dataset as distributed: labels in 1st_manual/, field-of-view masks in mask/ (which the folder
+    # layout would otherwise take for the labels)
+    root = retina_like(tmp_path / "data", count=3)
+    (root / "masks").rename(root / "1st_manual")
+    (root / "fov").rename(root / "mask")
+    dataset = create_dataset("auto", root, "all", mask_dir="1st_manual", region_masks=root / "mask")
+    assert Path(dataset.samples[0][1]).parent.name == "1st_manual"
+    assert main(["doctor", "--data", str(root), "--mask-dir", "1st_manual", "--region-masks", str(root / "mask")]) == 1
+    out = capsys.readouterr().out
+    assert f"`segforge train --data {root} --region-masks {root / 'mask'} --mask-dir 1st_manual --label-map 255=1`" \
+        in out
+    with pytest.raises(ValueError, match="mask_dir applies to the folder layout only"):
+        create_dataset("isbi", root, "train", mask_dir="labels")

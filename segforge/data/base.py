@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from segforge.data.colour import ColourMap, load_colour_map
 from segforge.data.io import DatasetError, count_extensions, list_images, map_files, read_image, read_mask
+from segforge.data.pairing import pair_files
 from segforge.data.transforms import Transform as SeededTransform
 
 Sample = tuple[Path, "Path | None"]
@@ -184,8 +185,6 @@ class SegmentationDataset(Dataset):
         Raises:
             DatasetError: the folder is missing, or an image has no region mask (the message names it).
         """
-        from segforge.data.folder import pair_files
-
         folder = Path(folder)
         if not folder.is_dir():
             raise DatasetError(f"region mask folder {folder} does not exist; pass the folder of valid-region masks "
@@ -319,7 +318,7 @@ class SubsetDataset(SegmentationDataset):
                          transform=parent.transform)
         self.parent, self.indices = parent, indices
         self.label_map, self.colour_map, self.layout = parent.label_map, parent.colour_map, parent.layout
-        self.region_masks = parent.region_masks
+        self.region_masks, self.pairing = parent.region_masks, parent.pairing
 
     def sample_name(self, index: int) -> str:
         return self.parent.sample_name(self.indices[index])

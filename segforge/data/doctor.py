@@ -10,9 +10,9 @@ on the data as it is would be wrong or would crash), else 0. ``segforge doctor -
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from collections.abc import Mapping, Sequence
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -322,7 +322,8 @@ def _listing(counter: Mapping[int, int], limit: int = 8) -> str:
 def data_options(*, layout: str = "auto", num_classes: int | None = None, ignore_index: int | None = None,
                  colour_map: ColourMap | str | Path | None = None,
                  label_map: Mapping[int, int] | Sequence[int] | None = None,
-                 region_masks: str | Path | None = None) -> list[tuple[str, str]]:
+                 region_masks: str | Path | None = None, image_dir: str | None = None,
+                 mask_dir: str | None = None) -> list[tuple[str, str]]:
     """The command-line flags that describe data read with these options (for the fixes' command lines)."""
     options = [("--format", layout)] if layout != "auto" else []
     if num_classes is not None:
@@ -336,8 +337,9 @@ def data_options(*, layout: str = "auto", num_classes: int | None = None, ignore
         changed = ",".join(f"{raw}={label}" for raw, label in pairs if raw != label)
         if changed:
             options.append(("--label-map", changed))
-    if region_masks is not None:
-        options.append(("--region-masks", str(region_masks)))
+    for flag, value in (("--region-masks", region_masks), ("--image-dir", image_dir), ("--mask-dir", mask_dir)):
+        if value is not None:
+            options.append((flag, str(value)))
     return options
 
 
@@ -365,15 +367,17 @@ def check_split(report: DoctorReport, dataset: SegmentationDataset, name: str, *
 def diagnose(root: str | Path, *, layout: str = "auto", split: str | None = None, num_classes: int | None = None,
              ignore_index: int | None = None, colour_map: ColourMap | str | Path | None = None,
              label_map: Mapping[int, int] | None = None, region_masks: str | Path | None = None,
-             workers: int | None = None, progress: bool | None = None) -> DoctorReport:
+             image_dir: str | None = None, mask_dir: str | None = None, workers: int | None = None,
+             progress: bool | None = None) -> DoctorReport:
     """Reads a dataset once and reports its contents and problems.
 
     Args:
         root: the dataset folder.
         layout: one of ``list_dataset_layouts()``, or ``"auto"`` to detect it.
         split: scan only this split (every split is still counted); None scans all.
-        num_classes, ignore_index, colour_map, label_map, region_masks: as for ``create_dataset``; the
-            folder layout infers the number of classes from the labels (as training does) when not given.
+        num_classes, ignore_index, colour_map, label_map, region_masks, image_dir, mask_dir: as for
+            ``create_dataset``; the folder layout infers the number of classes from the labels (as
+            training does) when not given.
         workers: reader threads (default: up to 8); progress: tqdm bar (default: on a terminal).
 
     Returns:
@@ -386,6 +390,10 @@ def diagnose(root: str | Path, *, layout: str = "auto", split: str | None = None
     if not root.is_dir():
         raise DatasetError(f"data folder {root} does not exist; pass the folder that holds the dataset", path=root,
                            kind="missing")
+    options = data_options(layout=layout, num_classes=num_classes, ignore_index=ignore_index, colour_map=colour_map,
+                           label_map=label_map, region_masks=region_masks, image_dir=image_dir, mask_dir=mask_dir)
+    if layout == "auto" and (image_dir or mask_dir):
+        layout = "folder"  # named folders are the plain folder layout's
     detected = layout == "auto"
     layout = detect_layout(root) if detected else layout
     cls = DATASETS.get(layout)
@@ -394,15 +402,13 @@ def diagnose(root: str | Path, *, layout: str = "auto", split: str | None = None
         names = [*names, split]
     order = {n: i for i, n in enumerate(("train", "training", "val", "validation", "trainval", "test"))}
     names = sorted(names, key=lambda n: (order.get(n, len(order)), str(n)))
-    options = data_options(layout="auto" if detected else layout, num_classes=num_classes, ignore_index=ignore_index,
-                           colour_map=colour_map, label_map=label_map, region_masks=region_masks)
     report = DoctorReport(root, layout, detected, [], None, options=options)
     for name in names:
         label = name or "all"
         try:
             dataset = create_dataset(layout, root, name, num_classes=num_classes, ignore_index=ignore_index,
                                      colour_map=colour_map, label_map=label_map, strict=False,
-                                     region_masks=region_masks)
+                                     region_masks=region_masks, image_dir=image_dir, mask_dir=mask_dir)
         except DatasetError as err:
             report.problems.append(Problem("error", f"[{label}] {err}", _fix(err.kind, report),
                                            [err.path] if err.path else []))

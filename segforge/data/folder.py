@@ -18,7 +18,6 @@ names too, and splits may be sub-folders instead of lists (``images/train``, ``m
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,7 +25,8 @@ import numpy as np
 
 from segforge.data.base import SegmentationDataset, Transform
 from segforge.data.colour import ColourMap, load_colour_map
-from segforge.data.io import DatasetError, count_extensions, list_images, stems
+from segforge.data.io import DatasetError, count_extensions, list_images
+from segforge.data.pairing import pair_files, pairing_note
 from segforge.data.registry import DATASETS
 
 IMAGE_DIRS = ("images", "image", "imgs", "img")
@@ -35,61 +35,6 @@ MASK_DIRS = ("masks", "mask", "labels", "label", "annotations", "gt")
 
 def first_dir(root: Path, names: Sequence[str]) -> Path | None:
     return next((root / n for n in names if (root / n).is_dir()), None)
-
-
-def differing_parts(paths: Sequence[Path]) -> dict[str, Path] | None:
-    """Keys the files by the part of their stems that differs: ``21_training``, ``22_training`` → ``21``, ``22``.
-
-    The longest prefix and suffix that every stem shares are dropped, never cutting into a number
-    (``10``, ``11`` share the prefix ``1``, which stays). Returns None when fewer than two files
-    are given or the keys are not unique and non-empty.
-    """
-    names = [p.stem for p in paths]
-    if len(names) < 2:
-        return None
-    prefix = os.path.commonprefix(names)
-    suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]
-    while prefix and prefix[-1].isdigit():
-        prefix = prefix[:-1]
-    while suffix and suffix[0].isdigit():
-        suffix = suffix[1:]
-    if len(prefix) + len(suffix) >= min(map(len, names)):
-        return None
-    keys = [n[len(prefix):len(n) - len(suffix)] for n in names]
-    return dict(zip(keys, paths, strict=True)) if len(set(keys)) == len(keys) else None
-
-
-def pair_files(images: Sequence[Path], masks: Sequence[Path]) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
-    """Matches images and masks by stem; failing that, by the part of their stems that differs.
-
-    ``a.jpg`` pairs with ``a.png``. When some files are left unpaired and keying each folder by
-    ``differing_parts`` pairs more of them (``21_training.tif`` with ``21_manual1.gif``), that
-    pairing is used instead (``pairing_note`` says so).
-
-    Returns:
-        ``(pairs, images without a mask, masks without an image)``, pairs in image order.
-    """
-    by_stem = stems(masks)
-    stems(images)  # refuses duplicate image stems
-    pairs = [(image, by_stem[image.stem]) for image in images if image.stem in by_stem]
-    if len(pairs) < min(len(images), len(masks)):
-        image_keys, mask_keys = differing_parts(images), differing_parts(masks)
-        if image_keys is not None and mask_keys is not None:
-            keyed = [(image, mask_keys[key]) for key, image in image_keys.items() if key in mask_keys]  # image order
-            if len(keyed) > len(pairs):
-                pairs = keyed
-    paired_images, paired_masks = {i for i, _ in pairs}, {m for _, m in pairs}
-    return pairs, [i for i in images if i not in paired_images], [m for m in masks if m not in paired_masks]
-
-
-def pairing_note(pairs: Sequence[tuple[Path, Path]]) -> str | None:
-    """A line for the log when files were paired by the differing part of their names, else None."""
-    renamed = [(i, m) for i, m in pairs if i.stem != m.stem]
-    if not renamed:
-        return None
-    image, mask = renamed[0]
-    return (f"files paired by the part of their names that differs, e.g. {image.name} <-> {mask.name} "
-            f"({len(renamed)} of {len(pairs)} pairs)")
 
 
 def pair_folders(
@@ -145,7 +90,9 @@ class FolderDataset(SegmentationDataset):
         ignore_index: label value the loss skips (e.g. 255); default the colour map's, else None.
         colour_map: RGB → class mapping (a ``ColourMap``, a YAML/JSON file, or ``"name=r,g,b;..."``).
         label_map: raw value → label, e.g. ``{255: 1}`` for masks stored as 0/255.
-        image_dir, mask_dir: folder names when they are not among the accepted ones.
+        image_dir, mask_dir: folder names (inside ``root``) when they are not among the accepted ones,
+            or to choose between two (a retina dataset's ``1st_manual/`` labels beside its ``mask/``
+            field-of-view masks).
         mean, std, transform: see ``SegmentationDataset``.
         strict: raise on images without a mask (default); False records them in ``unpaired_images``.
 
@@ -173,7 +120,8 @@ class FolderDataset(SegmentationDataset):
             if found is None or not found.is_dir():
                 where = found if found is not None else root / names[0]
                 raise DatasetError(f"{what} folder {where} does not exist; put the {what}s in {root / names[0]} "
-                                   f"(or one of {list(names[1:])}), or name the folder with {what}_dir=",
+                                   f"(or one of {list(names[1:])}), or name the folder with --{what}-dir "
+                                   f"({what}_dir= in Python)",
                                    path=where, kind="missing")
         wanted = None
         if split is not None and split != "all":

@@ -27,7 +27,7 @@ import os
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -324,14 +324,3 @@ def count_extensions(folder: Path) -> str:
     unread = sorted(ext for ext in counts if ext not in IMAGE_EXTENSIONS)
     skipped = f"; not read: {', '.join(unread)} (segforge reads {' '.join(IMAGE_EXTENSIONS)})" if unread else ""
     return f"{sum(counts.values())} file(s) ({shown}){skipped}"
-
-
-def stems(paths: Sequence[Path]) -> dict[str, Path]:
-    """Maps file stem to path, refusing two files with the same stem (``a.png`` and ``a.jpg``)."""
-    found: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in found:
-            raise DatasetError(f"{found[path.stem]} and {path} share the stem {path.stem!r}, so the mask pairing is "
-                               "ambiguous; remove or rename one of them", path=path, kind="layout")
-        found[path.stem] = path
-    return found

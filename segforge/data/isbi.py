@@ -22,8 +22,9 @@ from typing import Literal
 import numpy as np
 
 from segforge.data.base import SegmentationDataset, Transform
-from segforge.data.folder import first_dir, pair_files
+from segforge.data.folder import first_dir
 from segforge.data.io import DatasetError, list_images, read_volume
+from segforge.data.pairing import pair_files
 from segforge.data.registry import DATASETS
 
 _IMAGE_DIRS, _LABEL_DIRS = ("image", "images"), ("label", "labels")

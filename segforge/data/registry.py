@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -53,7 +52,8 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
                    label_map: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                    transform: Transform | None = None, strict: bool = True,
-                   region_masks: str | Path | None = None) -> SegmentationDataset:
+                   region_masks: str | Path | None = None, image_dir: str | None = None,
+                   mask_dir: str | None = None) -> SegmentationDataset:
     """Builds the dataset stored at ``root`` in layout ``kind``.
 
     Args:
@@ -70,6 +70,7 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
         transform: joint augmentation ``(image (H, W, C) float32, mask (H, W) int64) -> (image, mask)``.
         strict: raise on images without masks; False records them in ``dataset.unpaired_images``.
         region_masks: a folder of valid-region masks, one per image (``SegmentationDataset.set_region_masks``).
+        image_dir, mask_dir: the folder layout's image and mask folders, when not found by name.
 
     Returns:
         A ``SegmentationDataset``.
@@ -80,7 +81,7 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
     """
     options = {"num_classes": num_classes, "classes": classes, "ignore_index": ignore_index, "colour_map": colour_map,
                "label_map": label_map, "mean": mean, "std": std, "transform": transform, "strict": strict,
-               "region_masks": region_masks}
+               "region_masks": region_masks, "image_dir": image_dir, "mask_dir": mask_dir}
     if split is not None and split.endswith(".txt") and Path(split).is_file():  # e.g. a run's splits/val.txt
         from segforge.data.splits import read_split_file
 
@@ -96,21 +97,22 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
         return whole.subset(chosen)
     root = Path(root)
     if kind == "auto":
-        kind = detect_layout(root)
+        kind = "folder" if image_dir or mask_dir else detect_layout(root)
     cls = DATASETS.get(kind)
     common = {"mean": mean, "std": std, "transform": transform, "strict": strict}
     if split is not None:
         common["split"] = split
     if kind == "folder":
         dataset = cls(root, num_classes=num_classes, classes=classes, ignore_index=ignore_index,
-                      colour_map=colour_map, label_map=label_map, **common)
+                      colour_map=colour_map, label_map=label_map, image_dir=image_dir, mask_dir=mask_dir, **common)
         if region_masks is not None:
             dataset.set_region_masks(region_masks)
         return dataset
     if split == "all":
         raise ValueError(f"the split 'all' names every pair of a plain folder; the {kind} layout has the splits "
                          f"{cls.splits(root)}")
-    for option, value in (("colour_map", colour_map), ("label_map", label_map)):
+    for option, value in (("colour_map", colour_map), ("label_map", label_map), ("image_dir", image_dir),
+                          ("mask_dir", mask_dir)):
         if value is not None:
             raise ValueError(f"{option} applies to the folder layout only; the {kind} layout defines its labels "
                              "(use --format folder to give your own)")

@@ -73,7 +73,8 @@ def dataset_options(config: Config) -> dict:
     """``create_dataset`` keyword arguments of ``config.data`` (what the mask values mean, region masks)."""
     data = config.data
     options = {"num_classes": data.num_classes, "ignore_index": data.ignore_index, "colour_map": data.palette,
-               "label_map": data.label_map, "region_masks": data.region_masks}
+               "label_map": data.label_map, "region_masks": data.region_masks, "image_dir": data.image_dir,
+               "mask_dir": data.mask_dir}
     if data.format != "folder":  # the other layouts fix their labels: pass only what was given, to be checked
         options = {key: value for key, value in options.items() if value is not None}
     return options
@@ -92,9 +93,10 @@ def prepare(config: Config, *, cuda: bool = False, progress: bool | None = None)
         raise ValueError("data.root is not set: pass --data PATH (a dataset folder) or set data.root in the config")
     root = Path(data.root)
     options = data_options(layout=data.format, num_classes=data.num_classes, ignore_index=data.ignore_index,
-                           colour_map=data.palette, label_map=data.label_map, region_masks=data.region_masks)
+                           colour_map=data.palette, label_map=data.label_map, region_masks=data.region_masks,
+                           image_dir=data.image_dir, mask_dir=data.mask_dir)
     if data.format == "auto":
-        data.format = detect_layout(root)
+        data.format = "folder" if data.image_dir or data.mask_dir else detect_layout(root)
     layout = DATASETS.get(data.format)
     notes, hold = [], False
     if "auto" in (data.train_split, data.val_split):
@@ -106,6 +108,8 @@ def prepare(config: Config, *, cuda: bool = False, progress: bool | None = None)
                 notes.append(f"no validation split: {data.val_fraction:.0%} of {data.train_split!r} is held out "
                              "(seeded; listed in the run folder's splits/)")
     train = create_dataset(data.format, root, data.train_split, **dataset_options(config))
+    if data.val_split is not None and not hold:
+        create_dataset(data.format, root, data.val_split, **dataset_options(config))  # a missing split fails now
     held_out = None
     if hold:
         keep, held = holdout(len(train), data.val_fraction, config.train.seed)
