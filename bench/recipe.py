@@ -75,7 +75,7 @@ def main() -> int:
                                "--split", split, "--out", str(report)]
         eval_seconds = _run(evaluate, out / f"{name}.eval.log")
         scores = json.loads((report / "report.json").read_text())
-        steps = int(list(open(out / name / "metrics.csv"))[-1].split(",")[0])
+        steps = int((out / name / "metrics.csv").read_text().splitlines()[-1].split(",")[0])
         config = (out / name / "config.yaml").read_text()
         result = {"run": name, "train_command": shlex.join(train[2:]), "evaluate_split": split, "steps": steps,
                   "train_seconds": round(train_seconds), "evaluate_seconds": round(eval_seconds),

@@ -14,10 +14,12 @@ from segforge.export import OnnxSegmenter, check_export, example_sizes, export_o
 onnx = pytest.importorskip("onnx", reason="ONNX export needs onnx, onnxscript and onnxruntime (segforge[onnx])")
 pytest.importorskip("onnxruntime", reason="the onnx engine needs onnxruntime (segforge[onnx])")
 
-# (model, encoder): every architecture; the VGG/ResNet-50 ones take 15-25 s and 3 GB each to export.
-FAST = [("segnet_basic", None), ("unet", None), ("unet_padded", "mobilenet_v2"), ("pspnet", "resnet18")]
-SLOW = [("fcn32s", None), ("fcn16s", None), ("fcn8s", None), ("segnet", None), ("deconvnet", None),
-        ("pspnet", None), ("unet_padded", None), ("unet_padded", "resnet18")]
+# (model, encoder): every architecture. Exporting with dynamic sizes spends most of its time in the
+# exporter's symbolic shape reasoning: 13-47 s each here (MobileNetV2's 50 layers the longest), the
+# VGG/ResNet-50 ones 3 GB too. The default run keeps two and the CLI's; CI runs them all.
+FAST = [("segnet_basic", None), ("pspnet", "resnet18")]
+SLOW = [("unet", None), ("unet_padded", "mobilenet_v2"), ("fcn32s", None), ("fcn16s", None), ("fcn8s", None),
+        ("segnet", None), ("deconvnet", None), ("pspnet", None), ("unet_padded", None), ("unet_padded", "resnet18")]
 
 
 def _sizes(model) -> list[tuple[int, int, int, int]]:
@@ -60,6 +62,7 @@ def test_each_large_architecture_exports_with_dynamic_sizes_and_matches_pytorch(
     _export_and_compare(tmp_path, name, encoder)
 
 
+@pytest.mark.slow  # an export: 10-30 s
 def test_the_original_unet_declares_its_valid_sizes_and_padded_nets_name_their_output_dims(tmp_path) -> None:
     export_onnx(create_model("unet", 2), tmp_path / "u.onnx")
     dims = [d.dim_param for d in onnx.load(tmp_path / "u.onnx").graph.input[0].type.tensor_type.shape.dim]
@@ -76,6 +79,7 @@ def test_the_original_unet_declares_its_valid_sizes_and_padded_nets_name_their_o
         OnnxSegmenter(tmp_path / "s.onnx")(torch.zeros(1, 3, 64, 64))
 
 
+@pytest.mark.slow  # an export: 10-30 s
 def test_the_check_fails_when_the_file_computes_something_else(tmp_path) -> None:
     torch.manual_seed(0)
     export_onnx(create_model("segnet_basic", 2, in_channels=1), tmp_path / "a.onnx", check=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,32 @@ def test_schedule_helpers_known_answers() -> None:
     assert fit_steps(10, elapsed=30, step=5, step_seconds=1.0, validation_seconds=0, eval_steps=1,
                      final_seconds=0) == 5
     assert [describe_seconds(s) for s in (42, 95, 4000)] == ["42 s", "1 min 35 s", "1 h 06 min"]
+
+
+def test_a_refitted_total_keeps_the_learning_rate_continuous_and_ends_it_at_zero() -> None:
+    import torch
+
+    from segforge.config import ScheduleConfig
+    from segforge.training.loop import Progress
+    from segforge.training.optim import create_scheduler
+
+    run = Progress(total_steps=100, eval_steps=10, warmup_steps=0, steps_per_epoch=10)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = create_scheduler(optimizer, ScheduleConfig(name="poly", power=1.0), progress=run)
+    rates = []
+    for step in range(1, 61):
+        optimizer.step()
+        scheduler.step()
+        run.step = step
+        if step == 20:
+            run.refit(40)  # fewer steps fit than planned: 0.8 of the rate left, over 20 steps
+        if step == 30:
+            run.refit(60)  # more: 0.4 left, now over 30 steps
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[19] == pytest.approx(0.8) and rates[20] == pytest.approx(0.76)  # no jump either way
+    assert rates[29] == pytest.approx(0.4) and rates[30] == pytest.approx(0.4 - 0.4 / 30)
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(rates)) and rates[-1] == pytest.approx(0.0)
+    assert run.decayed(60) == 1.0 and run.decayed(1000) == 1.0
 
 
 def _write(root: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:

@@ -74,7 +74,7 @@ def straight(data_root, tmp_path_factory) -> Path:
     return out / "run"
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.35, 0.8])
+@pytest.mark.parametrize("delay", [0.0, pytest.param(0.35, marks=pytest.mark.slow), 0.8])
 def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(data_root, tmp_path, straight, delay) -> None:
     # The state is saved after every step (checkpoint-minutes ~ 6 ms), so the kill lands mid-epoch,
     # between or during writes; whatever it hit, the saved state must load and resuming must end

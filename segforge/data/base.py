@@ -340,11 +340,26 @@ class SubsetDataset(SegmentationDataset):
 
 
 def image_moments(image: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """``(pixels, per-channel mean, per-channel sum of squared deviations)`` of one ``(H, W, C)`` image,
-    in float64: what ``combine_moments`` merges into a dataset's mean and standard deviation."""
-    flat = image.reshape(-1, image.shape[-1]).astype(np.float64)
-    mean = flat.mean(axis=0) if len(flat) else np.zeros(image.shape[-1])
-    return len(flat), mean, ((flat - mean) ** 2).sum(axis=0)
+    """``(pixels, per-channel mean, per-channel sum of squared deviations)`` of one stored ``(H, W, C)``
+    image as ``scale_image`` scales it, in float64: what ``combine_moments`` merges into a dataset's
+    mean and standard deviation.
+
+    8- and 16-bit images are counted by a histogram of their levels per channel (exact, and without
+    the float copies of the image that made the statistics cost twice the reading of the file).
+    """
+    channels = image.shape[-1]
+    flat = image.reshape(-1, channels)
+    if not len(flat):
+        return 0, np.zeros(channels), np.zeros(channels)
+    if image.dtype in (np.uint8, np.uint16):
+        top = np.iinfo(image.dtype).max
+        levels = (np.arange(top + 1, dtype=np.float32) / np.float32(top)).astype(np.float64)  # as scale_image
+        counts = [np.bincount(flat[:, c], minlength=top + 1) for c in range(channels)]
+        mean = np.array([count @ levels for count in counts]) / len(flat)
+        return len(flat), mean, np.array([count @ (levels - m) ** 2 for count, m in zip(counts, mean, strict=True)])
+    values = scale_image(flat).astype(np.float64)
+    mean = values.mean(axis=0)
+    return len(flat), mean, ((values - mean) ** 2).sum(axis=0)
 
 
 def combine_moments(moments: Iterable[tuple[int, np.ndarray, np.ndarray]], *,
@@ -390,6 +405,6 @@ def compute_stats(dataset: SegmentationDataset, *, max_samples: int | None = Non
         ValueError: the dataset is empty or its images differ in channel count.
     """
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
-    moments = map_files(lambda i: image_moments(scale_image(dataset.load_image(i))), count, desc="statistics",
+    moments = map_files(lambda i: image_moments(dataset.load_image(i)), count, desc="statistics",
                         workers=workers, progress=progress)
     return combine_moments(moments, describe=dataset.describe)

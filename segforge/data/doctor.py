@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from segforge.data.base import SegmentationDataset, image_moments, scale_image
+from segforge.data.base import SegmentationDataset, image_moments
 from segforge.data.colour import ColourMap
 from segforge.data.io import DatasetError, map_files
 from segforge.data.registry import DATASETS, create_dataset, detect_layout
@@ -123,7 +123,7 @@ class _Check:
     counts: np.ndarray | None = None  # their pixels
     top: np.ndarray | None = None  # their pixels in the top half of the mask
     left: np.ndarray | None = None  # ... in the left half
-    moments: tuple[int, np.ndarray, np.ndarray] | None = None  # image_moments of the [0, 1]-scaled image
+    moments: tuple[int, np.ndarray, np.ndarray] | None = None  # image_moments of the image
     max_value: float = 0.0
     errors: list[DatasetError] = field(default_factory=list)
 
@@ -150,7 +150,7 @@ def _inspect(dataset: SegmentationDataset, index: int) -> _Check:
     try:
         image = dataset.load_image(index)
         check.image_shape, check.image_dtype = image.shape, str(image.dtype)
-        check.moments, check.max_value = image_moments(scale_image(image)), float(image.max(initial=0))
+        check.moments, check.max_value = image_moments(image), float(image.max(initial=0))
     except DatasetError as err:
         check.errors.append(err)
     try:

@@ -61,12 +61,12 @@ class Fingerprint:
         """A few lines for the log."""
         h, w = self.median_size
         shares = ", ".join(f"{name} {share:.1%}" for name, share in zip(self.classes[:12], self.class_share))
-        return [f"{self.images} labelled images, median {w}x{h} (WxH), smallest side {min(self.min_size)} px, "
-                f"{self.channels} channel(s) of {self.dtype} (largest value {self.max_value:g})",
+        return [(f"{self.images} labelled images, median {w}x{h} (WxH), smallest side {min(self.min_size)} px, "
+                 f"{self.channels} channel(s) of {self.dtype} (largest value {self.max_value:g})"),
                 f"{self.num_classes} classes by share of pixels: {shares}{', ...' if self.num_classes > 12 else ''}"
                 + (f"; {self.ignored_share:.1%} of pixels unlabelled" if self.ignored_share else ""),
-                f"class layout: top vs bottom differ by {self.up_down:.2f}, left vs right by {self.left_right:.2f} "
-                "(0 = the same classes everywhere)"]
+                (f"class layout: top vs bottom differ by {self.up_down:.2f}, left vs right by {self.left_right:.2f} "
+                 "(0 = the same classes everywhere)")]
 
 
 def _half_difference(summary: SplitSummary, half: dict[int, int], to_class, num_classes: int) -> float:

@@ -44,8 +44,8 @@ def fit_steps(budget: float, *, elapsed: float, step: int, step_seconds: float, 
 
 
 def describe_seconds(seconds: float) -> str:
-    """``95`` → ``"1 min 35 s"``; ``4000`` → ``"1 h 07 min"``."""
-    seconds = int(round(seconds))
+    """``95`` → ``"1 min 35 s"``; ``4000`` → ``"1 h 06 min"`` (whole minutes, rounded down)."""
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:

@@ -98,10 +98,24 @@ class Progress:
     timed_steps: int = 0
     round_seconds: float = 0.0  # one validation, row and save, as last measured
     fitted: bool = False  # the total has been fitted to the time budget
+    decay_step: int = 0  # the step since which the decay runs over (decay_done, 1] of its course
+    decay_done: float = 0.0
 
     @property
     def epoch(self) -> float:
         return self.step / self.steps_per_epoch
+
+    def decayed(self, step: int) -> float:
+        """The share of its decay (0 to 1) the learning-rate schedule has run at ``step``."""
+        left = (step - self.decay_step) / max(self.total_steps - self.decay_step, 1)
+        return min(1.0, self.decay_done + (1.0 - self.decay_done) * max(left, 0.0))
+
+    def refit(self, total_steps: int) -> None:
+        """Sets a new total, the decay going on from where it is now over the steps left: the learning
+        rate never jumps when a time budget's refit finds more, or fewer, steps than first planned."""
+        if total_steps != self.total_steps:
+            self.decay_step, self.decay_done = self.step, self.decayed(self.step)
+            self.total_steps = total_steps
 
 
 def seed_everything(seed: int) -> None:
@@ -434,7 +448,7 @@ def _rounds(s: _Session, stop: _StopRequest) -> None:
                 best = _end_round(s, round_)
                 round_ = _Round.start(s.data.num_classes, s.data.ignore_index, None, s.device, main)
                 last_save = time.monotonic()
-                if s.budget is not None and run.fitted and not out_of_time:
+                if s.budget is not None and run.fitted and not out_of_time and run.step < run.total_steps:
                     _fit_to_budget(run, s.budget, s.clock, s.config, s.data, s.process)
                     bar.total = run.total_steps
                 if stop_now:
@@ -675,7 +689,8 @@ def _fit_to_budget(run: Progress, budget: float, clock: Clock, config: Config, d
             print(f"time budget {config.train.time_budget}: {step_seconds:.2f} s per step measured, {total} steps "
                   f"fit (validation every {run.eval_steps} steps, about {round_seconds:.0f} s each; warm-up "
                   f"{run.warmup_steps} steps)", flush=True)
-    run.total_steps, run.eval_steps, run.warmup_steps = distributed.broadcast(fitted, process)
+    total, run.eval_steps, run.warmup_steps = distributed.broadcast(fitted, process)
+    run.refit(total)
     run.fitted = True
 
 

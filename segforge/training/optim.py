@@ -32,17 +32,16 @@ def create_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.O
     raise ValueError(f"unknown optimizer {config.name!r}; choose from ['sgd', 'adam', 'adamw']")
 
 
-def lr_factor(step: int, total_steps: int, steps_per_epoch: int, config: ScheduleConfig, *,
+def lr_factor(step: int, decayed: float, steps_per_epoch: int, config: ScheduleConfig, *,
               warmup_steps: int = 0) -> float:
-    """The learning-rate multiplier at optimizer step ``step`` (0-based) of ``total_steps``: a linear ramp over
-    ``warmup_steps``, then the schedule's decay over all the steps."""
+    """The learning-rate multiplier at optimizer step ``step`` (0-based): a linear ramp over ``warmup_steps``,
+    then the schedule's decay, ``decayed`` (0 to 1) of the way through its course."""
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
-    progress = min(step / max(total_steps, 1), 1.0)
     if config.name in ("poly", None):
-        return (1.0 - progress) ** config.power
+        return (1.0 - decayed) ** config.power
     if config.name == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 0.5 * (1.0 + math.cos(math.pi * decayed))
     if config.name == "step":
         return config.gamma ** (step // max(config.step_size * steps_per_epoch, 1))
     return 1.0
@@ -51,8 +50,9 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, config: Schedul
 def create_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, *,
                      progress: Progress) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step learning rates that follow ``progress``: its total and warm-up steps may be refitted while the
-    run goes (a time budget), and the factor is read anew at every step."""
+    run goes (a time budget; ``Progress.refit`` keeps the decay continuous), and the factor is read anew at
+    every step."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, progress.total_steps, progress.steps_per_epoch, config,
+        optimizer, lambda step: lr_factor(step, progress.decayed(step), progress.steps_per_epoch, config,
                                           warmup_steps=progress.warmup_steps)
     )
