@@ -44,10 +44,8 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
                                                   "help": "replace raw mask values, e.g. 255=1 for 0/255 masks"}),
         (data, "--region-masks", "data.region_masks", {"metavar": "DIR", "help": "valid-region masks, one per "
                                                         "image (same stem): pixels at 0 are not trained or scored"}),
-        (data, "--image-dir", "data.image_dir", {"metavar": "NAME", "help": "the images' folder in --data "
-                                                  "(default: images/, image/, imgs/ or img/)"}),
-        (data, "--mask-dir", "data.mask_dir", {"metavar": "NAME", "help": "the masks' folder in --data "
-                                                "(default: masks/, mask/, labels/, label/, annotations/ or gt/)"}),
+        (data, "--image-dir", "data.image_dir", {"metavar": "NAME", "help": _folder_help("image")}),
+        (data, "--mask-dir", "data.mask_dir", {"metavar": "NAME", "help": _folder_help("mask")}),
         (data, "--train-split", "data.train_split",
          {"help": "e.g. train, all (every pair), train[:25] for the first 25 (default: train, else all)"}),
         (data, "--val-split", "data.val_split",
@@ -395,6 +393,14 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
     predict.set_defaults(run=_predict)
 
 
+def _folder_help(what: str, *, stored: bool = False) -> str:
+    """``--image-dir``/``--mask-dir``: the names looked for are ``segforge.data.folder``'s IMAGE_DIRS/MASK_DIRS
+    (not imported here: the CLI starts without loading the data modules)."""
+    names = ("images/, image/, imgs/ or img/" if what == "image"
+             else "masks/, mask/, labels/, label/, annotations/ or gt/")
+    return f"the {what}s' folder in --data (default: {names}" + (", or the run's)" if stored else ")")
+
+
 def _add_data_options(parser: argparse.ArgumentParser, *, stored: bool = False) -> None:
     default = " (default: the checkpoint's)" if stored else ""
     parser.add_argument("--label-map", type=_label_map, default=None, metavar="RAW=LABEL,...",
@@ -402,10 +408,8 @@ def _add_data_options(parser: argparse.ArgumentParser, *, stored: bool = False) 
     parser.add_argument("--region-masks", default=None, metavar="DIR",
                         help="valid-region masks, one per image (same stem): pixels at 0 are not scored"
                         + (" (default: the run's, on the run's data)" if stored else ""))
-    parser.add_argument("--image-dir", default=None, metavar="NAME", help="the images' folder in --data "
-                        "(default: images/, image/, imgs/ or img/)" + (", or the run's" if stored else ""))
-    parser.add_argument("--mask-dir", default=None, metavar="NAME", help="the masks' folder in --data "
-                        "(default: masks/, labels/, gt/, ...)" + (", or the run's" if stored else ""))
+    for what in ("image", "mask"):
+        parser.add_argument(f"--{what}-dir", default=None, metavar="NAME", help=_folder_help(what, stored=stored))
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:

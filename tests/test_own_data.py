@@ -290,3 +290,12 @@ def test_folders_named_as_distributed_are_chosen_with_image_dir_and_mask_dir(tmp
         in out
     with pytest.raises(ValueError, match="mask_dir applies to the folder layout only"):
         create_dataset("isbi", root, "train", mask_dir="labels")
+
+
+def test_the_folder_options_help_names_the_folders_the_layout_looks_for() -> None:
+    from segforge.cli import _folder_help
+    from segforge.data.folder import IMAGE_DIRS, MASK_DIRS
+
+    for what, names in (("image", IMAGE_DIRS), ("mask", MASK_DIRS)):
+        listed = _folder_help(what).split("(default: ")[1].rstrip(")").replace(" or ", ", ").split(", ")
+        assert listed == [f"{name}/" for name in names]

@@ -392,10 +392,8 @@ def diagnose(root: str | Path, *, layout: str = "auto", split: str | None = None
                            kind="missing")
     options = data_options(layout=layout, num_classes=num_classes, ignore_index=ignore_index, colour_map=colour_map,
                            label_map=label_map, region_masks=region_masks, image_dir=image_dir, mask_dir=mask_dir)
-    if layout == "auto" and (image_dir or mask_dir):
-        layout = "folder"  # named folders are the plain folder layout's
     detected = layout == "auto"
-    layout = detect_layout(root) if detected else layout
+    layout = detect_layout(root, named_folders=bool(image_dir or mask_dir)) if detected else layout
     cls = DATASETS.get(layout)
     names = cls.splits(root) or [None]
     if split is not None and split not in names:

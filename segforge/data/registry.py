@@ -26,8 +26,9 @@ def list_dataset_layouts() -> list[str]:
     return DATASETS.names()
 
 
-def detect_layout(root: str | Path) -> str:
-    """Names the layout of the dataset folder ``root`` from its structure.
+def detect_layout(root: str | Path, *, named_folders: bool = False) -> str:
+    """Names the layout of the dataset folder ``root`` from its structure; ``"folder"`` when the image or
+    mask folder is named (``image_dir``/``mask_dir``: only the plain folder layout takes them).
 
     Raises:
         ValueError: ``root`` does not exist, or matches no layout (the message lists what each expects).
@@ -38,6 +39,8 @@ def detect_layout(root: str | Path) -> str:
     if not root.is_dir():
         raise DatasetError(f"data folder {root} does not exist; pass the folder that holds the dataset",
                            path=root, kind="missing")
+    if named_folders:
+        return "folder"
     for name in DETECTION_ORDER:
         if DATASETS.get(name).detect(root):
             return name
@@ -97,7 +100,7 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
         return whole.subset(chosen)
     root = Path(root)
     if kind == "auto":
-        kind = "folder" if image_dir or mask_dir else detect_layout(root)
+        kind = detect_layout(root, named_folders=bool(image_dir or mask_dir))
     cls = DATASETS.get(kind)
     common = {"mean": mean, "std": std, "transform": transform, "strict": strict}
     if split is not None:
@@ -117,6 +120,15 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
             raise ValueError(f"{option} applies to the folder layout only; the {kind} layout defines its labels "
                              "(use --format folder to give your own)")
     dataset = cls(root, **common)
+    _check_fixed_labels(kind, dataset, num_classes, classes, ignore_index)
+    if region_masks is not None:
+        dataset.set_region_masks(region_masks)
+    return dataset
+
+
+def _check_fixed_labels(kind: str, dataset: SegmentationDataset, num_classes: int | None,
+                        classes: Sequence[str] | None, ignore_index: int | None) -> None:
+    """A layout that defines its classes accepts class options only when they agree with it."""
     if num_classes is not None and num_classes != dataset.num_classes:
         raise ValueError(f"the {kind} layout has {dataset.num_classes} classes, not {num_classes}; drop "
                          "--num-classes or use --format folder")
@@ -125,6 +137,3 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
     if ignore_index is not None and ignore_index != dataset.ignore_index:
         raise ValueError(f"the {kind} layout's ignore index is {dataset.ignore_index}, not {ignore_index}; "
                          "drop --ignore-index or use --format folder")
-    if region_masks is not None:
-        dataset.set_region_masks(region_masks)
-    return dataset
