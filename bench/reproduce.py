@@ -1,21 +1,33 @@
-"""Trains and evaluates the papers' networks on the shared real data; prints a README results row.
+"""The papers' networks trained end to end on the shared real data; prints the README table's rows.
 
-    PYTHONPATH=. .venv/bin/python bench/reproduce.py isbi             # U-Net, ISBI 2012, 25 / 5 slices
-    PYTHONPATH=. .venv/bin/python bench/reproduce.py camvid           # SegNet-Basic, CamVid 367 / 233
-    PYTHONPATH=. .venv/bin/python bench/reproduce.py camvid --epochs 30 --crop-size 360   # any train flag
+    PYTHONPATH=. .venv/bin/python bench/reproduce.py segnet-camvid     # SegNet-Basic, CamVid 367 / 233
+    PYTHONPATH=. .venv/bin/python bench/reproduce.py unet-isbi         # U-Net, ISBI 2012 25 / 5 slices
+    PYTHONPATH=. .venv/bin/python bench/reproduce.py pretrained-camvid # U-Net on EfficientNet-Lite0 (ImageNet)
+    PYTHONPATH=. .venv/bin/python bench/reproduce.py segnet-camvid --budget 6h   # another budget (new runs)
 
-Each run is ``segforge train --config configs/<config>.yaml`` plus this script's CPU-budget flags
-(printed, and overridable: later flags win), then ``segforge evaluate`` of the best checkpoint on
-the held-out split at full resolution. The numbers, the command and the wall-clock times are
-printed as a markdown row and saved to ``runs/bench/<name>/result.json``. Data: ``../shared/data``
-(or ``--data``).
+Each run is one ``segforge train ... --time-budget B`` (the recipe fills what the command leaves out),
+then ``segforge evaluate`` of the run's final weights (``last.safetensors``: no checkpoint is picked
+by its test score) on the held-out images at full resolution. Runs are resumable: running the same
+command again continues an interrupted run (``segforge train --resume``, its clock counting the
+earlier sittings) and, once it is complete, evaluates it. Stop a sitting with Ctrl-C or SIGTERM; the
+run saves its state first.
+
+The CamVid runs validate on the 233 test images at every round, so ``metrics.csv`` is the curve of
+test mIoU against epochs; the number reported is the final model's, not the best round's. Writes
+``runs/bench/reproduce/<run>/`` and copies ``metrics.csv`` and ``result.json`` (small text files) to
+``bench/results/<run>/``. Data: ``../shared/data`` (or ``--data``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
+import platform
+import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -23,61 +35,125 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+OUT = ROOT / "runs" / "bench" / "reproduce"
+RESULTS = ROOT / "bench" / "results"
+CAMVID = ["--val-split", "test", "--class-weights", "median_frequency"]
 
-# name: (config, dataset folder, evaluation split, CPU-budget train flags)
+# name: (dataset folder, train arguments, evaluation split, default budget, the paper's numbers)
 RUNS = {
-    "isbi": ("configs/unet_isbi2012.yaml", "isbi2012", "train[25:]", []),
-    # 240x240 crops of the 360x480 images (a third of the pixels), Adam: converges in a CPU budget
-    "camvid": ("configs/segnet_basic_camvid.yaml", "camvid", "test",
-               ["--crop-size", "240", "--optimizer", "adam", "--lr", "0.001", "--weight-decay", "0.0005",
-                "--schedule", "poly", "--epochs", "12"]),
+    "segnet-camvid": ("camvid", ["--model", "segnet_basic", *CAMVID], "test", "3h",
+                      "SegNet tutorial (SegNet-Basic): 82.8 / 62.3 / 46.3"),
+    "unet-isbi": ("isbi2012", ["--model", "unet", "--train-split", "train[:25]", "--val-split", "train[25:]"],
+                  "train[25:]", "90m", "U-Net paper: pixel error 0.0611 (challenge test set)"),
+    "pretrained-camvid": ("camvid", ["--model", "unet_padded", "--encoder", "efficientnet_lite0",
+                                     "--encoder-weights", "imagenet", *CAMVID], "test", "3h",
+                          "same budget as segnet-camvid"),
 }
-PAPER = {"camvid": "SegNet tutorial (SegNet-Basic): 82.8 / 62.3 / 46.3"}
 
 
-def _run(command: list[str]) -> float:
+def machine() -> str:
+    """One line: CPU model, cores, torch version and threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def _run(command: list[str], log: Path) -> tuple[int, float, float]:
+    """Runs ``command``, its output to the terminal and ``log``; returns (exit code, wall s, CPU s)."""
     print("$", shlex.join(command), flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True)
-    return time.perf_counter() - started
+    with open(log, "a", encoding="utf-8") as out:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            for line in process.stdout:
+                sys.stdout.write(line)
+                out.write(line)
+        except KeyboardInterrupt:  # the child got the same Ctrl-C: let it save its state
+            pass
+        code = process.wait()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return code, time.perf_counter() - started, cpu
+
+
+def _numbers(name: str, scores: dict) -> str:
+    if name.endswith("isbi"):
+        return (f"pixel error {1 - scores['pixel_accuracy']:.4f}, membrane IoU {100 * scores['iou'][1]:.1f} %, "
+                f"mIoU {100 * scores['mean_iou']:.1f} %")
+    return (f"{100 * scores['pixel_accuracy']:.1f} / {100 * scores['mean_accuracy']:.1f} / "
+            f"{100 * scores['mean_iou']:.1f}")
+
+
+def _curve(metrics: Path) -> list[dict]:
+    with open(metrics, newline="", encoding="utf-8") as f:
+        return [row for row in csv.DictReader(f) if row.get("val_mean_iou")]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", choices=sorted(RUNS))
+    parser.add_argument("--budget", help="time budget of a new run (default: the run's own, see RUNS)")
     parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
-    args, extra = parser.parse_known_args()
-    config, folder, split, budget = RUNS[args.run]
+    args = parser.parse_args()
+    folder, train_args, split, budget, paper = RUNS[args.run]
     data = args.data / folder
     if not data.is_dir():
         print(f"{data} is missing: the shared datasets are not on this machine", file=sys.stderr)
         return 2
-    name = Path(config).stem
-    run = ROOT / "runs" / "bench" / name
+    run = OUT / args.run
+    run.mkdir(parents=True, exist_ok=True)
+    sittings_file = run / "sittings.json"
+    sittings = json.loads(sittings_file.read_text()) if sittings_file.exists() else []
     segforge = [sys.executable, "-m", "segforge"]
-    train = segforge + ["train", "--config", config, "--data", str(data), "--out", str(run.parent), "--name", name,
-                        *budget, *extra]
-    train_seconds = _run(train)
-    report = run / f"eval-{split}"
-    evaluate = segforge + ["evaluate", "--checkpoint", str(run / "best.safetensors"), "--data", str(data),
-                           "--split", split, "--out", str(report)]
-    eval_seconds = _run(evaluate)
-    scores = json.loads((report / "report.json").read_text())
-    epochs = sum(1 for _ in open(run / "metrics.csv")) - 1
-    result = {"run": args.run, "train_command": shlex.join(train[2:]), "evaluate_split": split, "epochs": epochs,
-              "train_seconds": round(train_seconds), "evaluate_seconds": round(eval_seconds),
-              "pixel_accuracy": scores["pixel_accuracy"], "mean_accuracy": scores["mean_accuracy"],
-              "mean_iou": scores["mean_iou"], "iou": dict(zip(scores["class_names"], scores["iou"]))}
-    (run / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    minutes = f"{train_seconds / 60:.0f} min train + {eval_seconds / 60:.1f} min eval, {epochs} epochs"
-    if args.run == "isbi":
-        numbers = (f"pixel error {100 * (1 - scores['pixel_accuracy']):.2f} %, "
-                   f"membrane IoU {100 * scores['iou'][1]:.1f} %, mIoU {100 * scores['mean_iou']:.1f} %")
+    if (run / "state.pt").exists():
+        train = segforge + ["train", "--resume", str(run)]
     else:
-        numbers = (f"global acc {100 * scores['pixel_accuracy']:.1f} / class avg acc "
-                   f"{100 * scores['mean_accuracy']:.1f} / mIoU {100 * scores['mean_iou']:.1f} "
-                   f"({PAPER[args.run]})")
-    print(f"\n| {args.run} | `{shlex.join(train[2:])}` | {numbers} | {minutes} |")
+        train = segforge + ["train", "--data", str(data), *train_args, "--time-budget", args.budget or budget,
+                            "--out", str(OUT), "--name", args.run]
+    code, wall, cpu = _run(train, run / "train.log")
+    sittings.append({"started": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds": round(wall),
+                     "cpu_seconds": round(cpu), "exit": code})
+    sittings_file.write_text(json.dumps(sittings, indent=2) + "\n")
+    if code != 0:
+        print(f"training stopped (exit {code}); run the same command again to continue it", file=sys.stderr)
+        return code
+    report = run / f"eval-{split}"
+    evaluate = segforge + ["evaluate", "--checkpoint", str(run / "last.safetensors"), "--data", str(data),
+                           "--split", split, "--out", str(report)]
+    code, eval_seconds, _ = _run(evaluate, run / "evaluate.log")
+    if code != 0:
+        return code
+    scores = json.loads((report / "report.json").read_text())
+    curve = _curve(run / "metrics.csv")
+    train_seconds = float(curve[-1]["seconds"]) if curve else sum(s["wall_seconds"] for s in sittings)
+    cpu_hours = sum(s["cpu_seconds"] for s in sittings) / 3600
+    epochs = float(curve[-1]["epoch"]) if curve and "epoch" in curve[-1] else None
+    config = (run / "config.yaml").read_text()
+    result = {"run": args.run, "command": shlex.join(["segforge", *train[3:]]) if "--resume" not in train else None,
+              "machine": machine(), "sittings": sittings, "train_seconds": round(train_seconds),
+              "cpu_hours": round(cpu_hours, 2), "evaluate_seconds": round(eval_seconds), "evaluate_split": split,
+              "checkpoint": "last.safetensors", "epochs": epochs,
+              "pixel_accuracy": scores["pixel_accuracy"], "mean_accuracy": scores["mean_accuracy"],
+              "mean_iou": scores["mean_iou"], "iou": dict(zip(scores["class_names"], scores["iou"])),
+              "curve": [{"step": int(r["step"]), "epoch": r.get("epoch"), "val_mean_iou": float(r["val_mean_iou"])}
+                        for r in curve], "config": config}
+    saved = RESULTS / args.run
+    saved.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "metrics.csv", saved / "metrics.csv")
+    (saved / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    print("\ncurve (validation mIoU by epoch):",
+          ", ".join(f"{r.get('epoch', r['step'])}: {100 * float(r['val_mean_iou']):.1f}" for r in curve))
+    print(f"\n| {args.run} | {_numbers(args.run, scores)} | {paper} | {train_seconds / 3600:.1f} h wall, "
+          f"{cpu_hours:.1f} CPU h, {len(sittings)} sitting(s) | {machine()} |")
     return 0
 
 

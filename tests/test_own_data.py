@@ -17,6 +17,7 @@ from segforge.cli import main
 from segforge.data import DatasetError, create_dataset, read_image, read_mask
 from segforge.data.pairing import differing_parts, pair_files
 from segforge.data.splits import holdout, read_split_file
+from segforge.encoders import pretrained
 
 
 def retina_like(root: Path, count: int = 10, size: int = 40, seed: int = 0) -> Path:
@@ -159,7 +160,9 @@ def test_train_with_only_data_label_map_and_a_budget_plans_holds_out_and_reports
     import re
 
     assert re.search(r"data.num_classes +2 +from the masks' labels", log)
-    assert re.search(r"model.encoder +unet16 ", log) and re.search(r"loss.name +ce\+dice ", log)
+    # RGB images: ImageNet-pretrained EfficientNet-Lite0 when segforge[pretrained] is installed (make does)
+    encoder = "efficientnet_lite0" if pretrained.available_offline("efficientnet_lite0") else "unet16"
+    assert re.search(rf"model.encoder +{encoder} ", log) and re.search(r"loss.name +ce\+dice ", log)
     assert "time budget 12s:" in log and "steps fit" in log
     assert {"config.yaml", "best.safetensors", "report.json", "curves.png", "splits"} <= {p.name for p in run.iterdir()}
     held = read_split_file(run / "splits" / "val.txt")
@@ -168,7 +171,7 @@ def test_train_with_only_data_label_map_and_a_budget_plans_holds_out_and_reports
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["data"]["val_split"] == str((run / "splits" / "val.txt").resolve())
     assert config["data"]["label_map"] == {255: 1} and config["data"]["num_classes"] == 2
-    assert config["train"]["time_budget"] == "12s" and config["model"]["encoder"] == "unet16"
+    assert config["train"]["time_budget"] == "12s" and config["model"]["encoder"] == encoder
     rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
     assert rows and float(rows[-1]["seconds"]) <= 12 + 1e-6  # the loop stops within the budget
     report = json.loads((run / "report.json").read_text())

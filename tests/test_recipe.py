@@ -169,3 +169,30 @@ def test_a_fingerprint_is_frozen_and_describes_itself() -> None:
         fp.images = 3  # type: ignore[misc]
     lines = fp.describe()
     assert lines[0].startswith("20 labelled images, median 512x512 (WxH)") and "c1 22.0%" in lines[1]
+
+
+def test_rgb_images_start_from_installed_imagenet_weights_with_their_normalisation(monkeypatch) -> None:
+    from segforge.encoders import pretrained
+
+    rgb = make_fingerprint(channels=3, mean=(0.3, 0.4, 0.5), std=(0.2,) * 3)
+    monkeypatch.setattr(pretrained, "available_offline", lambda encoder: encoder == "efficientnet_lite0")
+    config, choices = planned(rgb)
+    assert (config.model.name, config.model.encoder, config.model.encoder_weights) == (
+        "unet_padded", "efficientnet_lite0", "imagenet")
+    assert (config.data.mean, config.data.std) == pretrained.normalisation("efficientnet_lite0")
+    reasons = {c.key: c.reason for c in choices}
+    assert "ImageNet-pretrained" in reasons["model.encoder"]
+    assert "nothing to download" in reasons["model.encoder_weights"]
+    assert "ImageNet weights were trained with" in reasons["data.mean/std"]
+
+    config, _ = planned(make_fingerprint())  # one channel (micrographs): from scratch, the data's statistics
+    assert (config.model.encoder, config.model.encoder_weights, config.data.mean) == ("unet16", None, [0.5])
+    config, _ = planned(rgb, **{"model.encoder": "unet16"})  # the user's encoder is kept, from scratch
+    assert config.model.encoder_weights is None and config.data.mean == [0.3, 0.4, 0.5]
+
+    monkeypatch.setattr(pretrained, "available_offline", lambda encoder: False)
+    config, _ = planned(rgb)  # nothing installed: nothing is downloaded unasked
+    assert (config.model.encoder, config.model.encoder_weights) == ("unet16", None)
+    config, choices = planned(make_fingerprint(), **{"model.encoder_weights": "imagenet"})  # asked for: downloaded
+    assert config.model.encoder == "resnet34" and config.data.mean == pretrained.normalisation("resnet34", 1)[0]
+    assert "not installed" in next(c.reason for c in choices if c.key == "model.encoder")

@@ -105,6 +105,24 @@ def test_ctrl_c_saves_mid_epoch_exits_130_and_resume_is_exact(data_root, tmp_pat
     assert losses(tmp_path / "stopped") == losses(straight)
 
 
+def test_sigterm_to_the_whole_process_group_saves_with_data_loader_workers(data_root, tmp_path) -> None:
+    # A job scheduler's stop (or kill -- -PID) signals every process of the run, the data loader's
+    # workers too: they must leave the stop to the main process, which saves first.
+    args = TRAIN + train_args(data_root, tmp_path, "group", "--epochs", "200", "--checkpoint-minutes", "0")
+    args[args.index("--workers") + 1] = "2"
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "group" / "metrics.csv").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "SIGTERM: saving a checkpoint" in err
+    state = load_state(tmp_path / "group" / "state.pt")
+    assert f"stopped at step {state['progress']['step']}: saved the state there" in out
+
+
 def test_two_processes_under_torchrun_equal_one_process_with_the_same_global_batch(data_root, tmp_path) -> None:
     # SGD: Adam's first steps are nearly sign(gradient), which turns float rounding into 2 x lr. A fixed
     # crop: images of one batch padded to different sizes per process would see different borders. Cross

@@ -1,4 +1,5 @@
-"""Encoders: VGG16(±BN), ResNet-18/34/50/101 (optionally dilated), MobileNetV2, U-Net's own.
+"""Encoders: VGG16(±BN), ResNet-18/34/50/101 and EfficientNet-Lite0/1/2 (optionally dilated), MobileNetV2,
+U-Net's own.
 
 Every builder takes the same keyword arguments, so ``create_encoder`` needs no ``**kwargs``::
 
@@ -12,7 +13,7 @@ from segforge.encoders.registry import ENCODERS
 from segforge.encoders.weights import load_encoder_weights
 
 # Importing the modules registers their builders.
-from segforge.encoders import mobilenet, resnet, unet, vgg  # noqa: E402,F401  isort: skip
+from segforge.encoders import efficientnet, mobilenet, resnet, unet, vgg  # noqa: E402,F401  isort: skip
 
 
 def create_encoder(
@@ -30,7 +31,8 @@ def create_encoder(
         in_channels: channels of the input images (1 grayscale, 3 RGB, more for multispectral).
         output_stride: 32, or 16/8 for encoders that support dilation (ResNets).
         return_indices: return max-pooling switches too (VGG encoders, for unpooling decoders).
-        weights: path or URL of a torchvision-format state dict (``.pth`` or ``.safetensors``).
+        weights: ``"imagenet"`` (the encoder's published weights, ``segforge.encoders.pretrained``), or
+            the path or URL of a torchvision-format state dict (``.pth`` or ``.safetensors``).
 
     Raises:
         ValueError: unknown name, unsupported option, or weights that do not fit.
@@ -38,6 +40,7 @@ def create_encoder(
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     encoder = ENCODERS.get(name)(in_channels=in_channels, output_stride=output_stride, return_indices=return_indices)
+    encoder.name = name  # the registered name: which ImageNet weights, and error messages
     if weights is not None:
         load_encoder_weights(encoder, weights)
     return encoder

@@ -40,6 +40,8 @@ class Encoder(nn.Module):
     first_conv_key: str = ""
     #: prefixes of torchvision keys that belong to the ImageNet classifier and are dropped
     classifier_prefixes: tuple[str, ...] = ()
+    #: what the weights were loaded from (``load_encoder_weights``' record), None when trained from scratch
+    pretrained: dict[str, str] | None = None
 
     def convert_torchvision_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Turns a torchvision state dict (classifier already dropped) into this module's keys.

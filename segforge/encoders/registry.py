@@ -15,7 +15,7 @@ def check_options(name: str, *, output_stride: int, return_indices: bool,
     if output_stride != 32 and not dilatable:
         raise ValueError(
             f"encoder {name!r} does not support output_stride={output_stride}; "
-            "dilated encoders are resnet18, resnet34, resnet50, resnet101"
+            "dilated encoders are resnet18, resnet34, resnet50, resnet101, efficientnet_lite0/1/2"
         )
     if return_indices and not poolable:
         raise ValueError(

@@ -49,6 +49,7 @@ class VGGEncoder(Encoder):
         fc: FullyConvolutional | None = None,
     ) -> None:
         super().__init__()
+        self.name = "vgg16_bn" if batch_norm else "vgg16"
         self.in_channels = in_channels
         self.return_indices = return_indices
         self.fc = fc

@@ -1,16 +1,16 @@
 """Loading torchvision-format ImageNet weights into an encoder.
 
-A source is a local ``.pth``/``.safetensors`` file or a URL (downloaded once into torch.hub's
-cache). The ImageNet classifier is dropped, the encoder converts what it keeps differently (VGG's
-fc6/fc7), the first convolution is adapted to the encoder's input channels, and the result must
-fit exactly: every failure is a ``ValueError`` that names the file and says what to do.
+A source is ``"imagenet"`` (the encoder's published weights, ``segforge.encoders.pretrained``), a
+local ``.pth``/``.safetensors`` file or a URL (downloaded once into torch.hub's cache). The ImageNet
+classifier is dropped, the encoder converts what it keeps differently (VGG's fc6/fc7), the first
+convolution is adapted to the encoder's input channels, and the result must fit exactly: every
+failure is a ``ValueError`` that names the file and says what to do.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,9 +18,11 @@ from urllib.parse import urlparse
 import torch
 from safetensors.torch import load_file
 
+from segforge.encoders import pretrained
 from segforge.encoders.base import Encoder
 
 URL_SCHEMES = ("http", "https", "file")
+IMAGENET = "imagenet"  # the encoder's published ImageNet weights, by name
 # torchvision names its files ``<name>-<first hex digits of the sha256>.pth``. torch.hub accepts
 # any run of hex after any dash; requiring 8+ digits right before the extension keeps names such
 # as ``run-2024.pth`` from being "verified" against a hash they never had.
@@ -64,11 +66,10 @@ def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 
 def download_cached(url: str) -> Path:
-    """Downloads ``url`` into ``torch.hub.get_dir()/checkpoints`` unless it is already there.
+    """Downloads ``url`` into torch.hub's checkpoint folder unless it is already there.
 
-    The file is written under a temporary name and renamed when complete (and, when its name
-    carries a torchvision-style hash, verified), so an interrupted or corrupt download never
-    leaves an entry that later runs would trust.
+    A torchvision-style name (``resnet18-f37072fd.pth``) is checked against the SHA-256 prefix it
+    carries; the file is renamed into place only when complete and verified.
 
     Raises:
         ValueError: the URL has no file name, the download fails, or the hash does not match.
@@ -76,29 +77,11 @@ def download_cached(url: str) -> Path:
     filename = os.path.basename(urlparse(url).path)
     if not filename:
         raise ValueError(f"weights URL {url!r} does not end in a file name; give the URL of the .pth file")
-    cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    cached = cache_dir / filename
+    cached = pretrained.cache_dir() / filename
     if cached.is_file():
         return cached
-    cache_dir.mkdir(parents=True, exist_ok=True)
     match = HASH_IN_NAME.search(filename)
-    partial = cache_dir / f".{filename}.{uuid.uuid4().hex}.partial"
-    try:
-        torch.hub.download_url_to_file(url, str(partial), match.group(1) if match else None, progress=True)
-        os.replace(partial, cached)
-    except RuntimeError as err:  # torch.hub's hash mismatch
-        raise ValueError(
-            f"download of {url} does not match the sha256 prefix in its name ({err}); nothing was cached: "
-            "retry, or check that the URL points to the file it names"
-        ) from err
-    except OSError as err:  # URLError, HTTPError, disk full...
-        raise ValueError(
-            f"could not download weights from {url}: {err}; check the URL and your connection, "
-            "or download the file yourself and pass its local path"
-        ) from err
-    finally:
-        partial.unlink(missing_ok=True)
-    return cached
+    return pretrained.download(url, cached, match.group(1) if match else None)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -146,23 +129,35 @@ def _is_tensor_dict(obj: Mapping) -> bool:
     return bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def load_encoder_weights(encoder: Encoder, source: str | os.PathLike) -> None:
-    """Loads torchvision-format ImageNet weights into ``encoder``, in place.
+def load_encoder_weights(encoder: Encoder, source: str | os.PathLike) -> dict[str, str]:
+    """Loads ImageNet weights into ``encoder``, in place.
 
     Args:
         encoder: a built encoder; its ``in_channels`` decides how the first convolution is adapted.
-        source: local path, or ``http(s)://`` / ``file://`` URL (cached under torch.hub's dir).
+        source: ``"imagenet"`` (the encoder's published weights, verified), a local path, or an
+            ``http(s)://`` / ``file://`` URL (cached under torch.hub's dir).
+
+    Returns:
+        What the encoder started from, for the checkpoint: ``{"weights": source, "file": name,
+        "sha256": digest}``.
 
     Raises:
-        ValueError: the file is missing, unreadable, or does not fit the encoder exactly; the
-            message lists missing and unexpected keys and the first shape mismatch.
+        ValueError: no such weights, a failed download, or a file that is missing, unreadable, or
+            does not fit the encoder exactly; the message lists missing and unexpected keys and the
+            first shape mismatch.
     """
     text = os.fspath(source)
-    path = download_cached(text) if urlparse(text).scheme in URL_SCHEMES else Path(text)
+    label = getattr(encoder, "name", "") or type(encoder).__name__
+    digest = None
+    if text == IMAGENET:
+        path, digest = pretrained.fetch(label)
+    elif urlparse(text).scheme in URL_SCHEMES:
+        path = download_cached(text)
+    else:
+        path = Path(text)
     state = read_state_dict(path)
     state = {k: v for k, v in state.items() if not k.startswith(encoder.classifier_prefixes)}
-    label = getattr(encoder, "name", "") or type(encoder).__name__
-    hint = f"is this a torchvision {label} state dict? pass the file that matches encoder {label!r}"
+    hint = f"is this a {label} ImageNet state dict (torchvision's layout)? pass the file that matches encoder {label!r}"
     try:
         state = encoder.convert_torchvision_state_dict(state)
     except RuntimeError as err:  # e.g. VGG's fc6 reshape of a classifier of another size
@@ -196,6 +191,8 @@ def load_encoder_weights(encoder: Encoder, source: str | os.PathLike) -> None:
         encoder.load_state_dict(state, strict=True)
     except RuntimeError as err:  # dtype or other surprises the checks above did not foresee
         raise ValueError(f"weights {text} do not fit encoder {label}: {err}; {hint}") from err
+    encoder.pretrained = {"weights": text, "file": path.name, "sha256": digest or pretrained.sha256_of(path)}
+    return encoder.pretrained
 
 
 def _first(keys: list[str]) -> str:

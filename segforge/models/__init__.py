@@ -18,7 +18,7 @@ def create_model(
     *,
     in_channels: int | None = None,
     encoder: str | None = None,
-    encoder_weights: str | None = None,
+    encoder_weights: str | dict | None = None,
 ) -> Segmenter:
     """Builds a registered architecture.
 
@@ -28,7 +28,9 @@ def create_model(
         in_channels: input channels; default 3 (1 for the original U-Net, as in the paper).
         encoder: one of ``segforge.list_encoders()`` that the architecture supports; default the
             paper's.
-        encoder_weights: path or URL of a torchvision-format ImageNet state dict for the encoder.
+        encoder_weights: ``"imagenet"`` (the encoder's published weights, downloaded once and verified),
+            or the path or URL of a torchvision-format ImageNet state dict for the encoder. A dict is a
+            checkpoint config's record of them: recorded again, nothing loaded (the checkpoint has the weights).
 
     Returns:
         A ``Segmenter``: ``model(x: (N, in_channels, H, W))`` gives logits ``(N, num_classes, H, W)``.
@@ -43,11 +45,14 @@ def create_model(
     if in_channels is not None and (not isinstance(in_channels, int) or in_channels < 1):
         raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
     kwargs = {} if in_channels is None else {"in_channels": in_channels}
-    model = builder(num_classes, encoder=encoder, encoder_weights=encoder_weights, **kwargs)
+    record = encoder_weights if isinstance(encoder_weights, dict) else None
+    model = builder(num_classes, encoder=encoder, encoder_weights=None if record else encoder_weights, **kwargs)
     # Record the resolved encoder when it is a registered one, so a checkpoint rebuilds the same network
     # even if a default changes; architectures with their own encoder (segnet_basic, unet) record None.
     resolved = model.encoder_name if model.encoder_name in ENCODERS else None
-    model.config = {"name": name, "num_classes": num_classes, "in_channels": model.in_channels, "encoder": resolved}
+    model.config = {"name": name, "num_classes": num_classes, "in_channels": model.in_channels, "encoder": resolved,
+                    # what the encoder started from: {"weights", "file", "sha256"}, or None (from scratch)
+                    "encoder_weights": record or getattr(getattr(model, "encoder", None), "pretrained", None)}
     return model
 
 

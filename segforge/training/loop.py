@@ -128,7 +128,10 @@ def _worker_init(_: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # torch gives each worker 1 thread; OpenCV would otherwise oversubscribe the cores
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's: it saves, then stops the workers
+    # Ctrl-C, and a SIGTERM sent to the whole process group (kill -- -PID, a job scheduler's stop), are the main
+    # process's: it saves, then stops the workers. A worker that died of them would take the save down with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def build_datasets(config: Config) -> Datasets:
@@ -474,10 +477,13 @@ def _rounds(s: _Session, stop: _StopRequest) -> None:
 def _build_model(config: Config, data: Datasets, state: dict | None, process: distributed.Process,
                  device: torch.device) -> tuple[nn.Module, nn.Module, torch.memory_format]:
     """``(net, what the steps call: net or its DistributedDataParallel wrapper, memory format)``."""
+    # A resumed run has its weights: the encoder's ImageNet weights are neither fetched nor loaded again.
     net = create_model(config.model.name, data.num_classes, in_channels=data.in_channels,
-                       encoder=config.model.encoder, encoder_weights=config.model.encoder_weights)
+                       encoder=config.model.encoder, encoder_weights=config.model.encoder_weights if state is None
+                       else None)
     if state is not None:
         net.load_state_dict(state["model"])
+        net.config = state.get("model_config", net.config)  # what the encoder started from
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
     net = net.to(device).to(memory_format=memory_format)
     model: nn.Module = net
@@ -712,7 +718,7 @@ def _save(folder: Path, model, optimizer, scheduler, scaler, config: Config, inf
     run.seconds = clock.elapsed()
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "scaler": scaler.state_dict(), "config": config.to_dict(), "progress": dataclasses.asdict(run),
-             "torch_rng": torch.get_rng_state()}
+             "torch_rng": torch.get_rng_state(), "model_config": model.config}
     if partial is not None:
         state["round"] = partial
     save_state(folder / "state.pt", state)

@@ -6,10 +6,11 @@ each value left at None is chosen by one rule below, and the plan prints each ch
 reason. The rules look only at the fingerprint of the training split and at the device, never at
 a dataset's name:
 
-- **model**: U-Net (padded, batch norm) on its own encoder. It trains from scratch (no pretrained
-  weights are needed), and its full-resolution skip connections keep one-pixel structures. On a
-  CPU the widths are a quarter of the paper's (16 → 256 channels): 1/16 of the FLOPs, so a time
-  budget buys many more steps; on a GPU, the paper's widths.
+- **model**: U-Net (padded, batch norm): its full-resolution skip connections keep one-pixel
+  structures. For RGB images, when ImageNet weights are installed (``segforge[pretrained]``), on
+  EfficientNet-Lite0 starting from them; otherwise on its own encoder from scratch, on a CPU at a
+  quarter of the paper's widths (16 → 256 channels: 1/16 of the FLOPs, so a time budget buys many
+  more steps), on a GPU at the paper's widths.
 - **crop and batch**: random crops of 256 px (512 on a GPU) when the images are larger, whole
   images otherwise; the batch holds about as many pixels as 4 crops of 256² (CPU).
 - **optimizer**: AdamW, learning rate 1e-3, linear warm-up over 5 % of the steps (at most 100),
@@ -22,7 +23,8 @@ a dataset's name:
   free rotation only when the classes' layout has no up and down (the masks' top and bottom
   halves hold the same classes: micrographs, satellite tiles), never for road scenes; the U-Net
   paper's elastic deformation for such data with one or two channels (microscopy-like).
-- **normalisation**: the training images' per-channel mean and standard deviation.
+- **normalisation**: what pretrained weights were trained with; from scratch, the training
+  images' per-channel mean and standard deviation.
 - **length**: with ``train.time_budget``, the steps that fit (measured by the training loop);
   otherwise 40 passes over the training images, 1,000 to 20,000 steps. Validation about 15
   times per run (``train.eval_steps``), fewer when it would take over a tenth of the time.
@@ -38,6 +40,8 @@ from typing import Any
 from segforge.config import Config
 from segforge.data.fingerprint import Fingerprint
 from segforge.data.stats import median_frequency_weights
+from segforge.encoders import pretrained
+from segforge.encoders.weights import IMAGENET
 
 CPU_CROP, GPU_CROP = 256, 512
 CPU_PIXELS_PER_STEP = 4 * 256 * 256  # a batch of 4 crops of 256² (about 0.6 s per step on 2 cores)
@@ -47,6 +51,8 @@ RARE = 0.5  # a class is rare below this fraction of an even share (1 / classes)
 IMBALANCE = 10.0  # class shares that differ more than this get (softened) median-frequency weights
 VALIDATIONS = 15  # validations per run, when they cost less than a tenth of the time
 MAX_WARMUP = 100  # steps of linear warm-up at most
+PRETRAINED_ENCODER = "efficientnet_lite0"  # ImageNet weights that install from the registry (segforge[pretrained])
+DOWNLOADED_ENCODER = "resnet34"  # for --encoder-weights imagenet without an encoder when those are not installed
 
 
 @dataclass(frozen=True)
@@ -136,11 +142,9 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
 
     model, data, train = config.model, config.data, config.train
     choose(data, "num_classes", fp.num_classes, "from the masks' labels")
-    name = choose(model, "name", "unet_padded", "U-Net: learns from few images from scratch, keeps fine detail")
+    name = choose(model, "name", "unet_padded", "U-Net: learns from few images, keeps fine detail")
     if name == "unet_padded":
-        choose(model, "encoder", "unet" if cuda else "unet16",
-               "the paper's widths (64-1024)" if cuda else "a quarter of the paper's widths (16-256): 1/16 of the "
-               "FLOPs, many more steps per minute on a CPU")
+        _choose_encoder(model, fp, choose, cuda=cuda)
     crop = GPU_CROP if cuda else CPU_CROP
     side = min(fp.median_size)
     if side > crop * 1.25:
@@ -152,10 +156,15 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
     batch = max(2, min(32, round(budget / pixels), fp.images))
     choose(data, "batch_size", batch, f"about {budget / 1e6:.2g} M pixels per step")
     given = data.mean is not None
-    if not given:
+    if given:
+        why = ""
+    elif model.encoder_weights is not None:
+        data.mean, data.std = pretrained.normalisation(model.encoder, fp.channels)
+        why = "what the encoder's ImageNet weights were trained with"
+    else:
         data.mean, data.std = [round(m, 6) for m in fp.mean], [round(s, 6) for s in fp.std]
-    choices.append(Choice("data.mean/std", f"{_show(data.mean)} / {_show(data.std)}",
-                          "the training images' per-channel statistics", given))
+        why = "the training images' per-channel statistics"
+    choices.append(Choice("data.mean/std", f"{_show(data.mean)} / {_show(data.std)}", why, given))
     augmentation, why = _augmentation(fp)
     choose(data, "augmentation", augmentation, why)
     rare = _rare_classes(fp)
@@ -167,8 +176,8 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
         choose(config.loss, "name", "ce", "no class is rare: cross entropy")
     weights, why = _class_weights(fp)
     choose(data, "class_weights", weights, why)
-    choose(config.optimizer, "name", "adamw", "adapts per parameter: robust from scratch")
-    choose(config.optimizer, "lr", 1e-3, "AdamW's usual rate for networks trained from scratch")
+    choose(config.optimizer, "name", "adamw", "adapts per parameter: robust without tuning")
+    choose(config.optimizer, "lr", 1e-3, "AdamW's usual rate, warm-up protecting pretrained weights")
     choose(config.schedule, "name", "poly", "decays to zero at the last step")
     if train.time_budget is None and train.epochs is None and train.iterations is None:
         steps = int(min(20000, max(1000, math.ceil(40 * fp.images / data.batch_size))))
@@ -178,6 +187,26 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
         choices.append(Choice("train.time_budget", train.time_budget, "steps fitted to it after the first steps",
                               True))
     return config, choices
+
+
+def _choose_encoder(model: Any, fp: Fingerprint, choose: Any, *, cuda: bool) -> None:
+    """U-Net's encoder: ImageNet-pretrained EfficientNet-Lite0 for RGB images when its weights are installed
+    (or when ``encoder_weights`` asks for ImageNet weights), U-Net's own from scratch otherwise."""
+    wanted = model.encoder_weights == IMAGENET and model.encoder is None
+    offline = pretrained.available_offline(PRETRAINED_ENCODER)
+    if wanted or (model.encoder is None and model.encoder_weights is None and fp.channels == 3 and offline):
+        encoder = PRETRAINED_ENCODER if offline else DOWNLOADED_ENCODER
+        choose(model, "encoder", encoder, "ImageNet-pretrained: features learnt from 1.3 M photographs, a head start "
+               "on RGB images" + ("" if offline else f" ({PRETRAINED_ENCODER}'s are not installed)"))
+        source = pretrained.IMAGENET[encoder].package
+        choose(model, "encoder_weights", IMAGENET, f"installed with segforge[pretrained] ({source}): nothing to "
+               "download" if offline else "downloaded once into the torch hub cache")
+    else:
+        why = ("" if fp.channels == 3 or model.encoder is not None else
+               f"{fp.channels} channel(s), not RGB photographs: from scratch; ")
+        choose(model, "encoder", "unet" if cuda else "unet16",
+               why + ("the paper's widths (64-1024)" if cuda else "a quarter of the paper's widths (16-256): 1/16 of "
+                      "the FLOPs, many more steps per minute on a CPU"))
 
 
 def warmup_steps(total_steps: int) -> int:
