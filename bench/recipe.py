@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from scores import held_out  # bench/scores.py: this script's folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 ISBI_SPLITS = ["--train-split", "train[:25]", "--val-split", "train[25:]"]
@@ -41,14 +43,6 @@ def _run(command: list[str], log: Path) -> float:
     with open(log, "w", encoding="utf-8") as out:
         subprocess.run(command, cwd=ROOT, check=True, stdout=out, stderr=subprocess.STDOUT)
     return time.perf_counter() - started
-
-
-def _numbers(name: str, scores: dict) -> str:
-    if name.startswith("isbi"):
-        return (f"pixel error {100 * (1 - scores['pixel_accuracy']):.2f} %, membrane IoU {100 * scores['iou'][1]:.1f} %"
-                f", mIoU {100 * scores['mean_iou']:.1f} %")
-    return (f"global {100 * scores['pixel_accuracy']:.1f} / class avg {100 * scores['mean_accuracy']:.1f} / "
-            f"mIoU {100 * scores['mean_iou']:.1f}")
 
 
 def main() -> int:
@@ -83,7 +77,8 @@ def main() -> int:
                   "mean_iou": scores["mean_iou"], "iou": dict(zip(scores["class_names"], scores["iou"])),
                   "config": config}
         (out / name / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-        row = (f"| {name} | `{shlex.join(train[3:-4])}` | {steps} | {_numbers(name, scores)} | "
+        numbers = held_out(scores, membranes=name.startswith("isbi"))
+        row = (f"| {name} | `{shlex.join(train[3:-4])}` | {steps} | {numbers} | "
                f"{train_seconds / 60:.1f} min + {eval_seconds / 60:.1f} min eval |")
         rows.append(row)
         print(row, flush=True)

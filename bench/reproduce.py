@@ -33,6 +33,10 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
+from scores import held_out  # bench/scores.py: this script's folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "runs" / "bench" / "reproduce"
@@ -85,14 +89,6 @@ def _run(command: list[str], log: Path) -> tuple[int, float, float]:
     return code, time.perf_counter() - started, cpu
 
 
-def _numbers(name: str, scores: dict) -> str:
-    if name.endswith("isbi"):
-        return (f"pixel error {1 - scores['pixel_accuracy']:.4f}, membrane IoU {100 * scores['iou'][1]:.1f} %, "
-                f"mIoU {100 * scores['mean_iou']:.1f} %")
-    return (f"{100 * scores['pixel_accuracy']:.1f} / {100 * scores['mean_accuracy']:.1f} / "
-            f"{100 * scores['mean_iou']:.1f}")
-
-
 def _curve(metrics: Path) -> list[dict]:
     with open(metrics, newline="", encoding="utf-8") as f:
         return [row for row in csv.DictReader(f) if row.get("val_mean_iou")]
@@ -114,11 +110,12 @@ def main() -> int:
     sittings_file = run / "sittings.json"
     sittings = json.loads(sittings_file.read_text()) if sittings_file.exists() else []
     segforge = [sys.executable, "-m", "segforge"]
-    if (run / "state.pt").exists():
-        train = segforge + ["train", "--resume", str(run)]
-    else:
-        train = segforge + ["train", "--data", str(data), *train_args, "--time-budget", args.budget or budget,
-                            "--out", str(OUT), "--name", args.run]
+    budget = args.budget or budget
+    if (run / "config.yaml").exists():  # a started run keeps its budget
+        budget = yaml.safe_load((run / "config.yaml").read_text())["train"]["time_budget"]
+    fresh = segforge + ["train", "--data", str(data), *train_args, "--time-budget", budget,
+                        "--out", str(OUT), "--name", args.run]
+    train = segforge + ["train", "--resume", str(run)] if (run / "state.pt").exists() else fresh
     code, wall, cpu = _run(train, run / "train.log")
     sittings.append({"started": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds": round(wall),
                      "cpu_seconds": round(cpu), "exit": code})
@@ -138,7 +135,7 @@ def main() -> int:
     cpu_hours = sum(s["cpu_seconds"] for s in sittings) / 3600
     epochs = float(curve[-1]["epoch"]) if curve and "epoch" in curve[-1] else None
     config = (run / "config.yaml").read_text()
-    result = {"run": args.run, "command": shlex.join(["segforge", *train[3:]]) if "--resume" not in train else None,
+    result = {"run": args.run, "command": shlex.join(["segforge", *fresh[3:]]),
               "machine": machine(), "sittings": sittings, "train_seconds": round(train_seconds),
               "cpu_hours": round(cpu_hours, 2), "evaluate_seconds": round(eval_seconds), "evaluate_split": split,
               "checkpoint": "last.safetensors", "epochs": epochs,
@@ -152,7 +149,8 @@ def main() -> int:
     (saved / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print("\ncurve (validation mIoU by epoch):",
           ", ".join(f"{r.get('epoch', r['step'])}: {100 * float(r['val_mean_iou']):.1f}" for r in curve))
-    print(f"\n| {args.run} | {_numbers(args.run, scores)} | {paper} | {train_seconds / 3600:.1f} h wall, "
+    numbers = held_out(scores, membranes=args.run.endswith("isbi"))
+    print(f"\n| {args.run} | {numbers} | {paper} | {train_seconds / 3600:.1f} h wall, "
           f"{cpu_hours:.1f} CPU h, {len(sittings)} sitting(s) | {machine()} |")
     return 0
 
