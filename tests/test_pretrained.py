@@ -262,3 +262,13 @@ def test_efficientnet_lite0_matches_the_reference_implementation() -> None:
     for mine, theirs in zip(ours, taps):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fc(ours[-1].mean((2, 3))), logits, rtol=1e-5, atol=1e-5)
+
+
+@lite0_installed
+def test_efficientnet_lite0_weights_load_for_any_channel_count() -> None:
+    rgb = create_encoder("efficientnet_lite0", weights="imagenet")
+    grey = create_encoder("efficientnet_lite0", in_channels=1, weights="imagenet")
+    torch.testing.assert_close(grey._conv_stem.weight, rgb._conv_stem.weight.sum(1, keepdim=True))
+    torch.testing.assert_close(grey._blocks[5]._depthwise_conv.weight, rgb._blocks[5]._depthwise_conv.weight)
+    assert grey.pretrained == rgb.pretrained == {"weights": "imagenet", "file": "efficientnet-lite0-57934424.pth",
+                                                 "sha256": pretrained.IMAGENET["efficientnet_lite0"].sha256}
