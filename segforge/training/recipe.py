@@ -177,7 +177,7 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
     weights, why = _class_weights(fp)
     choose(data, "class_weights", weights, why)
     choose(config.optimizer, "name", "adamw", "adapts per parameter: robust without tuning")
-    choose(config.optimizer, "lr", 1e-3, "AdamW's usual rate, warm-up protecting pretrained weights")
+    choose(config.optimizer, "lr", 1e-3, "AdamW's usual rate, after a linear warm-up")
     choose(config.schedule, "name", "poly", "decays to zero at the last step")
     if train.time_budget is None and train.epochs is None and train.iterations is None:
         steps = int(min(20000, max(1000, math.ceil(40 * fp.images / data.batch_size))))
