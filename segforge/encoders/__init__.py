@@ -29,7 +29,7 @@ def create_encoder(
     Args:
         name: one of ``list_encoders()``.
         in_channels: channels of the input images (1 grayscale, 3 RGB, more for multispectral).
-        output_stride: 32, or 16/8 for encoders that support dilation (ResNets).
+        output_stride: 32, or 16/8 for encoders that support dilation (ResNets, EfficientNet-Lite).
         return_indices: return max-pooling switches too (VGG encoders, for unpooling decoders).
         weights: ``"imagenet"`` (the encoder's published weights, ``segforge.encoders.pretrained``), or
             the path or URL of a torchvision-format state dict (``.pth`` or ``.safetensors``).

@@ -118,7 +118,7 @@ class EfficientNetLiteEncoder(Encoder):
 
     def __init__(self, name: str, *, in_channels: int = 3, output_stride: int = 32) -> None:
         super().__init__()
-        width, depth, self.image_size = LITE_SCALING[name]
+        width, depth, _ = LITE_SCALING[name]  # (the ImageNet resolution is the weights' business)
         self.name = name
         self.in_channels = in_channels
         self._conv_stem = SameConv2d(in_channels, STEM, 3, stride=2)
