@@ -3,6 +3,7 @@
     PYTHONPATH=. .venv/bin/python bench/reproduce.py segnet-camvid     # SegNet-Basic, CamVid 367 / 233
     PYTHONPATH=. .venv/bin/python bench/reproduce.py unet-isbi         # U-Net, ISBI 2012 25 / 5 slices
     PYTHONPATH=. .venv/bin/python bench/reproduce.py pretrained-camvid # U-Net on EfficientNet-Lite0 (ImageNet)
+    PYTHONPATH=. .venv/bin/python bench/reproduce.py all               # each in turn, skipping finished ones
     PYTHONPATH=. .venv/bin/python bench/reproduce.py segnet-camvid --budget 6h   # another budget (new runs)
 
 Each run is one ``segforge train ... --time-budget B`` (the recipe fills what the command leaves out),
@@ -47,11 +48,11 @@ CAMVID = ["--val-split", "test", "--class-weights", "median_frequency"]
 RUNS = {
     "segnet-camvid": ("camvid", ["--model", "segnet_basic", *CAMVID], "test", "3h",
                       "SegNet tutorial (SegNet-Basic): 82.8 / 62.3 / 46.3"),
-    "unet-isbi": ("isbi2012", ["--model", "unet", "--train-split", "train[:25]", "--val-split", "train[25:]"],
-                  "train[25:]", "90m", "U-Net paper: pixel error 0.0611 (challenge test set)"),
     "pretrained-camvid": ("camvid", ["--model", "unet_padded", "--encoder", "efficientnet_lite0",
                                      "--encoder-weights", "imagenet", *CAMVID], "test", "3h",
                           "same budget as segnet-camvid"),
+    "unet-isbi": ("isbi2012", ["--model", "unet", "--train-split", "train[:25]", "--val-split", "train[25:]"],
+                  "train[25:]", "90m", "U-Net paper: pixel error 0.0611 (challenge test set)"),
 }
 
 
@@ -96,25 +97,37 @@ def _curve(metrics: Path) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", choices=sorted(RUNS))
+    parser.add_argument("run", choices=[*RUNS, "all"], help="one run, or all: each in turn, skipping finished ones")
     parser.add_argument("--budget", help="time budget of a new run (default: the run's own, see RUNS)")
     parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
     args = parser.parse_args()
-    folder, train_args, split, budget, paper = RUNS[args.run]
-    data = args.data / folder
+    for name in RUNS if args.run == "all" else [args.run]:
+        if args.run == "all" and (RESULTS / name / "result.json").exists():
+            print(f"{name}: done ({RESULTS / name / 'result.json'})")
+            continue
+        code = reproduce(name, args.data, args.budget)
+        if code != 0:
+            return code
+    return 0
+
+
+def reproduce(name: str, data_root: Path, budget_override: str | None) -> int:
+    """Starts, continues or evaluates run ``name``; its exit code (non-zero: stopped, run again to continue)."""
+    folder, train_args, split, budget, paper = RUNS[name]
+    data = data_root / folder
     if not data.is_dir():
         print(f"{data} is missing: the shared datasets are not on this machine", file=sys.stderr)
         return 2
-    run = OUT / args.run
+    run = OUT / name
     run.mkdir(parents=True, exist_ok=True)
     sittings_file = run / "sittings.json"
     sittings = json.loads(sittings_file.read_text()) if sittings_file.exists() else []
     segforge = [sys.executable, "-m", "segforge"]
-    budget = args.budget or budget
+    budget = budget_override or budget
     if (run / "config.yaml").exists():  # a started run keeps its budget
         budget = yaml.safe_load((run / "config.yaml").read_text())["train"]["time_budget"]
     fresh = segforge + ["train", "--data", str(data), *train_args, "--time-budget", budget,
-                        "--out", str(OUT), "--name", args.run]
+                        "--out", str(OUT), "--name", name]
     train = segforge + ["train", "--resume", str(run)] if (run / "state.pt").exists() else fresh
     code, wall, cpu = _run(train, run / "train.log")
     sittings.append({"started": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds": round(wall),
@@ -135,7 +148,7 @@ def main() -> int:
     cpu_hours = sum(s["cpu_seconds"] for s in sittings) / 3600
     epochs = float(curve[-1]["epoch"]) if curve and "epoch" in curve[-1] else None
     config = (run / "config.yaml").read_text()
-    result = {"run": args.run, "command": shlex.join(["segforge", *fresh[3:]]),
+    result = {"run": name, "command": shlex.join(["segforge", *fresh[3:]]),
               "machine": machine(), "sittings": sittings, "train_seconds": round(train_seconds),
               "cpu_hours": round(cpu_hours, 2), "evaluate_seconds": round(eval_seconds), "evaluate_split": split,
               "checkpoint": "last.safetensors", "epochs": epochs,
@@ -143,14 +156,14 @@ def main() -> int:
               "mean_iou": scores["mean_iou"], "iou": dict(zip(scores["class_names"], scores["iou"])),
               "curve": [{"step": int(r["step"]), "epoch": r.get("epoch"), "val_mean_iou": float(r["val_mean_iou"])}
                         for r in curve], "config": config}
-    saved = RESULTS / args.run
+    saved = RESULTS / name
     saved.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "metrics.csv", saved / "metrics.csv")
     (saved / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print("\ncurve (validation mIoU by epoch):",
           ", ".join(f"{r.get('epoch', r['step'])}: {100 * float(r['val_mean_iou']):.1f}" for r in curve))
-    numbers = held_out(scores, membranes=args.run.endswith("isbi"))
-    print(f"\n| {args.run} | {numbers} | {paper} | {train_seconds / 3600:.1f} h wall, "
+    numbers = held_out(scores, membranes=name.endswith("isbi"))
+    print(f"\n| {name} | {numbers} | {paper} | {train_seconds / 3600:.1f} h wall, "
           f"{cpu_hours:.1f} CPU h, {len(sittings)} sitting(s) | {machine()} |")
     return 0
 
