@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from segforge import __version__
+from segforge.errors import EXPECTED, bug_report, debugging, user_message
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -106,22 +107,16 @@ def _train(args: argparse.Namespace) -> int:
     from segforge.training import TrainingError, fit
 
     overrides = {key: getattr(args, key) for _, _, key, _ in _train_options()}
-    if args.resume:
-        if args.config or any(v is not None for v in overrides.values()) or args.set:
-            raise ValueError("--resume continues a run with its own saved config; drop the other options")
-        try:
-            folder = fit(None, resume=args.resume)
-        except KeyboardInterrupt:
-            return 130
-    else:
-        overrides |= dict(args.set or [])
-        try:
-            folder = fit(load_config(args.config, overrides))
-        except TrainingError as err:
-            print(f"segforge train: {err}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:  # fit has printed where the last checkpoint is and how to resume
-            return 130
+    if args.resume and (args.config or any(v is not None for v in overrides.values()) or args.set):
+        raise ValueError("--resume continues a run with its own saved config; drop the other options")
+    try:
+        folder = fit(None, resume=args.resume) if args.resume else \
+            fit(load_config(args.config, overrides | dict(args.set or [])))
+    except TrainingError as err:
+        print(f"segforge train: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # fit has printed where the last checkpoint is and how to resume
+        return 130
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(f"run folder: {folder}")
     return 0
@@ -303,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segforge",
                                      description="Semantic segmentation with the papers' architectures.")
     parser.add_argument("--version", action="version", version=f"segforge {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an unexpected error (also SEGFORGE_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     models = commands.add_parser("models", help="list every architecture with its parameters and GFLOPs")
     models.add_argument("--size", type=_positive_int, default=512, help="input side length in pixels (default 512)")
@@ -433,9 +430,14 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # reuse freed activations instead of page-faulting them in again (segforge/runtime.py)
     try:
         return args.run(args)
-    except ValueError as err:
-        print(f"segforge {args.command}: error: {err}", file=sys.stderr)
+    except EXPECTED as err:
+        print(f"segforge {args.command}: error: {user_message(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # a bug: a short report, the traceback on request
+        if args.debug or debugging():
+            raise
+        print(bug_report(args.command, err), file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

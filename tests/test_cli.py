@@ -6,9 +6,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from segforge import list_models
 from segforge.cli import main
+from segforge.data import DatasetError
+from segforge.errors import user_message
 from segforge.summary import summarize
 
 
@@ -47,3 +50,48 @@ def test_segnet_basic_flops_equal_the_hand_count() -> None:
     assert summary.flops == flops
     assert summary.parameters == sum(7 * 7 * c * 64 + 64 + 2 * 64 for c in (3, 64, 64, 64)) \
         + 4 * (7 * 7 * 64 * 64 + 2 * 64) + 64 * classes + classes
+
+
+class _FailsAtThree(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if index == 3:
+            raise DatasetError("mask masks/3.png is 480x360 but its image images/3.png is 640x480: "
+                               "re-export the mask at the image's size\n(second line of the message)")
+        return torch.zeros(1)
+
+
+def test_an_error_in_a_data_loader_worker_reads_as_the_worker_raised_it() -> None:
+    loader = torch.utils.data.DataLoader(_FailsAtThree(), batch_size=2, num_workers=1)
+    with pytest.raises(DatasetError) as caught:
+        list(loader)
+    assert str(caught.value).startswith("Caught DatasetError in DataLoader worker process 0")  # torch's wrapper
+    assert user_message(caught.value) == ("mask masks/3.png is 480x360 but its image images/3.png is 640x480: "
+                                          "re-export the mask at the image's size\n(second line of the message)")
+    assert user_message(ValueError("plain")) == "plain"
+
+
+def test_expected_errors_exit_2_and_bugs_get_a_short_report(monkeypatch, capsys) -> None:
+    import segforge.cli as cli
+
+    def broken(args):
+        raise TypeError("unsupported operand")
+
+    def unreadable(args):
+        raise PermissionError(13, "Permission denied", "/data/locked.png")
+
+    monkeypatch.setattr(cli, "_models", unreadable)
+    assert main(["models"]) == 2
+    assert "segforge models: error: [Errno 13] Permission denied: '/data/locked.png'" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "_models", broken)
+    assert main(["models"]) == 3
+    err = capsys.readouterr().err
+    assert "internal error: TypeError: unsupported operand" in err and "Traceback" not in err
+    assert "--debug" in err and "SEGFORGE_DEBUG=1" in err
+    with pytest.raises(TypeError):
+        main(["--debug", "models"])
+    monkeypatch.setenv("SEGFORGE_DEBUG", "1")
+    with pytest.raises(TypeError):
+        main(["models"])
