@@ -99,7 +99,12 @@ def _set_value(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE (e.g. data.batch_size=4), got {text!r}")
     import yaml
 
-    return key, yaml.safe_load(value)
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        where = f" ({err.problem})" if getattr(err, "problem", None) else ""
+        raise argparse.ArgumentTypeError(f"the value of {key} is not valid YAML{where}: {value!r}; quote text and "
+                                         "close brackets, e.g. --set 'data.mean=[0.5, 0.5, 0.5]'") from None
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -290,6 +295,10 @@ def _fraction(text: str) -> float:
     return _number(text, float, lambda v: 0 < v < 1, "a share between 0 and 1, e.g. 0.2")
 
 
+def _scale(text: str) -> float:
+    return _number(text, float, lambda v: 0.1 <= v <= 10, "a scale factor between 0.1 and 10, e.g. 0.75")
+
+
 def _positive_int(text: str) -> int:
     return _number(text, int, lambda v: v >= 1, "a positive integer")
 
@@ -414,7 +423,7 @@ def _add_data_options(parser: argparse.ArgumentParser, *, stored: bool = False) 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
+    parser.add_argument("--scales", type=_scale, nargs="+", default=[1.0], metavar="S",
                         help="test-time augmentation: average over these scales (e.g. 0.75 1 1.25)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if present)")
 

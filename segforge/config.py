@@ -199,8 +199,44 @@ def parse_duration(text: str) -> float:
     return total
 
 
+# Numbers that have the right type but cannot be right: (key, allowed?, what is allowed).
+RANGES: tuple[tuple[str, typing.Callable[[float], bool], str], ...] = (
+    ("data.crop_size", lambda v: v >= 0, ">= 0 (0: whole images)"),
+    ("data.batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.workers", lambda v: v >= 0, ">= 0 (0: load in the main process)"),
+    ("data.num_classes", lambda v: v >= 1, ">= 1"),
+    ("model.in_channels", lambda v: v >= 1, ">= 1"),
+    ("loss.dice_weight", lambda v: v >= 0, ">= 0"),
+    ("loss.aux_weight", lambda v: v >= 0, ">= 0"),
+    ("loss.smooth", lambda v: v >= 0, ">= 0"),
+    ("optimizer.lr", lambda v: v > 0, "a positive number"),
+    ("optimizer.momentum", lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.9"),
+    ("optimizer.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("schedule.power", lambda v: v > 0, "> 0"),
+    ("schedule.step_size", lambda v: v >= 1, ">= 1 (epochs)"),
+    ("schedule.gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("schedule.warmup_iters", lambda v: v >= 0, ">= 0 (0: no warm-up)"),
+    ("train.epochs", lambda v: v >= 1, ">= 1"),
+    ("train.iterations", lambda v: v >= 1, ">= 1"),
+    ("train.accumulate", lambda v: v >= 1, ">= 1"),
+    ("train.eval_every", lambda v: v >= 1, ">= 1 (epochs)"),
+    ("train.eval_steps", lambda v: v >= 1, ">= 1 (steps)"),
+    ("train.early_stop", lambda v: v >= 1, ">= 1 (validations)"),
+    ("train.checkpoint_minutes", lambda v: v >= 0, ">= 0 (0: at round ends only)"),
+)
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
 def _check_values(config: Config) -> None:
     """Values that have the right type but cannot be right."""
+    for key, allowed, what in RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value is not None and not allowed(value):
+            raise ValueError(f"{key} must be {what}, got {value}")
+    if not DEVICE.fullmatch(config.train.device):
+        raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N (N: the GPU's index), got "
+                         f"{config.train.device!r}")
     data = config.data
     if not 0 < data.val_fraction < 1:
         raise ValueError(f"data.val_fraction must be a share between 0 and 1 (e.g. 0.2 holds out 20 %), got "
@@ -215,10 +251,6 @@ def _check_values(config: Config) -> None:
                          f"{data.std}")
     if config.train.time_budget is not None:
         parse_duration(config.train.time_budget)
-    for key, value in (("data.crop_size", data.crop_size), ("data.batch_size", data.batch_size)):
-        if value is not None and value < (0 if key == "data.crop_size" else 1):
-            raise ValueError(f"{key} must be {'>= 0 (0: whole images)' if key == 'data.crop_size' else '>= 1'}, "
-                             f"got {value}")
 
 
 def config_from_dict(values: dict[str, Any] | None) -> Config:

@@ -68,3 +68,47 @@ def test_every_shipped_config_is_valid(path) -> None:
 
     config = load_config(path)
     build_transforms(config.data.augmentation, ignore_index=255, crop_size=config.data.crop_size)
+
+
+BAD_NUMBERS = [("data.crop_size", -3), ("data.batch_size", 0), ("data.workers", -2), ("data.num_classes", 0),
+               ("model.in_channels", 0), ("loss.dice_weight", -1), ("loss.aux_weight", -0.4), ("loss.smooth", -1),
+               ("optimizer.lr", 0), ("optimizer.momentum", 1.5),
+               ("optimizer.weight_decay", -0.1), ("schedule.power", 0), ("schedule.step_size", 0),
+               ("schedule.gamma", 0), ("schedule.warmup_iters", -5), ("train.epochs", 0), ("train.iterations", 0),
+               ("train.accumulate", 0), ("train.eval_every", 0), ("train.eval_steps", 0), ("train.early_stop", 0),
+               ("train.checkpoint_minutes", -1)]
+
+
+@pytest.mark.parametrize("key, value", BAD_NUMBERS)
+def test_numbers_that_cannot_be_right_name_the_key_in_yaml_and_overrides(tmp_path, key: str, value) -> None:
+    section, name = key.split(".")
+    (tmp_path / "bad.yaml").write_text(f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ValueError, match=rf"bad.yaml: {key} must be .*, got {value}"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ValueError, match=rf"^{key} must be .*, got {value}"):
+        load_config(None, {key: value})
+
+
+def test_every_checked_key_exists_and_every_bad_number_is_listed() -> None:
+    from segforge.config import RANGES
+
+    assert {key for key, _, _ in RANGES} == {key for key, _ in BAD_NUMBERS}
+    for key, _ in BAD_NUMBERS:  # a key of the config, not a typo
+        section, name = key.split(".")
+        assert hasattr(getattr(Config(), section), name), key
+
+
+@pytest.mark.parametrize("device", ["banana", "mps", "cuda:x", "gpu"])
+def test_a_device_that_is_not_one_is_refused(device: str) -> None:
+    with pytest.raises(ValueError, match=rf"train.device must be auto, cpu, cuda or cuda:N .*got '{device}'"):
+        load_config(None, {"train.device": device})
+
+
+def test_invalid_yaml_after_set_is_an_error_that_shows_the_value(capsys) -> None:
+    from segforge.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--data", "x", "--set", "data.batch_size=[1"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "the value of data.batch_size is not valid YAML" in err and "'[1'" in err and "Traceback" not in err

@@ -45,7 +45,13 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` → CUDA when there is a GPU, else the CPU; a CUDA device on a machine without one is refused."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device {name!r} is not a device: use auto, cpu, cuda or cuda:N (N: the GPU's index)") \
+            from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: segforge runs on cpu or cuda (auto picks CUDA when present)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device is {name!r} but CUDA is not available here; use 'cpu' or 'auto'")
     return device
