@@ -9,6 +9,7 @@ from pathlib import Path
 
 from segforge import __version__
 from segforge.errors import EXPECTED, bug_report, debugging, user_message
+from segforge.files import check_output_file, check_output_folder
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -145,6 +146,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from segforge.training import write_report
     from segforge.training.loop import NO_IGNORE
 
+    if args.out:
+        check_output_folder(args.out)
     device = _device(args.device)
     model, info = load_model(args.checkpoint, map_location=device)
     fold_batch_norm(model, inplace=True)
@@ -164,7 +167,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                              ignore_index=None if ignore == NO_IGNORE else ignore, label_map=label_map,
                              region_masks=regions, mean=info.get("mean"), std=info.get("std"), **folders)
     name = Path(split).stem if split.endswith(".txt") else split
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{name}"
+    out = Path(args.out) if args.out else check_output_folder(Path(args.checkpoint).parent / f"eval-{name}")
     write_report(model, dataset, out, num_classes=model.num_classes, ignore_index=ignore, device=device,
                  flip=args.flip, scales=args.scales)
     print(f"report, confusion matrix and overlays: {out}")
@@ -196,6 +199,7 @@ def _load_for_inference(checkpoint: str, engine: str, device):
 def _predict(args: argparse.Namespace) -> int:
     from segforge.predict import predict_files
 
+    check_output_folder(args.out)
     device = _device(args.device)
     model, info = _load_for_inference(args.checkpoint, args.engine, device)
     label_map = args.label_map if args.label_map is not None else _stored_label_map(info)
@@ -224,8 +228,8 @@ def _export(args: argparse.Namespace) -> int:
     from segforge.checkpoint import load_model
     from segforge.export import export_onnx
 
+    out = check_output_file(Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx"))
     model, info = load_model(args.checkpoint)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
     print(f"exporting {model.config['name']} to {out} (checked against PyTorch on two input sizes) ...")
     check = export_onnx(model, out, info=info, size=args.size, check=args.check)
     if check is not None:

@@ -26,3 +26,44 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _writable_ancestor(path: Path, what: str) -> None:
+    """Refuses ``path`` when a part of it is a file or its nearest existing folder is not writable."""
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {path}: {parent} is a file, not a folder; choose another path")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ValueError(f"{what} {path}: cannot write in {parent} (permission denied); choose a folder "
+                                 "you can write to")
+            return
+
+
+def check_output_folder(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Checks, before any work, that ``path`` can be (or is) a folder this process can write in.
+
+    Raises:
+        ValueError: ``path`` or one of its parents is a file, or the folder that would hold it is not
+            writable; the message names ``what`` (the flag or key) and the path.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a folder: give a folder (it is created if missing)")
+    _writable_ancestor(path, what)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, what: str = "--out", example: str = "model.onnx") -> Path:
+    """Checks, before any work, that ``path`` can be written as a file (an existing file is replaced).
+
+    Raises:
+        ValueError: ``path`` is a folder, a parent is a file, or the folder that would hold it is not
+            writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; this writes one file: give a file path such as "
+                         f"{path / example}")
+    _writable_ancestor(path.parent, what)
+    return path

@@ -95,3 +95,29 @@ def test_expected_errors_exit_2_and_bugs_get_a_short_report(monkeypatch, capsys)
     monkeypatch.setenv("SEGFORGE_DEBUG", "1")
     with pytest.raises(TypeError):
         main(["models"])
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path, monkeypatch, capsys) -> None:
+    from segforge.files import check_output_file, check_output_folder
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match=r"--out .*a_file is a file, not a folder: give a folder"):
+        check_output_folder(tmp_path / "a_file")
+    with pytest.raises(ValueError, match=r"a_file is a file, not a folder; choose another path"):
+        check_output_folder(tmp_path / "a_file" / "sub" / "run")
+    with pytest.raises(ValueError, match=r"is a folder; this writes one file: give a file path such as .*model.onnx"):
+        check_output_file(tmp_path)
+    assert check_output_folder(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"  # created later
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # (the tests may run as root, who writes anywhere)
+    with pytest.raises(ValueError, match=rf"cannot write in {tmp_path} \(permission denied\)"):
+        check_output_folder(tmp_path / "run")
+    monkeypatch.undo()
+
+    # The commands check before reading any data or checkpoint: neither exists here.
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "a_file")]) == 2
+    assert "train.out (--out)" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)]) == 2
+    assert "is a folder; this writes one file" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(tmp_path / "missing.safetensors"), str(tmp_path),
+                 "--out", str(tmp_path / "a_file")]) == 2
+    assert "a_file is a file, not a folder" in capsys.readouterr().err

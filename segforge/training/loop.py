@@ -43,7 +43,7 @@ from tqdm import tqdm
 from segforge.checkpoint import load_state, save_checkpoint, save_state
 from segforge.config import Config, config_from_dict, parse_duration
 from segforge.data import SegmentationDataset, build_transforms, class_weights, create_dataset
-from segforge.files import atomic_write
+from segforge.files import atomic_write, check_output_folder
 from segforge.losses import create_loss
 from segforge.metrics import ConfusionMatrix
 from segforge.models import create_model
@@ -191,7 +191,7 @@ class PadCollate:
 
 def _run_folder(config: Config) -> Path:
     name = config.train.name or f"{config.model.name or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder = Path(config.train.out) / name
+    folder = check_output_folder(Path(config.train.out) / name, "train.out (--out)")
     if (folder / "state.pt").exists():
         raise ValueError(f"run folder {folder} already holds a run; continue it with --resume {folder}, "
                          "or pick another --name")
@@ -306,8 +306,10 @@ def _new_run(config: Config, process: distributed.Process, device: torch.device,
     result, error = None, None
     if process.is_main:
         try:
+            # an unusable --out or a used name fails before the data is read
+            check_output_folder(config.train.out, "train.out (--out)")
             if config.train.name:
-                _run_folder(config)  # a used name fails before the data is read
+                _run_folder(config)
             prepared = prepare(config, cuda=device.type == "cuda", progress=progress)
             folder = _run_folder(prepared.config)
             print(prepared.format(), flush=True)
