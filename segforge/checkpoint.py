@@ -20,6 +20,39 @@ from torch import nn
 from segforge.files import atomic_write
 
 FORMAT = "segforge-checkpoint-1"
+MAX_CLASSES = 10_000  # more is a damaged file, not a dataset (ADE20K has 150, COCO-Stuff 182)
+MAX_CHANNELS = 1_000
+MAX_LISTED_KEYS = 5
+
+
+def check_model_config(config: object, info: object, source: str) -> tuple[dict, dict]:
+    """The model config and info of a checkpoint or an exported file, checked before anything is built.
+
+    Raises:
+        ValueError: a missing or impossible value (a model name that is not registered, a class or
+            channel count no dataset has); the message names ``source`` and the key.
+    """
+    from segforge.encoders import ENCODERS
+    from segforge.models import MODELS
+
+    for what, value in (("the model config", config), ("the metadata's info", info)):
+        if not isinstance(value, dict):
+            raise ValueError(f"{source}: {what} is a {type(value).__name__}, not a mapping; the file is damaged")
+    missing = [key for key in ("name", "num_classes", "in_channels") if key not in config]
+    if missing:
+        raise ValueError(f"{source}: the model config lacks {', '.join(missing)}; the file is damaged or was not "
+                         "written by segforge")
+    name, classes, channels, encoder = (config["name"], config["num_classes"], config["in_channels"],
+                                        config.get("encoder"))
+    if name not in MODELS:
+        raise ValueError(f"{source}: model {name!r} is not one of {', '.join(MODELS.names())}")
+    for key, value, largest in (("num_classes", classes, MAX_CLASSES), ("in_channels", channels, MAX_CHANNELS)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= largest:
+            raise ValueError(f"{source}: {key} is {value!r}, not a count between 1 and {largest:,}; "
+                             "the file is damaged")
+    if encoder is not None and encoder not in ENCODERS:
+        raise ValueError(f"{source}: encoder {encoder!r} is not one of {', '.join(ENCODERS.names())}")
+    return config, info
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **info: Any) -> Path:
@@ -62,9 +95,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise ValueError(f"{path} is a safetensors file but not a segforge checkpoint (no model config in its "
                          "metadata); for an encoder's ImageNet weights use encoder_weights=")
     try:
-        return state, json.loads(metadata["config"]), json.loads(metadata.get("info", "{}"))
+        config, info = json.loads(metadata["config"]), json.loads(metadata.get("info", "{}"))
     except (KeyError, json.JSONDecodeError) as err:
         raise ValueError(f"checkpoint {path} has damaged metadata ({err}); use another checkpoint of the run") from err
+    return (state, *check_model_config(config, info, f"checkpoint {path}"))
 
 
 def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -80,11 +114,26 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
     model = create_model(config["name"], config["num_classes"], in_channels=config["in_channels"],
                          encoder=config.get("encoder"),
                          encoder_weights=recorded if isinstance(recorded, dict) else None)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} does not match the model it names ({config}): {err}") from err
+    own = model.state_dict()
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    mismatch = next((key for key in state if key in own and state[key].shape != own[key].shape), None)
+    if missing or unexpected or mismatch:
+        problems = [f"{len(missing)} missing tensors {_first(missing)}"] if missing else []
+        problems += [f"{len(unexpected)} unexpected tensors {_first(unexpected)}"] if unexpected else []
+        if mismatch:
+            problems.append(f"{mismatch!r} is {tuple(state[mismatch].shape)} in the file, "
+                            f"{tuple(own[mismatch].shape)} in the model")
+        raise ValueError(f"checkpoint {path} holds the weights of another model than the {config['name']} "
+                         f"({config.get('encoder') or 'own encoder'}, {config['num_classes']} classes) its config "
+                         f"names: {'; '.join(problems)}; the file is damaged or was edited")
+    model.load_state_dict(state, strict=True)
     return model.to(map_location), info
+
+
+def _first(keys: list[str]) -> str:
+    shown = ", ".join(keys[:MAX_LISTED_KEYS])
+    return f"[{shown}{', ...' if len(keys) > MAX_LISTED_KEYS else ''}]"
 
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:

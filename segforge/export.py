@@ -208,10 +208,17 @@ class OnnxSegmenter(nn.Module):
         if text is None:
             raise ValueError(f"ONNX model {path} was not written by segforge export (no class or normalisation "
                              "metadata); export the checkpoint with segforge export --format onnx")
-        metadata = json.loads(text)
-        self.config, self.info = metadata["config"], metadata["info"]
+        from segforge.checkpoint import check_model_config
+
+        try:
+            metadata = json.loads(text)
+            config, info, valid = metadata["config"], metadata["info"], metadata["valid_convolutions"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"ONNX model {path} has damaged segforge metadata ({type(err).__name__}: {err}); "
+                             "export the checkpoint again with segforge export") from None
+        self.config, self.info = check_model_config(config, info, f"ONNX model {path}")
         self.num_classes, self.in_channels = self.config["num_classes"], self.config["in_channels"]
-        if metadata["valid_convolutions"]:
+        if valid:
             from segforge.models.unet import unet_input_size, unet_output_size
 
             self.input_size, self.output_size = unet_input_size, unet_output_size

@@ -10,7 +10,7 @@ import torch
 
 from segforge import create_model
 from segforge.files import atomic_write
-from segforge.checkpoint import load_model, load_state, read_checkpoint, save_checkpoint, save_state
+from segforge.checkpoint import FORMAT, load_model, load_state, read_checkpoint, save_checkpoint, save_state
 
 
 def test_round_trip_rebuilds_the_same_model(tmp_path) -> None:
@@ -67,3 +67,74 @@ def test_training_state_refuses_pickled_objects(tmp_path) -> None:
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match=r"evil.pt is corrupt or holds more than tensors"):
         load_state(tmp_path / "evil.pt")
+
+
+def _forged(path, state: dict, config: object, info: object = None) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    metadata = {"format": FORMAT, "config": json.dumps(config), "info": json.dumps(info if info is not None else {})}
+    save_file(state, str(path), metadata=metadata)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"name": "segnet_basic", "in_channels": 3}, "lacks num_classes"),
+    ({"name": "segnet_basic", "num_classes": 10**9, "in_channels": 3}, "num_classes is 1000000000, not a count"),
+    ({"name": "segnet_basic", "num_classes": 0, "in_channels": 3}, "num_classes is 0, not a count"),
+    ({"name": "segnet_basic", "num_classes": 2, "in_channels": "3"}, "in_channels is '3', not a count"),
+    ({"name": "resnet", "num_classes": 2, "in_channels": 3}, "model 'resnet' is not one of"),
+    ({"name": "unet_padded", "num_classes": 2, "in_channels": 3, "encoder": "vgg99"}, "encoder 'vgg99' is not"),
+    (["segnet_basic"], "the model config is a list, not a mapping"),
+])
+def test_damaged_checkpoint_metadata_is_named_before_anything_is_built(tmp_path, config, message) -> None:
+    _forged(tmp_path / "damaged.safetensors", {"x": torch.zeros(1)}, config)
+    with pytest.raises(ValueError, match=rf"checkpoint .*damaged.safetensors: .*{message}"):
+        load_model(tmp_path / "damaged.safetensors")
+
+
+def test_weights_of_another_model_get_a_short_message(tmp_path) -> None:
+    other = create_model("unet_padded", 3, encoder="unet16")
+    config = create_model("segnet_basic", 3).config
+    _forged(tmp_path / "swapped.safetensors", other.state_dict(), config)
+    with pytest.raises(ValueError) as err:
+        load_model(tmp_path / "swapped.safetensors")
+    message = str(err.value)
+    assert "holds the weights of another model than the segnet_basic" in message
+    assert "missing tensors" in message and "unexpected tensors" in message and len(message) < 800
+    save_checkpoint(tmp_path / "resized.safetensors", create_model("segnet_basic", 5))  # a head for 5 classes
+    _forged(tmp_path / "resized2.safetensors", read_checkpoint(tmp_path / "resized.safetensors")[0], config)
+    with pytest.raises(ValueError, match=r"'head.0.bias' is \(5,\) in the file, \(3,\) in the model"):
+        load_model(tmp_path / "resized2.safetensors")
+
+
+def test_a_plain_state_dict_is_not_a_training_state(tmp_path) -> None:
+    from segforge.training import fit
+
+    torch.save(create_model("segnet_basic", 3).state_dict(), tmp_path / "state.pt")
+    with pytest.raises(ValueError, match=r"state.pt is not a segforge training state"):
+        fit(None, resume=tmp_path)
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ("{not json", "damaged segforge metadata \\(JSONDecodeError"),
+    ('{"config": {}}', "damaged segforge metadata \\(KeyError"),
+    ('{"config": {"name": "segnet_basic", "num_classes": -1, "in_channels": 3}, "info": {}, '
+     '"valid_convolutions": false}', "num_classes is -1, not a count"),
+])
+def test_onnx_files_with_forged_metadata_are_named(tmp_path, metadata, message) -> None:
+    onnx = pytest.importorskip("onnx", reason="ONNX export is the segforge[onnx] extra")
+    pytest.importorskip("onnxruntime", reason="the onnx engine needs onnxruntime")
+    from onnx import TensorProto, helper
+
+    from segforge.export import METADATA_KEY, load_onnx
+
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["logits"])], "forged",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {METADATA_KEY: metadata})
+    onnx.save(model, tmp_path / "forged.onnx")
+    with pytest.raises(ValueError, match=rf"ONNX model .*forged.onnx.*{message}"):
+        load_onnx(tmp_path / "forged.onnx")

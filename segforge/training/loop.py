@@ -277,6 +277,9 @@ def fit(config: Config | None, *, resume: str | Path | None = None, progress: bo
         # state.pt alone (one atomic file) holds everything resuming needs, weights included, so a kill
         # between two writes can never pair the weights of one round with the optimizer of another.
         state = load_state(Path(resume) / "state.pt")
+        if not isinstance(state, dict) or not {"config", "model", "optimizer"} <= set(state):
+            raise ValueError(f"{resume}/state.pt is not a segforge training state (it lacks the config, weights and "
+                             "optimizer a resume needs); resume from the run folder a segforge train wrote")
         if "progress" not in state:
             raise ValueError(f"{resume}/state.pt was written by an earlier segforge that counted epochs, not steps; "
                              "start a new run")
