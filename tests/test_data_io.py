@@ -123,6 +123,16 @@ def test_corrupt_image_names_the_file(tmp_path: Path, content: bytes | str) -> N
     assert info.value.kind == "unreadable" and info.value.path == path
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_are_refused_naming_the_file(tmp_path: Path, bad: float) -> None:
+    image = np.ones((6, 5), np.float32)
+    image[2, 3] = bad
+    tifffile.imwrite(tmp_path / "scan.tif", image)
+    with pytest.raises(DatasetError, match=r"image .*scan.tif holds 1 non-finite pixel value\(s\) \(NaN or infinity; "
+                                           r"the first at index \(2, 3\)\).*numpy.nan_to_num"):
+        read_image(tmp_path / "scan.tif")
+
+
 def test_corrupt_tiff_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(DatasetError, match=r"cannot read image .*bad\.tif"):

@@ -102,6 +102,12 @@ def _read_tiff(path: Path, what: str) -> tuple[np.ndarray, str]:
 
 
 def _tiff_dtype(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = ~np.isfinite(array)
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DatasetError(f"{what} {path} holds {int(bad.sum()):,} non-finite pixel value(s) (NaN or infinity; the "
+                           f"first at index {where}): no model can learn from or predict them; replace them (e.g. "
+                           "numpy.nan_to_num) or mask them out", path=path, kind="unsupported")
     if array.dtype in (np.uint8, np.uint16, np.float32):
         return array
     if array.dtype == np.bool_:

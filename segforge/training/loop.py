@@ -584,11 +584,12 @@ def _optimizer_step(s: _Session, round_: _Round, stop: bool, save: bool, spent: 
             loss = s.loss_fn(output, masks)
         loss_value, stop, save, spent = _agree(loss.detach(), (stop, save, spent), s.process)
         if not math.isfinite(loss_value):
+            saved = (f"the last good weights are {s.folder / 'last.safetensors'}" if (s.folder / "last.safetensors")
+                     .exists() else f"no checkpoint was saved before it ({s.folder} holds only the run's config)")
             raise TrainingError(
                 f"the loss became {loss_value} at step {run.step + 1} (epoch {math.floor(run.epoch) + 1}, batch "
                 f"{run.batches + 1}): lower the learning rate (optimizer.lr = {config.optimizer.lr}), add warm-up "
-                "(schedule.warmup_iters), or turn off mixed precision (train.amp: off); the last good checkpoint is "
-                f"in {s.folder}")
+                f"(schedule.warmup_iters), or turn off mixed precision (train.amp: off); {saved}")
         s.scaler.scale(loss / config.train.accumulate).backward()
         logits = output[0] if isinstance(output, tuple) else output
         round_.confusion.update(logits.detach(), masks)
