@@ -101,8 +101,14 @@ def test_a_nan_loss_stops_with_the_step_and_a_hint(data_root, tmp_path) -> None:
     config = tiny_config(data_root, tmp_path, "nan", **{"optimizer.name": "sgd", "optimizer.lr": 1e30})
     with pytest.raises(TrainingError, match=r"loss became (nan|inf) at step \d+ \(epoch \d+, batch \d+\): lower the "
                                             r"learning rate.*; (the last good weights are .*last.safetensors|no "
-                                            r"checkpoint was saved before it \(.* holds only the run's config\))$"):
+                                            r"checkpoint was saved before it, so the run folder was removed)$"):
         fit(config, progress=False)
+    assert not (tmp_path / "nan").exists() or (tmp_path / "nan" / "state.pt").exists()
+    (tmp_path / "mine").mkdir()  # a folder that was there before is never removed
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(TrainingError):
+        fit(tiny_config(data_root, tmp_path, "mine", **{"optimizer.name": "sgd", "optimizer.lr": 1e30}), progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     with pytest.raises(ValueError, match="optimizer.lr must be a positive number, got nan"):
         fit(tiny_config(data_root, tmp_path, "nan2", **{"optimizer.lr": float("nan")}), progress=False)
 

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import math
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -291,21 +292,26 @@ def fit(config: Config | None, *, resume: str | Path | None = None, progress: bo
         raise ValueError(f"train.checkpoint_minutes must be >= 0 (0: save at round ends only), "
                          f"got {config.train.checkpoint_minutes}")
     process, device = distributed.start(config.train.device)
+    folder, created = None, False
     try:
         if resume is not None:
             folder = Path(resume)
         else:
-            config, folder = _new_run(config, process, device, progress)
+            config, folder, created = _new_run(config, process, device, progress)
         with _StopRequest(show=process.is_main) as stop:
             return _train(config, state, folder, process, device, stop, progress, clock)
+    except Exception:
+        if created and process.is_main and not (folder / "state.pt").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a run that failed before its first save leaves no folder
+        raise
     finally:
         distributed.stop(process)
 
 
 def _new_run(config: Config, process: distributed.Process, device: torch.device,
-             progress: bool | None) -> tuple[Config, Path]:
+             progress: bool | None) -> tuple[Config, Path, bool]:
     """Rank 0 prepares the run (data checks, recipe) and writes its folder; every process learns the
-    complete config and the folder (or rank 0's error)."""
+    complete config and the folder (or rank 0's error), and whether this call created the folder."""
     result, error = None, None
     if process.is_main:
         try:
@@ -316,14 +322,15 @@ def _new_run(config: Config, process: distributed.Process, device: torch.device,
             prepared = prepare(config, cuda=device.type == "cuda", progress=progress)
             folder = _run_folder(prepared.config)
             print(prepared.format(), flush=True)
+            created = not folder.exists()
             folder.mkdir(parents=True, exist_ok=True)
-            result = (str(folder), prepared.write(folder).to_dict())
+            result = (str(folder), prepared.write(folder).to_dict(), created)
         except ValueError as err:
             error = str(err)
     result, error = distributed.broadcast((result, error), process)
     if error:
         raise ValueError(error)
-    return config_from_dict(result[1]), Path(result[0])
+    return config_from_dict(result[1]), Path(result[0]), result[2]
 
 
 @dataclass
@@ -585,7 +592,7 @@ def _optimizer_step(s: _Session, round_: _Round, stop: bool, save: bool, spent: 
         loss_value, stop, save, spent = _agree(loss.detach(), (stop, save, spent), s.process)
         if not math.isfinite(loss_value):
             saved = (f"the last good weights are {s.folder / 'last.safetensors'}" if (s.folder / "last.safetensors")
-                     .exists() else f"no checkpoint was saved before it ({s.folder} holds only the run's config)")
+                     .exists() else "no checkpoint was saved before it, so the run folder was removed")
             raise TrainingError(
                 f"the loss became {loss_value} at step {run.step + 1} (epoch {math.floor(run.epoch) + 1}, batch "
                 f"{run.batches + 1}): lower the learning rate (optimizer.lr = {config.optimizer.lr}), add warm-up "
