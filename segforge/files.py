@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,9 +14,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Calls ``write(tmp_path)`` on a temporary file beside ``path``, then renames it over ``path``.
 
     A crash or kill at any moment leaves either the old file or the new one, never a partial one.
+    A temporary file that a killed earlier write of ``path`` left behind is removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -26,6 +30,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def remove_stale_temporaries(path: Path, *, older_than: float = 60.0) -> list[Path]:
+    """Removes ``.<name>.*.tmp`` files beside ``path`` (``atomic_write``'s pattern) untouched for ``older_than``
+    seconds: what a process killed mid-write left. A write still going on touches its file, so it is spared."""
+    removed = []
+    now = time.time()
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - stale.stat().st_mtime > older_than:
+                stale.unlink()
+                removed.append(stale)
+        except OSError:  # removed meanwhile, or not ours to remove
+            continue
+    return removed
 
 
 def _writable_ancestor(path: Path, what: str) -> None:

@@ -138,3 +138,17 @@ def test_onnx_files_with_forged_metadata_are_named(tmp_path, metadata, message) 
     onnx.save(model, tmp_path / "forged.onnx")
     with pytest.raises(ValueError, match=rf"ONNX model .*forged.onnx.*{message}"):
         load_onnx(tmp_path / "forged.onnx")
+
+
+def test_a_write_removes_what_a_killed_write_of_the_same_file_left(tmp_path) -> None:
+    stale = tmp_path / ".mask[1].tif.k3j4.tmp"  # a kill mid-write left it; the name holds glob characters
+    fresh = tmp_path / ".mask[1].tif.x9z8.tmp"  # another write of it, still going on
+    other = tmp_path / ".other.tif.k3j4.tmp"
+    for path in (stale, fresh, other):
+        path.write_bytes(b"partial")
+    old = os.path.getmtime(stale) - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    atomic_write(tmp_path / "mask[1].tif", lambda tmp: open(tmp, "wb").write(b"done"))
+    assert (tmp_path / "mask[1].tif").read_bytes() == b"done"
+    assert not stale.exists() and fresh.exists() and other.exists()
