@@ -58,6 +58,9 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
         (data, "--batch-size", "data.batch_size", {"type": _positive_int}),
         (data, "--crop-size", "data.crop_size", {"type": _natural, "help": "random crops of N px; 0: whole images"}),
         (data, "--workers", "data.workers", {"type": int}),
+        (data, "--max-image-mb", "data.max_image_mb",
+         {"type": float, "metavar": "MB", "help": "largest decoded image read (default 4096; larger files are "
+          "refused before anything is allocated)"}),
         (data, "--class-weights", "data.class_weights", {"choices": ["none", "median_frequency"]}),
         (model, "--model", "model.name", {}),
         (model, "--encoder", "model.encoder", {}),
@@ -326,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["auto", "folder", "voc", "cityscapes", "camvid", "ade20k", "isbi"],
                         help="dataset layout (default: detected from the folder structure)")
     doctor.add_argument("--split", default=None, help="scan only this split (default: all; every split is counted)")
+    _add_image_limit(doctor)
     doctor.add_argument("--num-classes", type=_positive_int, default=None,
                         help="number of classes (folder layout; default: inferred from the labels, with a warning)")
     doctor.add_argument("--ignore-index", type=int, default=None, help="label value that marks unlabelled pixels")
@@ -425,7 +429,18 @@ def _add_data_options(parser: argparse.ArgumentParser, *, stored: bool = False) 
         parser.add_argument(f"--{what}-dir", default=None, metavar="NAME", help=_folder_help(what, stored=stored))
 
 
+def _add_image_limit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-image-mb", type=_megabytes, default=None, metavar="MB",
+                        help="largest decoded image read (default 4096; larger files are refused before anything "
+                        "is allocated)")
+
+
+def _megabytes(text: str) -> float:
+    return _number(text, float, lambda v: v > 0, "a positive number of megabytes, e.g. 8192")
+
+
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    _add_image_limit(parser)
     parser.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
     parser.add_argument("--scales", type=_scale, nargs="+", default=[1.0], metavar="S",
                         help="test-time augmentation: average over these scales (e.g. 0.75 1 1.25)")
@@ -441,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     from segforge.runtime import keep_freed_memory
 
     keep_freed_memory()  # reuse freed activations instead of page-faulting them in again (segforge/runtime.py)
+    if getattr(args, "max_image_mb", None) is not None:  # (train's goes through the config: data.max_image_mb)
+        from segforge.data.io import MAX_IMAGE_ENV
+
+        os.environ[MAX_IMAGE_ENV] = str(args.max_image_mb)
     try:
         return args.run(args)
     except EXPECTED as err:

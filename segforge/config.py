@@ -48,6 +48,7 @@ class DataConfig:
     crop_size: int | None = None  # random crops of this side; 0: whole images
     batch_size: int | None = None
     workers: int = 2
+    max_image_mb: float | None = None  # largest decoded image; None: $SEGFORGE_MAX_IMAGE_MB, else 4096
     augmentation: dict[str, Any] | None = None  # see segforge.data.transforms.build_transforms
     class_weights: Literal["none", "median_frequency"] | list[float] | None = None
     mean: list[float] | None = None  # per-channel normalisation of the [0, 1]-scaled images
@@ -205,6 +206,7 @@ RANGES: tuple[tuple[str, typing.Callable[[float], bool], str], ...] = (
     ("data.batch_size", lambda v: v >= 1, ">= 1"),
     ("data.workers", lambda v: v >= 0, ">= 0 (0: load in the main process)"),
     ("data.num_classes", lambda v: v >= 1, ">= 1"),
+    ("data.max_image_mb", lambda v: v > 0, "a positive number of megabytes"),
     ("model.in_channels", lambda v: v >= 1, ">= 1"),
     ("loss.dice_weight", lambda v: v >= 0, ">= 0"),
     ("loss.aux_weight", lambda v: v >= 0, ">= 0"),
@@ -284,7 +286,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except yaml.YAMLError as err:
             raise ValueError(f"config file {path} is not valid YAML: {err}") from err
         if not isinstance(values, dict):
-            raise ValueError(f"config file {path} must hold sections (model:, data:, ...), not a {type(values).__name__}")
+            raise ValueError(f"config file {path} must hold sections (model:, data:, ...), "
+                             f"not a {type(values).__name__}")
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

@@ -71,7 +71,8 @@ def test_every_shipped_config_is_valid(path) -> None:
 
 
 BAD_NUMBERS = [("data.crop_size", -3), ("data.batch_size", 0), ("data.workers", -2), ("data.num_classes", 0),
-               ("model.in_channels", 0), ("loss.dice_weight", -1), ("loss.aux_weight", -0.4), ("loss.smooth", -1),
+               ("data.max_image_mb", 0), ("model.in_channels", 0), ("loss.dice_weight", -1), ("loss.aux_weight", -0.4),
+               ("loss.smooth", -1),
                ("optimizer.lr", 0), ("optimizer.momentum", 1.5),
                ("optimizer.weight_decay", -0.1), ("schedule.power", 0), ("schedule.step_size", 0),
                ("schedule.gamma", 0), ("schedule.warmup_iters", -5), ("train.epochs", 0), ("train.iterations", 0),

@@ -133,6 +133,22 @@ def test_non_finite_pixels_are_refused_naming_the_file(tmp_path: Path, bad: floa
         read_image(tmp_path / "scan.tif")
 
 
+def test_images_too_large_to_decode_are_refused_before_anything_is_allocated(tmp_path: Path, monkeypatch) -> None:
+    Image.new("L", (12000, 12000)).save(tmp_path / "big.png")  # 144 megapixels in a file of 140 KB
+    monkeypatch.setenv("SEGFORGE_MAX_IMAGE_MB", "64")
+    with pytest.raises(DatasetError, match=r"image .*big.png would decode to 137 MB \(12000 x 12000 x 1\), over the "
+                                           r"64 MB limit.*--tile 1024 --stream.*--max-image-mb"):
+        read_image(tmp_path / "big.png")
+    monkeypatch.delenv("SEGFORGE_MAX_IMAGE_MB")
+    assert read_image(tmp_path / "big.png").shape == (12000, 12000, 1)  # under the default 4096 MB
+    tifffile.imwrite(tmp_path / "liar.tif", np.zeros((4, 4), np.uint8))
+    with tifffile.TiffFile(tmp_path / "liar.tif", mode="r+b") as tif:  # a header that claims 100000 x 100000
+        tif.pages[0].tags["ImageWidth"].overwrite(100000)
+        tif.pages[0].tags["ImageLength"].overwrite(100000)
+    with pytest.raises(DatasetError, match=r"liar.tif would decode to 9,537 MB \(100000 x 100000\), over the 4,096 MB"):
+        read_image(tmp_path / "liar.tif")
+
+
 def test_corrupt_tiff_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(DatasetError, match=r"cannot read image .*bad\.tif"):

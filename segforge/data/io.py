@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm",
                     ".webp")
 TIFF_EXTENSIONS = (".tif", ".tiff")
+DEFAULT_MAX_IMAGE_MB = 4096  # one decoded image; more is refused before anything is allocated
+MAX_IMAGE_ENV = "SEGFORGE_MAX_IMAGE_MB"
 _CONVERT_TO_RGB = ("CMYK", "YCbCr")
 _T = TypeVar("_T")
 
@@ -72,12 +74,48 @@ def _check_exists(path: Path, what: str) -> None:
                            path=path, kind="missing")
 
 
+def max_image_bytes() -> int:
+    """The largest decoded image segforge reads: ``SEGFORGE_MAX_IMAGE_MB`` (set by ``--max-image-mb`` and
+    ``data.max_image_mb``; inherited by data-loader workers), else ``DEFAULT_MAX_IMAGE_MB``."""
+    text = os.environ.get(MAX_IMAGE_ENV, "")
+    try:
+        megabytes = float(text) if text else DEFAULT_MAX_IMAGE_MB
+    except ValueError:
+        raise DatasetError(f"{MAX_IMAGE_ENV}={text!r} is not a number of megabytes (e.g. 4096)") from None
+    return int(megabytes * 2**20)
+
+
+def check_decoded_size(path: Path, what: str, shape: tuple[int, ...], itemsize: int) -> None:
+    """Refuses, before anything is allocated, an image whose header promises more than ``max_image_bytes()``."""
+    size = itemsize
+    for side in shape:
+        size *= int(side)
+    if size > max_image_bytes():
+        raise DatasetError(
+            f"{what} {path} would decode to {size / 2**20:,.0f} MB ({' x '.join(str(int(s)) for s in shape)}), over "
+            f"the {max_image_bytes() / 2**20:,.0f} MB limit on one image: predict large TIFFs tile by tile with "
+            "segforge predict --tile 1024 --stream; cut large training images into tiles; or raise the limit "
+            f"(--max-image-mb, data.max_image_mb, or {MAX_IMAGE_ENV}) if this machine has the memory",
+            path=path, kind="unsupported")
+
+
 def _open_pil(path: Path, what: str) -> Image.Image:
     """Opens and fully decodes a file with Pillow (decoding catches truncated files too)."""
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():  # segforge's own size limit (check_decoded_size) decides, not Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        bands = len(image.getbands())
+        check_decoded_size(path, what, (image.height, image.width, bands), 2 if image.mode.startswith("I;16") else
+                           4 if image.mode in ("I", "F") else 1)
         image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        raise DatasetError(f"{what} {path} is larger than Pillow reads in one piece ({err}); save it as a tiled TIFF "
+                           "and predict it with segforge predict --tile 1024 --stream, or cut it into tiles",
+                           path=path, kind="unsupported") from None
+    except DatasetError:
+        raise
+    except (OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"cannot read {what} {path}: {err}; the file is corrupt or not an image — "
                            "re-export it or remove it from the dataset", path=path, kind="unreadable") from None
     return image
@@ -90,7 +128,10 @@ def _read_tiff(path: Path, what: str) -> tuple[np.ndarray, str]:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            check_decoded_size(path, what, series.shape, series.dtype.itemsize)
             return series.asarray(), series.axes
+    except DatasetError:
+        raise
     except Exception as err:  # noqa: BLE001  tifffile raises many types for a bad file; all mean the same here
         try:  # some compressions need codecs tifffile lacks but Pillow has
             with warnings.catch_warnings():

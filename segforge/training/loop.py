@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import functools
 import math
+import os
 import random
 import shutil
 import signal
@@ -44,6 +45,7 @@ from tqdm import tqdm
 from segforge.checkpoint import load_state, save_checkpoint, save_state
 from segforge.config import Config, config_from_dict, parse_duration
 from segforge.data import SegmentationDataset, build_transforms, class_weights, create_dataset
+from segforge.data.io import MAX_IMAGE_ENV
 from segforge.files import atomic_write, check_output_folder
 from segforge.losses import create_loss
 from segforge.metrics import ConfusionMatrix
@@ -291,6 +293,8 @@ def fit(config: Config | None, *, resume: str | Path | None = None, progress: bo
     if config.train.checkpoint_minutes < 0:
         raise ValueError(f"train.checkpoint_minutes must be >= 0 (0: save at round ends only), "
                          f"got {config.train.checkpoint_minutes}")
+    if config.data.max_image_mb is not None:  # an environment variable, so that data-loader workers inherit it
+        os.environ[MAX_IMAGE_ENV] = str(config.data.max_image_mb)
     process, device = distributed.start(config.train.device)
     folder, created = None, False
     try:
