@@ -121,3 +121,25 @@ def test_output_paths_are_checked_before_any_work(tmp_path, monkeypatch, capsys)
     assert main(["predict", "--checkpoint", str(tmp_path / "missing.safetensors"), str(tmp_path),
                  "--out", str(tmp_path / "a_file")]) == 2
     assert "a_file is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_recursive_glob_names_each_real_file_once_through_symlink_loops(tmp_path) -> None:
+    import os
+    import time
+
+    from segforge.predict import expand_inputs
+
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    for name in ("a.png", "sub/b.png", "sub/deeper/c.png", "sub/notes.txt", ".hidden.png"):
+        (tmp_path / name).write_bytes(b"")
+    os.symlink(tmp_path, tmp_path / "sub" / "up")  # loops back to the top
+    os.symlink(tmp_path / "sub", tmp_path / "sub" / "deeper" / "back")  # a second loop
+    os.symlink(tmp_path / "sub" / "b.png", tmp_path / "alias.png")  # a second name for b.png
+    started = time.monotonic()
+    found = expand_inputs([f"{tmp_path}/**/*.png"])
+    assert time.monotonic() - started < 5
+    assert found == [tmp_path / "a.png", tmp_path / "sub" / "b.png", tmp_path / "sub" / "deeper" / "c.png"]
+    assert expand_inputs([f"{tmp_path}/*.png"]) == [tmp_path / "a.png", tmp_path / "alias.png"]
+    assert expand_inputs([f"{tmp_path}/sub/*.png", tmp_path / "alias.png"]) == [tmp_path / "sub" / "b.png"]
+    with pytest.raises(ValueError, match="no files match"):
+        expand_inputs([f"{tmp_path}/**/*.jpg"])
