@@ -149,6 +149,16 @@ def test_images_too_large_to_decode_are_refused_before_anything_is_allocated(tmp
         read_image(tmp_path / "liar.tif")
 
 
+@pytest.mark.parametrize("channels", [3, 4])
+def test_sixteen_bit_rgb_png_keeps_every_value(tmp_path: Path, channels: int) -> None:
+    import cv2
+
+    rgb = np.random.default_rng(0).integers(0, 4096, (5, 7, channels)).astype(np.uint16)  # 12-bit data
+    cv2.imwrite(str(tmp_path / "deep.png"), rgb[:, :, [2, 1, 0, 3][:channels]])  # OpenCV writes BGR(A)
+    image = read_image(tmp_path / "deep.png")
+    assert image.dtype == np.uint16 and np.array_equal(image, rgb[:, :, :3])  # (Pillow keeps the high byte only)
+
+
 def test_corrupt_tiff_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(DatasetError, match=r"cannot read image .*bad\.tif"):

@@ -212,6 +212,26 @@ def _pil_image_array(image: Image.Image, path: Path) -> np.ndarray:
                        "float32, e.g. Image.open(p).convert('RGB').save(p)", path=path, kind="unsupported")
 
 
+def _png_bit_depth(path: Path) -> tuple[int, int] | None:
+    """``(bit depth, colour type)`` from a PNG's header, or None for another format."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or not head.startswith(b"\x89PNG\r\n\x1a\n") or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _read_png_48(path: Path) -> np.ndarray:
+    """A 16-bit-per-channel RGB(A) PNG as uint16 RGB: Pillow would keep only the high byte of each value."""
+    import cv2
+
+    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if array is None or array.ndim != 3 or array.dtype != np.uint16:
+        raise DatasetError(f"cannot read image {path} as 16-bit RGB; the file is corrupt — re-export it",
+                           path=path, kind="unreadable")
+    return np.ascontiguousarray(array[:, :, 2::-1])  # BGR(A) → RGB
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Reads one image as ``(H, W, C)`` keeping its dtype.
 
@@ -230,6 +250,8 @@ def read_image(path: str | Path) -> np.ndarray:
         array, axes = _read_tiff(path, "image")
         return np.ascontiguousarray(_channels_last(_tiff_dtype(array, path, "image"), axes, path))
     with _open_pil(path, "image") as image:
+        if image.format == "PNG" and image.mode in ("RGB", "RGBA") and _png_bit_depth(path) in ((16, 2), (16, 6)):
+            return _read_png_48(path)
         return np.ascontiguousarray(_pil_image_array(image, path))
 
 
