@@ -167,6 +167,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    odd = next((key for key in values if not isinstance(key, str)), None)
+    if odd is not None:
+        raise ValueError(f"config key {odd!r} in {prefix.rstrip('.') or 'the config'} is not a name; "
+                         f"valid keys: {names}")
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ValueError(f"unknown config key {prefix + unknown[0]!r}; valid keys in "
