@@ -29,12 +29,9 @@ def check_model_config(config: object, info: object, source: str) -> tuple[dict,
     """The model config and info of a checkpoint or an exported file, checked before anything is built.
 
     Raises:
-        ValueError: a missing or impossible value (a model name that is not registered, a class or
+        ValueError: a missing or impossible value (a model name that is not a string, a class or
             channel count no dataset has); the message names ``source`` and the key.
     """
-    from segforge.encoders import ENCODERS
-    from segforge.models import MODELS
-
     for what, value in (("the model config", config), ("the metadata's info", info)):
         if not isinstance(value, dict):
             raise ValueError(f"{source}: {what} is a {type(value).__name__}, not a mapping; the file is damaged")
@@ -44,14 +41,14 @@ def check_model_config(config: object, info: object, source: str) -> tuple[dict,
                          "written by segforge")
     name, classes, channels, encoder = (config["name"], config["num_classes"], config["in_channels"],
                                         config.get("encoder"))
-    if name not in MODELS:
-        raise ValueError(f"{source}: model {name!r} is not one of {', '.join(MODELS.names())}")
+    if not isinstance(name, str) or not name:  # (whether it is registered, create_model says)
+        raise ValueError(f"{source}: the model name is {name!r}, not a name; the file is damaged")
     for key, value, largest in (("num_classes", classes, MAX_CLASSES), ("in_channels", channels, MAX_CHANNELS)):
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= largest:
             raise ValueError(f"{source}: {key} is {value!r}, not a count between 1 and {largest:,}; "
                              "the file is damaged")
-    if encoder is not None and encoder not in ENCODERS:
-        raise ValueError(f"{source}: encoder {encoder!r} is not one of {', '.join(ENCODERS.names())}")
+    if encoder is not None and (not isinstance(encoder, str) or not encoder):
+        raise ValueError(f"{source}: the encoder is {encoder!r}, not a name; the file is damaged")
     return config, info
 
 
@@ -111,9 +108,12 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
 
     state, config, info = read_checkpoint(path)
     recorded = config.get("encoder_weights")  # a record ({"weights", "file", "sha256"}) is kept, never loaded
-    model = create_model(config["name"], config["num_classes"], in_channels=config["in_channels"],
-                         encoder=config.get("encoder"),
-                         encoder_weights=recorded if isinstance(recorded, dict) else None)
+    try:
+        model = create_model(config["name"], config["num_classes"], in_channels=config["in_channels"],
+                             encoder=config.get("encoder"),
+                             encoder_weights=recorded if isinstance(recorded, dict) else None)
+    except ValueError as err:  # a model or encoder this segforge does not have
+        raise ValueError(f"checkpoint {path}: {err}") from None
     own = model.state_dict()
     missing = [key for key in own if key not in state]
     unexpected = [key for key in state if key not in own]

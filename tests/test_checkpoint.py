@@ -83,8 +83,9 @@ def _forged(path, state: dict, config: object, info: object = None) -> None:
     ({"name": "segnet_basic", "num_classes": 10**9, "in_channels": 3}, "num_classes is 1000000000, not a count"),
     ({"name": "segnet_basic", "num_classes": 0, "in_channels": 3}, "num_classes is 0, not a count"),
     ({"name": "segnet_basic", "num_classes": 2, "in_channels": "3"}, "in_channels is '3', not a count"),
-    ({"name": "resnet", "num_classes": 2, "in_channels": 3}, "model 'resnet' is not one of"),
-    ({"name": "unet_padded", "num_classes": 2, "in_channels": 3, "encoder": "vgg99"}, "encoder 'vgg99' is not"),
+    ({"name": "resnet", "num_classes": 2, "in_channels": 3}, "unknown model 'resnet'"),
+    ({"name": 7, "num_classes": 2, "in_channels": 3}, "the model name is 7, not a name"),
+    ({"name": "unet_padded", "num_classes": 2, "in_channels": 3, "encoder": "vgg99"}, "unknown encoder 'vgg99'"),
     (["segnet_basic"], "the model config is a list, not a mapping"),
 ])
 def test_damaged_checkpoint_metadata_is_named_before_anything_is_built(tmp_path, config, message) -> None:

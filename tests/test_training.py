@@ -234,3 +234,18 @@ def test_the_original_unet_trains_on_crops_its_logits_cover(data_root, tmp_path)
     folder = fit(config, progress=False)
     model, _ = load_model(folder / "last.safetensors")
     assert model.config["name"] == "unet" and (folder / "report.json").is_file()
+
+
+def test_a_bad_sample_met_by_a_data_loader_worker_reads_as_read_in_the_main_process(tmp_path) -> None:
+    from PIL import Image
+
+    from segforge.data import DatasetError
+
+    root = write_synthetic_dataset(tmp_path / "data", num_train=8, num_val=2, size=32, num_classes=3, seed=0)
+    names = sorted((root / "masks").iterdir())
+    Image.new("L", (20, 20)).save(names[-1])  # the last training mask: another size
+    config = tiny_config(root, tmp_path, "run", **{"data.workers": 1, "train.epochs": 1})
+    with pytest.raises(DatasetError) as err:
+        fit(config, progress=False)
+    assert "DataLoader worker" not in str(err.value) and "Traceback" not in str(err.value)
+    assert names[-1].name in str(err.value)

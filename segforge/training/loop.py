@@ -46,6 +46,7 @@ from segforge.checkpoint import load_state, save_checkpoint, save_state
 from segforge.config import Config, config_from_dict, parse_duration
 from segforge.data import SegmentationDataset, build_transforms, class_weights, create_dataset
 from segforge.data.io import MAX_IMAGE_ENV
+from segforge.errors import user_message
 from segforge.files import atomic_write, check_output_folder
 from segforge.losses import create_loss
 from segforge.metrics import ConfusionMatrix
@@ -132,9 +133,10 @@ def _worker_init(_: int) -> None:
 
     cv2.setNumThreads(1)  # torch gives each worker 1 thread; OpenCV would otherwise oversubscribe the cores
     # Ctrl-C, and a SIGTERM sent to the whole process group (kill -- -PID, a job scheduler's stop), are the main
-    # process's: it saves, then stops the workers. A worker that died of them would take the save down with it.
+    # process's: it saves, then stops the workers. A worker that died of them would take the save down with it,
+    # so workers leave the group (the data loader still stops them directly, and they exit if the main one dies).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.setpgid(0, 0)
 
 
 def build_datasets(config: Config) -> Datasets:
@@ -304,9 +306,11 @@ def fit(config: Config | None, *, resume: str | Path | None = None, progress: bo
             config, folder, created = _new_run(config, process, device, progress)
         with _StopRequest(show=process.is_main) as stop:
             return _train(config, state, folder, process, device, stop, progress, clock)
-    except Exception:
+    except Exception as err:
         if created and process.is_main and not (folder / "state.pt").exists():
             shutil.rmtree(folder, ignore_errors=True)  # a run that failed before its first save leaves no folder
+        if isinstance(err, ValueError) and user_message(err) != str(err):  # raised in a data-loader worker
+            raise type(err)(user_message(err)) from None
         raise
     finally:
         distributed.stop(process)
