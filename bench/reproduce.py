@@ -130,7 +130,7 @@ def reproduce(name: str, data_root: Path, budget_override: str | None) -> int:
                         "--out", str(OUT), "--name", name]
     train = segforge + ["train", "--resume", str(run)] if (run / "state.pt").exists() else fresh
     code, wall, cpu = _run(train, run / "train.log")
-    sittings.append({"started": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds": round(wall),
+    sittings.append({"ended": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds": round(wall),
                      "cpu_seconds": round(cpu), "exit": code})
     sittings_file.write_text(json.dumps(sittings, indent=2) + "\n")
     if code != 0:

@@ -21,7 +21,7 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.fl
                    st.dictionaries(st.integers(-3, 300), st.integers(-3, 300), max_size=3))
 
 
-@settings(max_examples=300, deadline=None,
+@settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(command=st.sampled_from(COMMANDS),
        args=st.lists(st.one_of(st.sampled_from(FLAGS), st.text(max_size=10),
@@ -37,7 +37,7 @@ def test_random_command_lines_parse_or_exit_2(command: str, args: list[str], cap
         assert "error:" in capsys.readouterr().err
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from(sorted(SECTIONS)),
                        st.one_of(VALUES, st.dictionaries(st.sampled_from(sorted({k for keys in SECTIONS.values()
                                                                                   for k in keys})), VALUES,
@@ -56,7 +56,7 @@ def test_random_configs_build_or_raise_one_value_error(values: dict) -> None:
         assert value is None or (isinstance(value, (int, float)) and math.isfinite(value) and value > 0)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(max_size=80))
 def test_random_yaml_files_load_or_raise_one_value_error(tmp_path_factory, text: str) -> None:
     path = tmp_path_factory.mktemp("yaml") / "config.yaml"

@@ -140,13 +140,13 @@ def test_all_names_every_pair_and_takes_slices(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path, str]:
-    """``segforge train --data DIR --label-map 255=1 --time-budget 20s`` on retina-like data, as the issue asks.
+    """``segforge train --data DIR --label-map 255=1 --time-budget 15s`` on retina-like data, as the issue asks.
 
-    20 s leave a slower machine room for the pretrained encoder's first step and the final report."""
+    15 s leave a slower machine room for the pretrained encoder's first step and the final report."""
     root = retina_like(tmp_path_factory.mktemp("retina"))
     out = tmp_path_factory.mktemp("runs")
     # (--out and --name only place the run folder)
-    args = ["train", "--data", str(root), "--label-map", "255=1", "--time-budget", "20s", "--out", str(out),
+    args = ["train", "--data", str(root), "--label-map", "255=1", "--time-budget", "15s", "--out", str(out),
             "--name", "run"]
     import contextlib
     import io
@@ -166,7 +166,7 @@ def test_train_with_only_data_label_map_and_a_budget_plans_holds_out_and_reports
     # RGB images: ImageNet-pretrained EfficientNet-Lite0 when segforge[pretrained] is installed (make does)
     encoder = "efficientnet_lite0" if pretrained.available_offline("efficientnet_lite0") else "unet16"
     assert re.search(rf"model.encoder +{encoder} ", log) and re.search(r"loss.name +ce\+dice ", log)
-    assert "time budget 20s:" in log and "steps fit" in log
+    assert "time budget 15s:" in log and "steps fit" in log
     assert {"config.yaml", "best.safetensors", "report.json", "curves.png", "splits"} <= {p.name for p in run.iterdir()}
     held = read_split_file(run / "splits" / "val.txt")
     kept = read_split_file(run / "splits" / "train.txt")
@@ -174,11 +174,11 @@ def test_train_with_only_data_label_map_and_a_budget_plans_holds_out_and_reports
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["data"]["val_split"] == str((run / "splits" / "val.txt").resolve())
     assert config["data"]["label_map"] == {255: 1} and config["data"]["num_classes"] == 2
-    assert config["train"]["time_budget"] == "20s" and config["model"]["encoder"] == encoder
+    assert config["train"]["time_budget"] == "15s" and config["model"]["encoder"] == encoder
     recorded = read_checkpoint(run / "best.safetensors")[1]["encoder_weights"]
     assert (recorded or {}).get("weights") == ("imagenet" if encoder == "efficientnet_lite0" else None)
     rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
-    assert rows and float(rows[-1]["seconds"]) <= 20 + 1e-6  # the loop stops within the budget
+    assert rows and float(rows[-1]["seconds"]) <= 15 + 1e-6  # the loop stops within the budget
     report = json.loads((run / "report.json").read_text())
     assert sum(report["support"]) == 2 * 40 * 40  # the two held-out images, every pixel scored
 

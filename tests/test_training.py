@@ -225,6 +225,7 @@ def test_augmentation_is_drawn_per_sample_whatever_the_order(data_root) -> None:
     assert not all(torch.equal(a, dataset[i][0]) for i, (a, _) in enumerate(forward))
 
 
+@pytest.mark.slow  # 7-10 s
 def test_the_original_unet_trains_on_crops_its_logits_cover(data_root, tmp_path) -> None:
     # Valid convolutions: every 24x24 crop is mirror-extended to the U-Net's input size (92 px before)
     # and the logits are cut to the crop, as in the paper's overlap-tile strategy.

@@ -74,7 +74,8 @@ def straight(data_root, tmp_path_factory) -> Path:
     return out / "run"
 
 
-@pytest.mark.parametrize("delay", [0.0, pytest.param(0.35, marks=pytest.mark.slow), 0.8])
+@pytest.mark.parametrize("delay", [0.0, pytest.param(0.35, marks=pytest.mark.slow),
+                                   pytest.param(0.8, marks=pytest.mark.slow)])
 def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(data_root, tmp_path, straight, delay) -> None:
     # The state is saved after every step (checkpoint-minutes ~ 6 ms), so the kill lands mid-epoch,
     # between or during writes; whatever it hit, the saved state must load and resuming must end
@@ -105,6 +106,7 @@ def test_ctrl_c_saves_mid_epoch_exits_130_and_resume_is_exact(data_root, tmp_pat
     assert losses(tmp_path / "stopped") == losses(straight)
 
 
+@pytest.mark.slow  # 6 s
 def test_sigterm_to_the_whole_process_group_saves_with_data_loader_workers(data_root, tmp_path) -> None:
     # A job scheduler's stop (or kill -- -PID) signals every process of the run, the data loader's
     # workers too: they must leave the stop to the main process, which saves first.
@@ -123,6 +125,7 @@ def test_sigterm_to_the_whole_process_group_saves_with_data_loader_workers(data_
     assert f"stopped at step {state['progress']['step']}: saved the state there" in out
 
 
+@pytest.mark.slow  # 20-25 s
 def test_two_processes_under_torchrun_equal_one_process_with_the_same_global_batch(data_root, tmp_path) -> None:
     # SGD: Adam's first steps are nearly sign(gradient), which turns float rounding into 2 x lr. A fixed
     # crop: images of one batch padded to different sizes per process would see different borders. Cross
