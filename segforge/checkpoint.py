@@ -17,12 +17,12 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from segforge.encoders.weights import first_keys
 from segforge.files import atomic_write
 
 FORMAT = "segforge-checkpoint-1"
 MAX_CLASSES = 10_000  # more is a damaged file, not a dataset (ADE20K has 150, COCO-Stuff 182)
 MAX_CHANNELS = 1_000
-MAX_LISTED_KEYS = 5
 
 
 def check_model_config(config: object, info: object, source: str) -> tuple[dict, dict]:
@@ -119,8 +119,8 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
     unexpected = [key for key in state if key not in own]
     mismatch = next((key for key in state if key in own and state[key].shape != own[key].shape), None)
     if missing or unexpected or mismatch:
-        problems = [f"{len(missing)} missing tensors {_first(missing)}"] if missing else []
-        problems += [f"{len(unexpected)} unexpected tensors {_first(unexpected)}"] if unexpected else []
+        problems = [f"{len(missing)} missing tensors {first_keys(missing)}"] if missing else []
+        problems += [f"{len(unexpected)} unexpected tensors {first_keys(unexpected)}"] if unexpected else []
         if mismatch:
             problems.append(f"{mismatch!r} is {tuple(state[mismatch].shape)} in the file, "
                             f"{tuple(own[mismatch].shape)} in the model")
@@ -129,11 +129,6 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
                          f"names: {'; '.join(problems)}; the file is damaged or was edited")
     model.load_state_dict(state, strict=True)
     return model.to(map_location), info
-
-
-def _first(keys: list[str]) -> str:
-    shown = ", ".join(keys[:MAX_LISTED_KEYS])
-    return f"[{shown}{', ...' if len(keys) > MAX_LISTED_KEYS else ''}]"
 
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:

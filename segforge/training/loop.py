@@ -292,9 +292,6 @@ def fit(config: Config | None, *, resume: str | Path | None = None, progress: bo
         clock = Clock(before=state["progress"]["seconds"])
     elif config is None:
         raise ValueError("fit needs a config, or resume= a run folder")
-    if config.train.checkpoint_minutes < 0:
-        raise ValueError(f"train.checkpoint_minutes must be >= 0 (0: save at round ends only), "
-                         f"got {config.train.checkpoint_minutes}")
     if config.data.max_image_mb is not None:  # an environment variable, so that data-loader workers inherit it
         os.environ[MAX_IMAGE_ENV] = str(config.data.max_image_mb)
     process, device = distributed.start(config.train.device)
