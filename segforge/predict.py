@@ -22,6 +22,7 @@ from tqdm import tqdm
 from segforge.data.base import default_palette, scale_image, to_tensor
 from segforge.data.io import list_images, read_image
 from segforge.files import atomic_write
+from segforge.memory import check_fits, out_of_memory_hint
 from segforge.metrics import logits_to_labels
 from segforge.models.segmenter import full_size_forward
 from segforge.plots import overlay_panel, save_index_png, save_png
@@ -163,7 +164,9 @@ def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], ou
 
     With ``tile``, each image goes through the network in tiles (``segforge.tiling.predict_tiled``:
     overlap-tile for the original U-Net, blended sliding windows otherwise), so the network's memory
-    is bounded by the tile; ``overlap``, ``tile_batch`` and ``blend`` are passed on."""
+    is bounded by the tile; ``overlap``, ``tile_batch`` and ``blend`` are passed on. Without it, an
+    image the device has not the memory to run in one piece is refused before the pass
+    (``segforge.memory.check_fits``), with the advice to tile."""
     out = Path(out)
     paths = expand_inputs(inputs)
     model = model.to(device).eval()
@@ -180,12 +183,16 @@ def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], ou
         mask_palette = colours
     else:
         mask_palette = palette
-    written = []
+    written, checked = [], set()
     quiet = None if progress is None else not progress  # tqdm's None: no bar when stderr is not a terminal
     for path in tqdm(paths, desc="predict", unit="image", disable=quiet):
         display, x = prepare_image(path, info, model.in_channels)
         if tile is None:
-            probs = predict_probabilities(model, x.to(device), flip=flip, scales=scales)[0].cpu()
+            if x.shape not in checked:  # the estimate is of shapes only: once per image size
+                check_fits(model, tuple(x.shape), device, f"image {path}", scale=max(scales))
+                checked.add(x.shape)
+            with out_of_memory_hint(f"image {path}"):
+                probs = predict_probabilities(model, x.to(device), flip=flip, scales=scales)[0].cpu()
         else:
             probs = predict_tiled(model, x[0], tile=tile, overlap=overlap, batch=tile_batch, blend=blend, flip=flip,
                                   scales=scales, device=device, progress=False)

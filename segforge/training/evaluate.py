@@ -13,9 +13,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segforge.data import SegmentationDataset
+from segforge.memory import check_fits, out_of_memory_hint
 from segforge.metrics import ConfusionMatrix, format_table, logits_to_labels, plot_confusion, save_json
 from segforge.models.segmenter import full_size_forward
 from segforge.plots import overlay_panel, save_png
+
+
+EVALUATION_ADVICE = ("cut the images and their masks into tiles of a few thousand pixels, or evaluate on a device "
+                     "with more memory")
 
 
 @dataclass
@@ -46,13 +51,20 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, ignore_i
     confusion = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     total, batches = 0.0, 0
     quiet = None if progress is None else not progress  # tqdm's None: no bar when stderr is not a terminal
+    checked = set()
     for images, masks in tqdm(loader, desc="evaluate", unit="batch", disable=quiet, leave=False):
+        if images.shape not in checked:  # the estimate is of shapes only: once per image size
+            check_fits(model, tuple(images.shape), device, "an evaluation image", scale=max(scales),
+                       advice=EVALUATION_ADVICE)
+            checked.add(images.shape)
         images = images.to(device).to(memory_format=memory_format)
         masks = masks.to(device)
         if tta:
-            confusion.update(predict_probabilities(model, images, flip=flip, scales=scales), masks)
+            with out_of_memory_hint("an evaluation image", EVALUATION_ADVICE):
+                confusion.update(predict_probabilities(model, images, flip=flip, scales=scales), masks)
             continue
-        logits = full_size_forward(model, images)
+        with out_of_memory_hint("an evaluation image", EVALUATION_ADVICE):
+            logits = full_size_forward(model, images)
         if loss_fn is not None:
             total += float(loss_fn(logits, masks))
             batches += 1
