@@ -98,22 +98,29 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return (state, *check_model_config(config, info, f"checkpoint {path}"))
 
 
+def model_from_config(config: dict, source: str) -> nn.Module:
+    """Builds (untrained) the model a checked config (``check_model_config``) describes; ``source`` names the
+    file in errors. Nothing is downloaded: ``encoder_weights`` there is a record of the starting weights.
+    Under ``torch.device("meta")`` it costs nothing (``OnnxSegmenter`` reads the geometry so)."""
+    from segforge.models import create_model
+
+    recorded = config.get("encoder_weights")  # a record ({"weights", "file", "sha256"}) is kept, never loaded
+    try:
+        return create_model(config["name"], config["num_classes"], in_channels=config["in_channels"],
+                            encoder=config.get("encoder"),
+                            encoder_weights=recorded if isinstance(recorded, dict) else None)
+    except ValueError as err:  # a model or encoder this segforge does not have
+        raise ValueError(f"{source}: {err}") from None
+
+
 def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuilds the model of a checkpoint and loads its weights; returns ``(model, info)``.
 
     Nothing is downloaded: the checkpoint holds every weight, and its config only records which
     ImageNet weights the encoder started from (``config["encoder_weights"]``).
     """
-    from segforge.models import create_model
-
     state, config, info = read_checkpoint(path)
-    recorded = config.get("encoder_weights")  # a record ({"weights", "file", "sha256"}) is kept, never loaded
-    try:
-        model = create_model(config["name"], config["num_classes"], in_channels=config["in_channels"],
-                             encoder=config.get("encoder"),
-                             encoder_weights=recorded if isinstance(recorded, dict) else None)
-    except ValueError as err:  # a model or encoder this segforge does not have
-        raise ValueError(f"checkpoint {path}: {err}") from None
+    model = model_from_config(config, f"checkpoint {path}")
     own = model.state_dict()
     missing = [key for key in own if key not in state]
     unexpected = [key for key in state if key not in own]

@@ -238,8 +238,8 @@ def _export(args: argparse.Namespace) -> int:
     if check is not None:
         for shape, diff, scale in zip(check.shapes, check.max_abs_diff, check.max_abs_logit):
             print(f"  input {'x'.join(map(str, shape))}: max |Δlogit| {diff:.2g} (logits up to {scale:.3g})")
-    sides = "16k + 124 (the original U-Net's valid sizes)" if hasattr(model, "input_size") else "any"
-    print(f"{out}: batch and height/width dynamic, sides {sides}; run it with segforge predict --checkpoint {out}")
+    print(f"{out}: batch and height/width dynamic, sides {model.geometry.sides}; run it with "
+          f"segforge predict --checkpoint {out}")
     return 0
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from segforge.files import atomic_write
+from segforge.models.geometry import geometry_of
 
 INPUT, OUTPUT = "image", "logits"
 METADATA_KEY = "segforge"
@@ -46,28 +47,27 @@ class ExportCheck:
     max_abs_logit: tuple[float, ...]
 
 
-def _is_valid_convolution(model: nn.Module) -> bool:
-    return getattr(model, "input_size", None) is not None
-
-
 def example_sizes(model: nn.Module) -> tuple[int, int, int]:
-    """(export size, two check sizes): the original U-Net's are 16k + 124; the others are the
-    smallest multiple of the stride of at least 64 (or the architecture's minimum), then sizes off
-    the stride grid, so a graph that kept the example's padding would fail the check."""
-    if _is_valid_convolution(model):
-        return 252, 268, 284
-    stride = max(int(getattr(model, "stride", 1)), 1)
-    base = max(int(getattr(model, "min_size", 1)), 64)
-    base = -(-base // stride) * stride
+    """(export size, two check sizes): a valid-convolution network's smallest valid size whose output
+    covers 64 pixels and the next two (the original U-Net: 252, 268, 284); the others, the smallest
+    multiple of the stride of at least 64 (or the architecture's minimum), then sizes off the stride
+    grid, so a graph that kept the example's padding would fail the check."""
+    geometry = geometry_of(model)
+    if geometry.valid_convolutions:
+        base = geometry.input_size(64)
+        return base, base + geometry.tile_period, base + 2 * geometry.tile_period
+    stride = max(geometry.tile_period, 1)
+    base = -(-max(geometry.min_size, 64) // stride) * stride
     return base, base + stride // 2 + 1, base + stride + 3
 
 
 def _dynamic_shapes(model: nn.Module) -> tuple[dict, ...]:
-    dim = torch.export.Dim
-    if _is_valid_convolution(model):  # 16k + 124: four even poolings of valid 3x3 convolutions
-        rows, cols = dim("k_height", min=4), dim("k_width", min=4)
-        return ({0: dim("batch"), 2: 16 * rows + 124, 3: 16 * cols + 124},)
-    smallest = max(int(getattr(model, "min_size", 1)), 2)
+    dim, geometry = torch.export.Dim, geometry_of(model)
+    if geometry.valid_convolutions:  # min_size + k x tile_period (U-Net: 16k + 124, k >= 4: even poolings)
+        period, smallest = geometry.tile_period, geometry.min_size
+        rows, cols = dim("k_height", min=smallest // period), dim("k_width", min=smallest // period)
+        return ({0: dim("batch"), 2: period * rows + smallest % period, 3: period * cols + smallest % period},)
+    smallest = max(geometry.min_size, 2)
     return ({0: dim("batch"), 2: dim("height", min=smallest), 3: dim("width", min=smallest)},)
 
 
@@ -133,7 +133,7 @@ def _export(model: nn.Module, path: Path, *, info: dict | None, size: int | None
         except Exception as err:  # torch.export raises many unrelated types
             raise ValueError(f"exporting {model.config.get('name')} to ONNX failed: {err}\n"
                              f"{log.getvalue()[-4000:]}") from err
-    valid = _is_valid_convolution(model)
+    valid = geometry_of(model).valid_convolutions
     if not valid:  # the logits have the input's size; name the dims so (instead of the padding arithmetic)
         program.model.graph.outputs[0].shape = ir.Shape(["batch", model.num_classes, "height", "width"])
     metadata = {"config": model.config, "info": info or {}, "valid_convolutions": valid}
@@ -196,8 +196,9 @@ def _session(path: str | os.PathLike, device: torch.device | str):
 
 class OnnxSegmenter(nn.Module):
     """An ONNX file written by ``export_onnx``, run by ONNX Runtime, with the attributes the
-    prediction code reads from a segforge model (``num_classes``, ``in_channels``, ``config`` and,
-    for the original U-Net, ``input_size``/``output_size``). ``forward`` takes and returns tensors.
+    prediction code reads from a segforge model (``num_classes``, ``in_channels``, ``config`` and
+    ``geometry``, the exported architecture's, built from its config on the meta device). ``forward``
+    takes and returns tensors.
     """
 
     def __init__(self, path: str | os.PathLike, *, device: torch.device | str = "cpu") -> None:
@@ -208,27 +209,28 @@ class OnnxSegmenter(nn.Module):
         if text is None:
             raise ValueError(f"ONNX model {path} was not written by segforge export (no class or normalisation "
                              "metadata); export the checkpoint with segforge export --format onnx")
-        from segforge.checkpoint import check_model_config
+        from segforge.checkpoint import check_model_config, model_from_config
 
         try:
             metadata = json.loads(text)
-            config, info, valid = metadata["config"], metadata["info"], metadata["valid_convolutions"]
+            config, info = metadata["config"], metadata["info"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(f"ONNX model {path} has damaged segforge metadata ({type(err).__name__}: {err}); "
                              "export the checkpoint again with segforge export") from None
         self.config, self.info = check_model_config(config, info, f"ONNX model {path}")
         self.num_classes, self.in_channels = self.config["num_classes"], self.config["in_channels"]
-        if valid:
-            from segforge.models.unet import unet_input_size, unet_output_size
-
-            self.input_size, self.output_size = unet_input_size, unet_output_size
+        with torch.device("meta"):  # shapes only: no weights are made
+            architecture = model_from_config(self.config, f"ONNX model {path}")
+        self.geometry = architecture.geometry
+        #: the exported network in PyTorch, on the meta device (not a submodule: ``to`` leaves it), whose
+        #: memory stands for the graph's (``segforge.memory``)
+        self.__dict__["architecture"] = architecture
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{self.path} takes (N, {self.in_channels}, H, W) images, got shape {tuple(x.shape)}")
-        if hasattr(self, "output_size"):
-            for side in x.shape[-2:]:
-                self.output_size(int(side))  # raises with the nearest valid sizes
+        for side in x.shape[-2:]:
+            self.geometry.output_size(int(side))  # raises with the nearest valid sizes
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         (logits,) = self.session.run([OUTPUT], {INPUT: array})
         return torch.from_numpy(logits).to(x.device)

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from segforge.models.segmenter import valid_border
+from segforge.models.geometry import geometry_of
 
 PROBE_SIDE = 512  # the size at which a model's memory per pixel is measured once
 _PER_PIXEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> bytes per pixel at PROBE_SIDE
@@ -61,13 +61,14 @@ def forward_peak_bytes(model: nn.Module, shape: tuple[int, ...], dtype: torch.dt
     logits; not the input or the weights. Measured on the meta device with the weights replaced by
     their shapes (``torch.func.functional_call``): nothing is allocated or computed."""
     net = getattr(model, "module", model)  # DistributedDataParallel
+    net = getattr(net, "architecture", net)  # an ONNX model: the exported PyTorch network (segforge.export)
     weights = {name: torch.empty_like(t, device="meta") for name, t in
                [*net.named_parameters(), *net.named_buffers()]}
-    top, bottom, left, right = valid_border(net, *shape[-2:])
+    top, bottom, left, right = geometry_of(net).border(*shape[-2:])
     x = torch.empty(shape, dtype=dtype, device="meta")
     counter = _LiveBytes()
     with torch.no_grad(), counter:
-        if top or bottom or left or right:  # the mirrored copy (segmenter.mirror_pad) is a new tensor: counted
+        if top or bottom or left or right:  # the mirrored copy (geometry.mirror_pad) is a new tensor: counted
             x = torch.empty((*shape[:-2], shape[-2] + top + bottom, shape[-1] + left + right), dtype=dtype,
                             device="meta")
         torch.func.functional_call(net, weights, (x,))
@@ -119,7 +120,7 @@ def check_fits(model: nn.Module, shape: tuple[int, ...], device: torch.device | 
         return
     per_pixel = _PER_PIXEL.get(model)
     if per_pixel is None:  # one measured pass per model; an image needing under half the memory goes on at once
-        side = max(PROBE_SIDE, getattr(model, "min_size", 1))
+        side = geometry_of(model).input_size(PROBE_SIDE)
         per_pixel = _PER_PIXEL[model] = forward_peak_bytes(model, (1, *shape[1:-2], side, side)) / side**2
     pixels = height * width * (shape[0] if len(shape) == 4 else 1)
     if 2 * per_pixel * pixels < have:

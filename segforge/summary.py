@@ -8,7 +8,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from segforge.models import MODELS, count_parameters, create_model, list_models
-from segforge.models.unet import OriginalUNet, unet_input_size
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ def summarize(name: str, size: int = 512, *, num_classes: int = 21, in_channels:
     """
     with torch.device("meta"):
         model = create_model(name, num_classes, in_channels=in_channels).eval()
-        input_size = unet_input_size(size) if isinstance(model, OriginalUNet) else max(size, model.min_size)
+        input_size = model.geometry.input_size(size)
         x = torch.empty(1, model.in_channels, input_size, input_size)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from segforge.models.segmenter import mirror_coordinates, valid_border
+from segforge.models.geometry import geometry_of, mirror_coordinates
 
 Reader = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) -> (C, y1 - y0, x1 - x0)
 TileFn = Callable[[torch.Tensor], torch.Tensor]  # (N, C, h, w) -> (N, K, oh, ow), oh >= tile output
@@ -95,17 +95,16 @@ def plan_tiles(height: int, width: int, *, tile: int = 512, overlap: float = 0.2
         raise ValueError(f"tile must be a positive number of pixels, got {tile!r}")
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap is a share of the tile in [0, 1), got {overlap}; e.g. 0.25")
-    net = getattr(model, "module", model)
-    input_size = getattr(net, "input_size", None)
-    if input_size is not None:  # valid convolutions: overlap-tile, abutting outputs
-        period = net.tile_period
+    geometry = geometry_of(model)
+    if geometry.valid_convolutions:  # overlap-tile: abutting outputs, each from a mirrored input window
+        period = geometry.tile_period
         out = max(period, tile - tile % period)
-        border, after, _, _ = valid_border(net, out, out)
+        border, after, _, _ = geometry.border(out, out)
         window = border + out + after
         ys, xs = tuple(range(0, height, out)), tuple(range(0, width, out))
         return TilePlan(height, width, (out, out), (window, window), border, ys, xs, _weights(out, out, "uniform"))
     wh, ww = min(tile, height), min(tile, width)
-    multiple = getattr(net, "stride", 1)  # shifts by the network stride keep its pooling grid aligned
+    multiple = geometry.tile_period  # shifts by the network stride keep its pooling grid aligned
     stride = max(1, round(tile * (1 - overlap)))
     stride = max(multiple, stride - stride % multiple) if stride >= multiple else stride
     return TilePlan(height, width, (wh, ww), (wh, ww), 0, _starts(height, wh, stride), _starts(width, ww, stride),

@@ -80,12 +80,21 @@ def _label_out_of_range(root: Path) -> str:
     return "0005.png"
 
 
+def _negative_label_in_an_int16_tiff(root: Path) -> str:
+    mask = np.array(Image.open(root / "masks" / "0002.png")).astype(np.int16)
+    mask[3, 3] = -1
+    (root / "masks" / "0002.png").unlink()
+    tifffile.imwrite(root / "masks" / "0002.tif", mask)
+    return "0002.tif"
+
+
 def _corrupt_image(root: Path) -> str:
     (root / "images" / "0003.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     return "0003.png"
 
 
-@pytest.mark.parametrize("damage", [_mask_of_another_size, _label_out_of_range, _corrupt_image])
+@pytest.mark.parametrize("damage", [_mask_of_another_size, _label_out_of_range, _negative_label_in_an_int16_tiff,
+                                    _corrupt_image])
 def test_1_worker_errors_read_as_the_main_process_would_print_them(data, tmp_path, capsys, damage) -> None:
     root = copy_data(data, tmp_path / "data")
     named = damage(root)

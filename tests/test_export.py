@@ -143,3 +143,27 @@ def test_cli_export_then_predict_with_onnx_runtime_gives_the_pytorch_masks(tmp_p
     assert main(["predict", "--checkpoint", str(checkpoint), "--engine", "onnx", str(tmp_path / "in"),
                  "--out", str(tmp_path / "x")]) == 2
     assert "--engine onnx runs an exported model: export" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # an export of the original U-Net: 10-30 s
+def test_an_exported_original_unet_predicts_in_tiles_with_onnx_runtime(tmp_path, capsys) -> None:
+    import tifffile
+    from PIL import Image
+
+    from segforge.checkpoint import save_checkpoint
+    from segforge.cli import main
+    from segforge.export import load_onnx
+
+    model = create_model("unet", 2, in_channels=1)
+    checkpoint = save_checkpoint(tmp_path / "u.safetensors", model, classes=["a", "b"], mean=[0.5], std=[0.25])
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "a.tif", (np.random.default_rng(2).random((70, 101)) * 255).astype(np.uint8))
+    assert main(["export", "--checkpoint", str(checkpoint)]) == 0
+    assert "sides 16k + 124" in capsys.readouterr().out
+    onnx_model, _ = load_onnx(tmp_path / "u.onnx")
+    assert repr(onnx_model.geometry) == repr(model.geometry) and onnx_model.geometry.border(70, 101) == (92, 106, 92, 107)
+    for name, args in {"torch": [str(checkpoint)], "onnx": [str(tmp_path / "u.onnx"), "--engine", "onnx"]}.items():
+        assert main(["predict", "--checkpoint", *args, str(tmp_path / "in"), "--tile", "32",
+                     "--out", str(tmp_path / name)]) == 0, capsys.readouterr().err
+    masks = [np.asarray(Image.open(tmp_path / name / "a.png")) for name in ("torch", "onnx")]
+    assert masks[0].shape == (70, 101) and np.array_equal(*masks)

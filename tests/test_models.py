@@ -224,7 +224,7 @@ def test_create_model_loads_torchvision_encoder_weights_and_adapts_grayscale(tmp
 def test_mirror_pad_reflects_without_repeating_the_edge_by_any_amount(size: int, before: int, after: int) -> None:
     import numpy as np
 
-    from segforge.models.segmenter import mirror_pad
+    from segforge.models.geometry import mirror_pad
 
     x = torch.arange(3 * size * (size + 1), dtype=torch.float32).view(1, 3, size, size + 1)
     padded = mirror_pad(x, before, after, after, before)
@@ -234,7 +234,8 @@ def test_mirror_pad_reflects_without_repeating_the_edge_by_any_amount(size: int,
 
 
 def test_full_size_forward_gives_the_original_unet_logits_for_every_pixel() -> None:
-    from segforge.models.segmenter import full_size_forward, mirror_pad
+    from segforge.models.geometry import mirror_pad
+    from segforge.models.segmenter import full_size_forward
 
     torch.manual_seed(0)
     model = create_model("unet", 2).eval()

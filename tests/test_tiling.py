@@ -9,7 +9,7 @@ import pytest
 import tifffile
 import torch
 
-from segforge import create_model
+from segforge import create_model, list_models
 from segforge.models.segmenter import full_size_forward
 from segforge.predict import prepare_image
 from segforge.tiling import plan_tiles, predict_tiff, predict_tiled, tiled_map
@@ -174,3 +174,24 @@ def test_streaming_with_threaded_compression_holds_one_row_of_blocks(tmp_path, m
     expected = predict_tiled(model, x[0], tile=64, progress=False).argmax(0).numpy()
     assert np.array_equal(tifffile.imread(written), expected)
     assert gathered and max(gathered) <= 7  # 200 px = 7 blocks of 32 per row; 35 blocks in all
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "deconvnet" else name
+                                  for name in list_models()])  # (deconvnet's smallest tile is 224 pixels)
+def test_every_model_goes_through_the_tiler_by_its_declared_geometry(name) -> None:
+    # A tile of the geometry's smallest valid size covering 64 pixels, an image of about 1.5 x 1.2 tiles:
+    # every pixel gets probabilities, and a valid-convolution network gives exactly its whole-image answer.
+    model = create_model(name, 3).eval()
+    geometry = model.geometry
+    tile = 48 if geometry.valid_convolutions else geometry.input_size(64)
+    height, width = tile + tile // 2 + 3, tile + tile // 5 + 1
+    image = torch.randn(model.in_channels, height, width)
+    probs = predict_tiled(model, image, tile=tile, overlap=0.25, batch=2)
+    assert probs.shape == (3, height, width)
+    torch.testing.assert_close(probs.sum(0), torch.ones(height, width))
+    plan = plan_tiles(height, width, tile=tile, model=model)
+    assert len(plan.ys) * len(plan.xs) > 1  # more than one tile
+    if geometry.valid_convolutions:
+        with torch.no_grad():
+            whole = full_size_forward(model, image[None])[0].softmax(0)
+        torch.testing.assert_close(probs, whole, atol=1e-5, rtol=1e-4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from segforge.encoders import ENCODERS
+from segforge.models.geometry import Geometry, ValidGeometry, geometry_of
 from segforge.models.registry import MODELS
 from segforge.models.segmenter import SegmentationHead, SegmentationOutput, Segmenter
 
@@ -64,5 +65,5 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["MODELS", "SegmentationHead", "SegmentationOutput", "Segmenter", "count_parameters", "create_model",
-           "list_models"]
+__all__ = ["MODELS", "Geometry", "SegmentationHead", "SegmentationOutput", "Segmenter", "count_parameters", "create_model",
+           "geometry_of", "list_models", "ValidGeometry"]

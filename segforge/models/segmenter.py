@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segforge.models.geometry import Geometry, geometry_of, mirror_pad
+
 
 class SegmentationOutput(NamedTuple):
     """What a model with an auxiliary head returns in training mode (PSPNet)."""
@@ -35,46 +37,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h))
 
 
-def mirror_coordinates(coordinates: torch.Tensor, size: int) -> torch.Tensor:
-    """Maps coordinates along an axis of ``size`` pixels, any of them outside it, to the pixel that
-    mirroring at the edges (edge pixel not repeated) puts there."""
-    if size == 1:
-        return torch.zeros_like(coordinates)
-    period = 2 * (size - 1)
-    index = coordinates.remainder(period)
-    return torch.where(index >= size, period - index, index)
-
-
-def _mirror_indices(size: int, before: int, after: int, device: torch.device) -> torch.Tensor:
-    return mirror_coordinates(torch.arange(-before, size + after, device=device), size)
-
-
-def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Extends the last two dimensions by mirroring at the edges, the edge pixel not repeated (the
-    U-Net paper's extrapolation), by any amount: the reflections repeat when a pad exceeds the image."""
-    if top == bottom == left == right == 0:
-        return x
-    rows = _mirror_indices(x.shape[-2], top, bottom, x.device)
-    cols = _mirror_indices(x.shape[-1], left, right, x.device)
-    padded = x.index_select(-2, rows).index_select(-1, cols)
-    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        padded = padded.contiguous(memory_format=torch.channels_last)
-    return padded
-
-
-def valid_border(model: nn.Module, height: int, width: int) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) mirror padding that makes a valid-convolution network's logits cover an
-    ``height x width`` image (the original U-Net: 92 pixels before, enough after to reach a valid size);
-    zeros for networks whose output already matches their input."""
-    net = getattr(model, "module", model)  # DistributedDataParallel
-    input_size = getattr(net, "input_size", None)
-    if input_size is None:
-        return 0, 0, 0, 0
-    in_h, in_w = input_size(height), input_size(width)
-    top, left = (in_h - net.output_size(in_h)) // 2, (in_w - net.output_size(in_w)) // 2
-    return top, in_h - height - top, left, in_w - width - left
-
-
 def full_size_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor | SegmentationOutput:
     """``model(x)`` with logits for every pixel of ``x``, for every architecture.
 
@@ -83,7 +45,7 @@ def full_size_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor | Segme
     overlap-tile strategy, and their logits are cut to ``x``'s size: so training crops, evaluation
     images and predictions of any size work with them too.
     """
-    top, bottom, left, right = valid_border(model, *x.shape[-2:])
+    top, bottom, left, right = geometry_of(model).border(*x.shape[-2:])
     if top == bottom == left == right == 0:
         return model(x)
     height, width = x.shape[-2:]
@@ -104,6 +66,8 @@ class Segmenter(nn.Module):
         num_classes, in_channels: recorded for checks and for rebuilding from a checkpoint.
         stride: padding multiple (the encoder's largest reduction).
         min_size: smallest input side the architecture accepts.
+        geometry: how the logits cover the input (``segforge.models.geometry``); by default they have
+            the input's size, for inputs of at least ``min_size``, tiles aligned to ``stride``.
         aux_head: optional head on ``encoder features[aux_index]``; its logits are returned, in
             training mode only, as ``SegmentationOutput(logits, aux_logits)``.
         encoder_name: the registered encoder, for summaries and checkpoints.
@@ -122,6 +86,7 @@ class Segmenter(nn.Module):
         aux_head: nn.Module | None = None,
         aux_index: int = -2,
         encoder_name: str = "",
+        geometry: Geometry | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -132,7 +97,7 @@ class Segmenter(nn.Module):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.stride = stride
-        self.min_size = min_size
+        self.geometry = geometry or Geometry(min_size=min_size, tile_period=stride)
         self.encoder_name = encoder_name
         #: how ``segforge.create_model`` built this model; set by it, stored in checkpoints
         self.config: dict = {}
@@ -150,11 +115,15 @@ class Segmenter(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"{name} expects a floating-point input, got {x.dtype}; convert with x.float()")
-        if min(x.shape[-2:]) < self.min_size:
+        smallest = self.geometry.min_size
+        if min(x.shape[-2:]) < smallest:
             raise ValueError(
                 f"input {x.shape[-2]}x{x.shape[-1]} is smaller than {name} can take "
-                f"(at least {self.min_size}x{self.min_size}); resize or pad the image"
+                f"(at least {smallest}x{smallest}); resize or pad the image"
             )
+        if not torch.compiler.is_exporting():  # (an export declares its valid sizes: segforge.export)
+            for side in x.shape[-2:]:
+                self.geometry.output_size(int(side))  # a valid-convolution network: raises naming valid sizes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | SegmentationOutput:
         self.check_input(x)

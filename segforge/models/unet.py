@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import itertools
 
-import torch
-
 from segforge.decoders.unet import UNetDecoder
 from segforge.encoders import create_encoder
 from segforge.encoders.unet import UNetEncoder
 from segforge.models.registry import MODELS
+from segforge.models.geometry import ValidGeometry
 from segforge.models.segmenter import SegmentationHead, Segmenter
 
 DEPTH = 4  # poolings in the original U-Net
@@ -80,31 +79,26 @@ def unet_input_size(output_size: int, depth: int = DEPTH) -> int:
         bottom += 1
 
 
-class OriginalUNet(Segmenter):
-    """The unpadded U-Net: logits of ``unet_output_size(H) x unet_output_size(W)``, centred on the input."""
+class UNetGeometry(ValidGeometry):
+    """The original U-Net's sizes: ``unet_output_size`` / ``unet_input_size``, inputs of 16k + 124 pixels
+    (at least 188), overlap-tiles shifted by multiples of 2**depth (the pooling grid)."""
 
-    #: shifts of the input by multiples of this keep the pooling grid, so overlap-tiles stitch exactly
-    tile_period = 2**DEPTH
+    sides = "16k + 124 (the original U-Net's valid sizes)"
 
-    def check_input(self, x: torch.Tensor) -> None:
-        super().check_input(x)
-        if torch.compiler.is_exporting():
-            return  # the export's input sizes are declared as 16k + 124 (segforge.export)
-        for side in x.shape[-2:]:
-            unet_output_size(int(side))
+    def __init__(self, depth: int = DEPTH) -> None:
+        super().__init__(min_size=unet_input_size(1, depth), tile_period=2**depth)
+        self.depth = depth
 
-    @staticmethod
-    def output_size(input_size: int) -> int:
-        return unet_output_size(input_size)
+    def output_size(self, input_size: int) -> int:
+        return unet_output_size(input_size, self.depth)
 
-    @staticmethod
-    def input_size(output_size: int) -> int:
-        return unet_input_size(output_size)
+    def input_size(self, output_size: int) -> int:
+        return unet_input_size(output_size, self.depth)
 
 
 @MODELS.register("unet")
 def unet(num_classes: int, *, in_channels: int = 1, encoder: str | None = None,
-         encoder_weights: str | None = None) -> OriginalUNet:
+         encoder_weights: str | None = None) -> Segmenter:
     """The original U-Net (valid convolutions, output smaller than input)."""
     if encoder not in (None, "unet") or encoder_weights is not None:
         raise ValueError("the original U-Net has its own unpadded encoder and no pretrained weights; "
@@ -112,9 +106,9 @@ def unet(num_classes: int, *, in_channels: int = 1, encoder: str | None = None,
     enc = UNetEncoder(in_channels=in_channels, padding=False, batch_norm=False, dropout=0.5)
     decoder = UNetDecoder(enc.out_channels, enc.reductions, padding=False, batch_norm=False)
     head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=1)
-    # stride 1: the input is never padded; check_input enforces the valid sizes instead.
-    return OriginalUNet(enc, decoder, head, num_classes=num_classes, in_channels=in_channels, stride=1, min_size=188,
-                        encoder_name="unet (unpadded)")
+    # stride 1: the input is never padded; check_input enforces the geometry's valid sizes instead.
+    return Segmenter(enc, decoder, head, num_classes=num_classes, in_channels=in_channels, stride=1,
+                     encoder_name="unet (unpadded)", geometry=UNetGeometry())
 
 
 @MODELS.register("unet_padded")
