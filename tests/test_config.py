@@ -42,7 +42,13 @@ def test_unknown_key_names_it_and_lists_the_valid_ones(tmp_path) -> None:
 @pytest.mark.parametrize("values, message", [
     ({"data": {"batch_size": "8"}}, r"'data.batch_size' must be int \| null, got '8'"),
     ({"train": {"channels_last": 1}}, r"'train.channels_last' must be bool, got 1"),
-    ({"optimizer": {"name": "rmsprop"}}, r"'optimizer.name' must be 'sgd' \| 'adam' \| 'adamw' \| null, got 'rmsprop'"),
+    ({"optimizer": {"name": "rmsprop"}}, r"optimizer.name 'rmsprop' is not one segforge knows; choose from "
+                                         r"\['adam', 'adamw', 'sgd'\]"),
+    ({"schedule": {"name": "linear"}}, r"schedule.name 'linear' is not one .* \['constant', 'cosine', 'poly', 'step'\]"),
+    ({"loss": {"name": "focal"}}, r"loss.name 'focal' is not one .* \['ce', 'ce\+dice', 'dice'\]"),
+    ({"data": {"format": "coco"}}, r"data.format 'coco' is not one .* \['auto', 'ade20k', 'camvid'"),
+    ({"model": {"name": "deeplab"}}, r"model.name 'deeplab' is not one .* \['deconvnet', 'fcn16s'"),
+    ({"model": {"encoder": "resnet152"}}, r"model.encoder 'resnet152' is not one .* \['efficientnet_lite0'"),
     ({"data": {"class_weights": [1, "x"]}}, r"'data.class_weights' must be 'none' \| 'median_frequency' \| list"),
     ({"model": "unet"}, r"config section 'model' must be a mapping"),
 ])
@@ -113,3 +119,21 @@ def test_invalid_yaml_after_set_is_an_error_that_shows_the_value(capsys) -> None
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "the value of data.batch_size is not valid YAML" in err and "'[1'" in err and "Traceback" not in err
+
+
+def test_a_name_registered_later_is_accepted_by_the_config_and_the_command_line() -> None:
+    from segforge.cli import build_parser
+    from segforge.training.optim import SCHEDULES
+
+    @SCHEDULES.register("half")
+    def half(step, decayed, steps_per_epoch, config) -> float:
+        return 0.5
+
+    try:
+        assert config_from_dict({"schedule": {"name": "half"}}).schedule.name == "half"
+        args = build_parser().parse_args(["train", "--data", "d", "--schedule", "half"])
+        assert getattr(args, "schedule.name") == "half"
+    finally:
+        SCHEDULES._builders.pop("half")
+    with pytest.raises(ValueError, match="schedule.name 'half' is not one segforge knows"):
+        config_from_dict({"schedule": {"name": "half"}})

@@ -302,7 +302,7 @@ def test_more_bad_inputs() -> None:
 
 
 def test_combination_errors() -> None:
-    with pytest.raises(ValueError, match=r"unknown loss 'focal'; choose from \['ce', 'dice', 'ce\+dice'\]"):
+    with pytest.raises(ValueError, match=r"unknown loss 'focal'; choose from \['ce', 'ce\+dice', 'dice'\]"):
         create_loss("focal")
     with pytest.raises(ValueError, match=r"class_weight weights the cross entropy.*use dice_class_weight"):
         create_loss("dice", class_weight=[1.0, 2.0])

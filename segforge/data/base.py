@@ -13,12 +13,10 @@ from segforge.data.colour import ColourMap, load_colour_map
 from segforge.data.io import DatasetError, count_extensions, list_images, map_files, read_image, read_mask
 from segforge.data.pairing import pair_files
 from segforge.data.transforms import Transform as SeededTransform
+from segforge.labels import NO_LABEL
 
 Sample = tuple[Path, "Path | None"]
 Transform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-#: the label of every pixel of a sample that has no mask when the dataset has no ignore index
-#: (``torch.nn.CrossEntropyLoss``'s default ``ignore_index``)
-NO_LABEL = -100
 
 
 def default_palette(count: int) -> list[tuple[int, int, int]]:
@@ -113,7 +111,7 @@ class SegmentationDataset(Dataset):
             strict=False); they are not in ``samples``.
         unpaired_masks: masks without their image.
         region_masks: image path → valid-region mask (``set_region_masks``): pixels where it is 0 are
-            labelled ``ignore_index`` (or -100 without one), so neither the loss nor the metrics see them.
+            labelled ``ignore_index`` (or ``NO_LABEL`` without one), so neither the loss nor the metrics see them.
     """
 
     layout = "custom"
@@ -219,7 +217,7 @@ class SegmentationDataset(Dataset):
 
     @property
     def unlabelled(self) -> int:
-        """The label of pixels without a class: ``ignore_index``, or -100 (``NO_LABEL``) without one."""
+        """The label of pixels without a class: ``ignore_index``, or ``NO_LABEL`` (-100) without one."""
         return NO_LABEL if self.ignore_index is None else self.ignore_index
 
     def load_image(self, index: int) -> np.ndarray:
@@ -267,7 +265,7 @@ class SegmentationDataset(Dataset):
 
     def load_mask(self, index: int, shape: tuple[int, int] | None = None) -> np.ndarray:
         """``(H, W)`` int64 labels, unlabelled outside the valid region; an unlabelled sample is all
-        ``ignore_index`` (or -100) of ``shape``.
+        ``ignore_index`` (or ``NO_LABEL``) of ``shape``.
 
         Raises:
             DatasetError: the mask (or region mask) is not of the image's size ``shape``, or its labels

@@ -44,7 +44,7 @@ class ISBIDataset(SegmentationDataset):
     Args:
         root: a folder with ``<split>/image`` (+ ``<split>/label``) slices, or ``<split>-volume.tif``
             (+ ``<split>-labels.tif``) volumes.
-        split: ``train`` or ``test`` (test has no labels: its masks are all -100, torch's ignore value).
+        split: ``train`` or ``test`` (test has no labels: its masks are all ``NO_LABEL``, -100).
         foreground: which class is 1: ``"membrane"`` (default, the U-Net paper) or ``"cell"``.
         mean, std, transform, strict: see ``SegmentationDataset`` / ``FolderDataset``.
 

@@ -11,24 +11,16 @@ model as binary (sigmoid). Each comes as a pure function and a module that store
 
 from __future__ import annotations
 
-from segforge.losses.combined import (
-    LOSS_NAMES,
-    AuxiliaryLoss,
-    LossName,
-    WeightedSum,
-    auxiliary_loss,
-    create_loss,
-)
+from segforge.losses.combined import LOSSES, AuxiliaryLoss, WeightedSum, auxiliary_loss, create_loss
 from segforge.losses.cross_entropy import CrossEntropyLoss, as_class_weight, check_loss_inputs, cross_entropy_loss
 from segforge.losses.dice import DiceLoss, DiceMode, dice_loss, soft_dice_per_class
 
 __all__ = [
-    "LOSS_NAMES",
+    "LOSSES",
     "AuxiliaryLoss",
     "CrossEntropyLoss",
     "DiceLoss",
     "DiceMode",
-    "LossName",
     "WeightedSum",
     "as_class_weight",
     "auxiliary_loss",

@@ -7,22 +7,18 @@
 
 from __future__ import annotations
 
-import typing
-
+import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 from torch import Tensor, nn
 
 from segforge.losses.cross_entropy import CrossEntropyLoss
 from segforge.losses.dice import DiceLoss, DiceMode
 from segforge.models.segmenter import SegmentationOutput
+from segforge.registry import Registry
 
-__all__ = ["LOSS_NAMES", "AuxiliaryLoss", "LossName", "WeightedSum", "auxiliary_loss", "create_loss"]
-
-LossName = Literal["ce", "dice", "ce+dice"]
-LOSS_NAMES: tuple[str, ...] = typing.get_args(LossName)
+__all__ = ["LOSSES", "AuxiliaryLoss", "WeightedSum", "auxiliary_loss", "create_loss"]
 
 
 def _check_coefficient(value: object, name: str) -> float:
@@ -136,30 +132,55 @@ class AuxiliaryLoss(nn.Module):
         return f"aux_weight={self.aux_weight}"
 
 
-def create_loss(
-    name: LossName,
-    *,
-    ignore_index: int | None = None,
-    class_weight: Sequence[float] | Tensor | None = None,
-    dice_class_weight: Sequence[float] | Tensor | None = None,
-    smooth: float = 1.0,
-    dice_mode: DiceMode = "batch",
-    ce_weight: float | None = None,
-    dice_weight: float | None = None,
-    aux_weight: float | None = None,
-    validate: bool = True,
-) -> nn.Module:
-    """Builds a training criterion by name, e.g. from a YAML config: ``create_loss(**config["loss"])``.
+LOSSES: Registry = Registry("loss")  # name -> builder(**its options) -> nn.Module
+
+
+@LOSSES.register("ce")
+def _cross_entropy(*, ignore_index: int | None = None, class_weight: Sequence[float] | Tensor | None = None,
+                   validate: bool = True) -> nn.Module:
+    return CrossEntropyLoss(weight=class_weight, ignore_index=ignore_index, validate=validate)
+
+
+@LOSSES.register("dice")
+def _dice(*, ignore_index: int | None = None, dice_class_weight: Sequence[float] | Tensor | None = None,
+          smooth: float = 1.0, dice_mode: DiceMode = "batch", validate: bool = True) -> nn.Module:
+    return DiceLoss(weight=dice_class_weight, ignore_index=ignore_index, smooth=smooth, mode=dice_mode,
+                    validate=validate)
+
+
+@LOSSES.register("ce+dice")
+def _cross_entropy_and_dice(*, ignore_index: int | None = None, class_weight: Sequence[float] | Tensor | None = None,
+                            dice_class_weight: Sequence[float] | Tensor | None = None, smooth: float = 1.0,
+                            dice_mode: DiceMode = "batch", ce_weight: float | None = None,
+                            dice_weight: float | None = None, validate: bool = True) -> nn.Module:
+    ce = _cross_entropy(ignore_index=ignore_index, class_weight=class_weight, validate=validate)
+    # the cross entropy has already checked the very same (logits, target)
+    dice = _dice(ignore_index=ignore_index, dice_class_weight=dice_class_weight, smooth=smooth, dice_mode=dice_mode,
+                 validate=False)
+    return WeightedSum([(1.0 if ce_weight is None else ce_weight, ce),
+                        (1.0 if dice_weight is None else dice_weight, dice)])
+
+
+# What to use instead of an option the named loss has no use for.
+_INSTEAD = {"class_weight": "class_weight weights the cross entropy, which loss {name!r} has none of; use "
+                            "dice_class_weight for the Dice loss",
+            "dice_class_weight": "dice_class_weight weights the Dice loss, which loss {name!r} has none of; use "
+                                 "class_weight for the cross entropy",
+            "ce_weight": "ce_weight and dice_weight weigh the terms of 'ce+dice', not of {name!r}; drop them",
+            "dice_weight": "ce_weight and dice_weight weigh the terms of 'ce+dice', not of {name!r}; drop them"}
+
+
+def create_loss(name: str, *, aux_weight: float | None = None, **options: object) -> nn.Module:
+    """Builds a training criterion by name (``LOSSES``), e.g. from a YAML config: ``create_loss(**config["loss"])``.
 
     Args:
         name: ``"ce"`` (cross entropy), ``"dice"`` (soft Dice) or ``"ce+dice"`` (their weighted sum).
-        ignore_index: target value ignored by every term.
-        class_weight: per-class weights of the cross entropy (e.g. median-frequency balancing).
-        dice_class_weight: per-class weights of the Dice loss.
-        smooth, dice_mode: the Dice loss's smooth term and ``"batch"``/``"image"`` mode.
-        ce_weight, dice_weight: the terms' weights in ``"ce+dice"`` (default 1.0 each).
         aux_weight: if given, wrap in :class:`AuxiliaryLoss` with this weight (0.4 for PSPNet).
-        validate: let the losses check their inputs on every call.
+        options: the named loss's, None for its default: ``ignore_index`` (every term), ``class_weight``
+            (the cross entropy's per-class weights, e.g. median-frequency balancing), ``dice_class_weight``,
+            ``smooth`` and ``dice_mode`` (``"batch"``/``"image"``) of the Dice loss, ``ce_weight`` and
+            ``dice_weight`` (the terms of ``"ce+dice"``, default 1.0 each), ``validate`` (check the
+            inputs on every call).
 
     Returns:
         An ``nn.Module`` called as ``loss(logits_or_output, target)``.
@@ -167,25 +188,12 @@ def create_loss(
     Raises:
         ValueError: unknown name (lists the choices), or an option that the named loss does not use.
     """
-    if name not in LOSS_NAMES:
-        raise ValueError(f"unknown loss {name!r}; choose from {list(LOSS_NAMES)}")
-    uses_ce, uses_dice = name in ("ce", "ce+dice"), name in ("dice", "ce+dice")
-    if class_weight is not None and not uses_ce:
-        raise ValueError(f"class_weight weights the cross entropy, which loss {name!r} has none of; "
-                         "use dice_class_weight for the Dice loss")
-    if dice_class_weight is not None and not uses_dice:
-        raise ValueError(f"dice_class_weight weights the Dice loss, which loss {name!r} has none of; "
-                         "use class_weight for the cross entropy")
-    if name != "ce+dice" and (ce_weight is not None or dice_weight is not None):
-        raise ValueError(f"ce_weight and dice_weight weigh the terms of 'ce+dice', not of {name!r}; drop them")
-
-    ce = CrossEntropyLoss(weight=class_weight, ignore_index=ignore_index, validate=validate) if uses_ce else None
-    # in 'ce+dice' the cross entropy has already checked the very same (logits, target)
-    dice = (DiceLoss(weight=dice_class_weight, ignore_index=ignore_index, smooth=smooth, mode=dice_mode,
-                     validate=validate and ce is None) if uses_dice else None)
-    if ce is not None and dice is not None:
-        loss: nn.Module = WeightedSum([(1.0 if ce_weight is None else ce_weight, ce),
-                                       (1.0 if dice_weight is None else dice_weight, dice)])
-    else:
-        loss = ce if ce is not None else dice
+    builder = LOSSES.get(name)
+    accepted = inspect.signature(builder).parameters
+    given = {key: value for key, value in options.items() if value is not None}
+    for key in given:
+        if key not in accepted:
+            raise ValueError(_INSTEAD[key].format(name=name) if key in _INSTEAD else
+                             f"loss {name!r} takes no option {key!r}; it takes {sorted(accepted)}")
+    loss = builder(**given)
     return loss if aux_weight is None else AuxiliaryLoss(loss, aux_weight=aux_weight)

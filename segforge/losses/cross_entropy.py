@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segforge.labels import NO_LABEL
 from segforge.metrics.confusion import check_labels
 
 __all__ = ["CrossEntropyLoss", "as_class_weight", "check_loss_inputs", "cross_entropy_loss"]
@@ -163,7 +164,7 @@ def cross_entropy_loss(
     else:
         # F.cross_entropy already zeroes ignored pixels and multiplies by w_y; only the mean is ours.
         total = F.cross_entropy(logits, target, weight=w, reduction="sum",
-                                ignore_index=ignore_index if ignore_index is not None else -100)
+                                ignore_index=ignore_index if ignore_index is not None else NO_LABEL)
         pixel_weight = w[safe_target] if w is not None else None
         if valid is not None:
             pixel_weight = valid if pixel_weight is None else pixel_weight * valid

@@ -65,5 +65,5 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["MODELS", "Geometry", "SegmentationHead", "SegmentationOutput", "Segmenter", "count_parameters", "create_model",
-           "geometry_of", "list_models", "ValidGeometry"]
+__all__ = ["MODELS", "Geometry", "SegmentationHead", "SegmentationOutput", "Segmenter", "ValidGeometry",
+           "count_parameters", "create_model", "geometry_of", "list_models"]

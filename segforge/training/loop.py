@@ -48,6 +48,7 @@ from segforge.data import SegmentationDataset, build_transforms, class_weights, 
 from segforge.data.io import MAX_IMAGE_ENV
 from segforge.errors import user_message
 from segforge.files import atomic_write, check_output_folder
+from segforge.labels import NO_LABEL
 from segforge.losses import create_loss
 from segforge.metrics import ConfusionMatrix
 from segforge.models import create_model
@@ -60,7 +61,6 @@ from segforge.training.evaluate import evaluate, write_report
 from segforge.training.optim import create_optimizer, create_scheduler
 from segforge.training.prepare import dataset_options, prepare
 
-NO_IGNORE = -100  # the ignore label used when a dataset has none (never a real class)
 CSV_FIELDS = ["step", "epoch", "lr", "train_loss", "train_mean_iou", "train_pixel_accuracy", "val_loss",
               "val_mean_iou", "val_pixel_accuracy", "seconds"]
 MEASURED_STEPS = 5  # steps timed (after a first, warm-up one) before a time budget is first fitted
@@ -151,7 +151,7 @@ def build_datasets(config: Config) -> Datasets:
     if not num_classes or num_classes < 2:
         raise ValueError(f"the dataset at {data.root} does not say how many classes it has: pass --num-classes N "
                          "(2 or more; a binary task has 2)")
-    ignore_index = train.ignore_index if train.ignore_index is not None else NO_IGNORE
+    ignore_index = train.ignore_index if train.ignore_index is not None else NO_LABEL
     in_channels = train[0][0].shape[0]
     return Datasets(train, val, num_classes, ignore_index, in_channels)
 
@@ -525,7 +525,7 @@ def _build_loss(config: Config, data: Datasets, net: nn.Module, device: torch.de
                        class_weight=weights if name != "dice" else None,
                        dice_class_weight=weights if name == "dice" else None,
                        dice_weight=config.loss.dice_weight if name == "ce+dice" else None,
-                       smooth=config.loss.smooth,
+                       smooth=config.loss.smooth if name != "ce" else None,
                        aux_weight=config.loss.aux_weight if net.aux_head is not None else None,
                        # every mask was range-checked by the dataset (naming its file); re-checking
                        # each batch in every loss term would cost device syncs for nothing

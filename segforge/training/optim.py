@@ -9,42 +9,73 @@ import torch
 from torch import nn
 
 from segforge.config import OptimizerConfig, ScheduleConfig
+from segforge.registry import Registry
 
 if TYPE_CHECKING:
     from segforge.training.loop import Progress
 
 
+OPTIMIZERS: Registry = Registry("optimizer")  # name -> builder(parameter groups, OptimizerConfig)
+SCHEDULES: Registry = Registry("schedule")  # name -> factor(step, decayed, steps_per_epoch, ScheduleConfig)
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(groups: list[dict], config: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(groups: list[dict], config: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=config.lr)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(groups: list[dict], config: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
 def create_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Optimizer:
-    """SGD with momentum (the U-Net paper: 0.99), Adam or AdamW; no weight decay on norms and biases."""
+    """SGD with momentum (the U-Net paper: 0.99), Adam or AdamW (``OPTIMIZERS``); no weight decay on norms and
+    biases."""
     if config.lr is None or not (math.isfinite(config.lr) and config.lr > 0):
         raise ValueError(f"optimizer.lr must be a positive number, got {config.lr}")
+    build = OPTIMIZERS.get(config.name)
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.name == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    if config.name == "adam":
-        return torch.optim.Adam(groups, lr=config.lr)
-    if config.name == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    raise ValueError(f"unknown optimizer {config.name!r}; choose from ['sgd', 'adam', 'adamw']")
+    return build([{"params": decay, "weight_decay": config.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}], config)
+
+
+@SCHEDULES.register("poly")
+def _poly(step: int, decayed: float, steps_per_epoch: int, config: ScheduleConfig) -> float:
+    return (1.0 - decayed) ** config.power  # DeepLab's and PSPNet's
+
+
+@SCHEDULES.register("cosine")
+def _cosine(step: int, decayed: float, steps_per_epoch: int, config: ScheduleConfig) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * decayed))
+
+
+@SCHEDULES.register("step")
+def _step(step: int, decayed: float, steps_per_epoch: int, config: ScheduleConfig) -> float:
+    return config.gamma ** (step // max(config.step_size * steps_per_epoch, 1))
+
+
+@SCHEDULES.register("constant")
+def _constant(step: int, decayed: float, steps_per_epoch: int, config: ScheduleConfig) -> float:
+    return 1.0
 
 
 def lr_factor(step: int, decayed: float, steps_per_epoch: int, config: ScheduleConfig, *,
               warmup_steps: int = 0) -> float:
     """The learning-rate multiplier at optimizer step ``step`` (0-based): a linear ramp over ``warmup_steps``,
-    then the schedule's decay, ``decayed`` (0 to 1) of the way through its course."""
+    then the schedule's decay (``SCHEDULES``; poly when unset), ``decayed`` (0 to 1) of the way through its
+    course."""
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
-    if config.name in ("poly", None):
-        return (1.0 - decayed) ** config.power
-    if config.name == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * decayed))
-    if config.name == "step":
-        return config.gamma ** (step // max(config.step_size * steps_per_epoch, 1))
-    return 1.0
+    return SCHEDULES.get(config.name or "poly")(step, decayed, steps_per_epoch, config)
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, *,
