@@ -57,9 +57,8 @@ def _child(path: Path, mode: str, tile: int) -> None:
 
     from segforge import create_model
     from segforge.models.fold import fold_batch_norm
-    from segforge.predict import prepare_image
+    from segforge.inference import predict_tiff, predict_tiled, prepare_image
     from segforge.runtime import keep_freed_memory
-    from segforge.tiling import predict_tiff, predict_tiled
 
     keep_freed_memory()  # as segforge predict does
     torch.manual_seed(0)

@@ -202,15 +202,14 @@ def _load_for_inference(checkpoint: str, engine: str, device):
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from segforge.predict import predict_files
+    from segforge.inference import predict_files
 
     check_output_folder(args.out)
     device = _device(args.device)
     model, info = _load_for_inference(args.checkpoint, args.engine, device)
     label_map = args.label_map if args.label_map is not None else _stored_label_map(info)
     if args.stream:
-        from segforge.predict import expand_inputs, raw_values
-        from segforge.tiling import predict_tiff
+        from segforge.inference import expand_inputs, predict_tiff, raw_values
 
         if args.tile is None:
             raise ValueError("--stream reads and writes tile by tile: give --tile N too (e.g. --tile 512)")
@@ -249,7 +248,7 @@ def _demo(args: argparse.Namespace) -> int:
     from segforge.checkpoint import load_model
     from segforge.config import load_config
     from segforge.data import write_synthetic_dataset
-    from segforge.predict import predict_files
+    from segforge.inference import predict_files
     from segforge.training import fit
 
     out = Path(args.out)

@@ -8,8 +8,7 @@ and 2x2 poolings only take sides of 16k + 124 pixels, so its height and width ar
 ``16·k + 124`` and its logits are ``16·k − 60`` (``segforge predict`` mirror-pads to such a size).
 The export is checked against PyTorch on two input sizes before it is written.
 
-``OnnxSegmenter`` wraps an exported file as a module that ``segforge.predict`` and
-``segforge.tiling`` use like the PyTorch model: the network runs in ONNX Runtime; reading images,
+``OnnxSegmenter`` wraps an exported file as a module that ``segforge.inference`` uses like the PyTorch model: the network runs in ONNX Runtime; reading images,
 tiling, blending and the argmax stay as they are.
 """
 
@@ -223,7 +222,7 @@ class OnnxSegmenter(nn.Module):
             architecture = model_from_config(self.config, f"ONNX model {path}")
         self.geometry = architecture.geometry
         #: the exported network in PyTorch, on the meta device (not a submodule: ``to`` leaves it), whose
-        #: memory stands for the graph's (``segforge.memory``)
+        #: memory stands for the graph's (``segforge.inference.memory``)
         self.__dict__["architecture"] = architecture
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

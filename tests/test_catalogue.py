@@ -153,10 +153,10 @@ def test_5_an_image_over_the_decode_limit_is_refused_before_decoding(checkpoint,
 
 
 def test_5_an_image_too_large_for_one_pass_points_at_tiles(checkpoint, tmp_path, capsys, monkeypatch) -> None:
-    import segforge.memory
+    import segforge.inference.memory
 
     Image.new("RGB", (600, 400)).save(tmp_path / "wide.png")
-    monkeypatch.setattr(segforge.memory, "available_bytes", lambda device: 64 * 2**20)  # a 64 MB machine
+    monkeypatch.setattr(segforge.inference.memory, "available_bytes", lambda device: 64 * 2**20)  # a 64 MB machine
     line = fails(capsys, ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "wide.png"), "--out",
                           str(tmp_path / "out")], "wide.png", "400x600", "--tile")
     assert "64 MB" not in line and "0.1 GB available" in line
@@ -168,9 +168,9 @@ def test_5_an_image_too_large_for_one_pass_points_at_tiles(checkpoint, tmp_path,
 
 def test_5_evaluation_images_too_large_for_one_pass_are_refused(data, checkpoint, tmp_path, capsys,
                                                                    monkeypatch) -> None:
-    import segforge.memory
+    import segforge.inference.memory
 
-    monkeypatch.setattr(segforge.memory, "available_bytes", lambda device: 2**16)
+    monkeypatch.setattr(segforge.inference.memory, "available_bytes", lambda device: 2**16)
     fails(capsys, ["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path)],
           "an evaluation image is 32x32 pixels", "cut the images and their masks into tiles")
 
@@ -178,7 +178,7 @@ def test_5_evaluation_images_too_large_for_one_pass_are_refused(data, checkpoint
 def test_5_the_peak_memory_of_a_pass_is_counted_from_shapes() -> None:
     from torch import nn
 
-    from segforge.memory import forward_peak_bytes
+    from segforge.inference.memory import forward_peak_bytes
 
     # conv (3,200 B) and ReLU (3,200 B) alive together; then the ReLU's output and the second conv's (1,600 B)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
@@ -192,7 +192,7 @@ def test_5_the_peak_memory_of_a_pass_is_counted_from_shapes() -> None:
 def test_5_an_allocation_failure_is_turned_into_the_advice() -> None:
     import torch
 
-    from segforge.memory import out_of_memory_hint
+    from segforge.inference.memory import out_of_memory_hint
 
     with pytest.raises(ValueError, match=r"image a.png: the machine ran out of memory .* --tile 1024"):
         with out_of_memory_hint("image a.png"):

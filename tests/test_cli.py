@@ -127,7 +127,7 @@ def test_a_recursive_glob_names_each_real_file_once_through_symlink_loops(tmp_pa
     import os
     import time
 
-    from segforge.predict import expand_inputs
+    from segforge.inference import expand_inputs
 
     (tmp_path / "sub" / "deeper").mkdir(parents=True)
     for name in ("a.png", "sub/b.png", "sub/deeper/c.png", "sub/notes.txt", ".hidden.png"):

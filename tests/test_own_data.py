@@ -208,7 +208,7 @@ def test_predict_writes_masks_as_the_training_masks_were_stored(trained, tmp_pat
 
 
 def test_the_inverse_label_map_gives_each_label_its_stored_value() -> None:
-    from segforge.predict import raw_values
+    from segforge.inference import raw_values
 
     np.testing.assert_array_equal(raw_values({255: 1}, 2), [0, 255])
     np.testing.assert_array_equal(raw_values({10: 0, 20: 1, 30: 1}, 3), [10, 20, 2])  # smallest of several

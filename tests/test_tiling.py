@@ -11,8 +11,7 @@ import torch
 
 from segforge import create_model, list_models
 from segforge.models.segmenter import full_size_forward
-from segforge.predict import prepare_image
-from segforge.tiling import plan_tiles, predict_tiff, predict_tiled, tiled_map
+from segforge.inference import plan_tiles, predict_tiff, predict_tiled, prepare_image, tiled_map
 
 
 # (29, 203) and (203, 29): rows of tiles wider than the working columns, handed on in several blocks
@@ -106,7 +105,7 @@ def test_streaming_a_tiff_gives_the_labels_of_in_memory_tiling(tmp_path, name, t
 @pytest.mark.parametrize("layout", [{"compression": "zlib", "rowsperstrip": 7},
                                     {"compression": "zlib", "tile": (32, 48)}, {"tile": (16, 16)}])
 def test_compressed_and_tiled_tiffs_stream_by_their_strips_and_tiles(tmp_path, layout) -> None:
-    from segforge.tiling import TiffRows
+    from segforge.inference import TiffRows
 
     image = (np.random.default_rng(2).random((75, 101, 3)) * 65535).astype(np.uint16)  # edge chunks are partial
     tifffile.imwrite(tmp_path / "c.tif", image, **layout)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from segforge.data.io import DatasetError
+from segforge.data.errors import DatasetError
 
 
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -33,7 +33,8 @@ def pack_rgb(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2].astype(np.uint32)
 
 
-def _unpack(key: int) -> tuple[int, int, int]:
+def unpack_rgb(key: int) -> tuple[int, int, int]:
+    """A ``pack_rgb`` key → ``(r, g, b)``."""
     return (int(key) >> 16, (int(key) >> 8) & 255, int(key) & 255)
 
 
@@ -86,7 +87,7 @@ class ColourMap:
         if not found.all():
             values, counts = np.unique(keys[~found], return_counts=True)
             top = np.argsort(-counts)[:8]
-            listed = ", ".join(f"{_unpack(values[i])} in {counts[i]} px" for i in top)
+            listed = ", ".join(f"{unpack_rgb(values[i])} in {counts[i]} px" for i in top)
             raise DatasetError(f"mask {path} has {len(values)} colour(s) not in {self.source}: {listed}; add them to "
                                "the mapping (as a class, or under 'ignore:'), or fix the mask",
                                path=path, kind="unexpected_colour")

@@ -30,13 +30,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:
-    from segforge.data.colour import ColourMap
+from segforge.data.colour import ColourMap, pack_rgb, unpack_rgb
+from segforge.data.errors import DatasetError
 
 #: what ``read_image``/``read_mask`` take: every raster format Pillow or tifffile reads that datasets use
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm",
@@ -46,22 +46,6 @@ DEFAULT_MAX_IMAGE_MB = 4096  # one decoded image; more is refused before anythin
 MAX_IMAGE_ENV = "SEGFORGE_MAX_IMAGE_MB"
 _CONVERT_TO_RGB = ("CMYK", "YCbCr")
 _T = TypeVar("_T")
-
-
-class DatasetError(ValueError):
-    """A problem with one file or folder of a dataset.
-
-    Attributes:
-        path: the file or folder at fault (None when the problem is not one file's).
-        kind: a short code the dataset doctor groups by: ``missing``, ``unreadable``,
-            ``unsupported``, ``colour_mask``, ``unexpected_colour``, ``size_mismatch``,
-            ``label_range``, ``no_pairs``, ``unpaired``, ``layout``.
-    """
-
-    def __init__(self, message: str, *, path: Path | str | None = None, kind: str = "invalid") -> None:
-        super().__init__(message)
-        self.path = None if path is None else Path(path)
-        self.kind = kind
 
 
 def is_image_file(path: Path) -> bool:
@@ -277,10 +261,9 @@ def read_volume(path: str | Path) -> np.ndarray:
 
 
 def _unique_colours(rgb: np.ndarray, limit: int = 8) -> str:
-    keys = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
-    values, counts = np.unique(keys, return_counts=True)
+    values, counts = np.unique(pack_rgb(rgb), return_counts=True)
     order = np.argsort(-counts)[:limit]
-    shown = ", ".join(f"({v >> 16}, {(v >> 8) & 255}, {v & 255})" for v in values[order])
+    shown = ", ".join(str(unpack_rgb(v)) for v in values[order])
     return f"{len(values)} colours, e.g. {shown}"
 
 

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segforge.data import SegmentationDataset
-from segforge.memory import check_fits, out_of_memory_hint
+from segforge.inference.memory import check_fits, out_of_memory_hint
+from segforge.inference.probabilities import predict_probabilities
 from segforge.metrics import ConfusionMatrix, format_table, logits_to_labels, plot_confusion, save_json
 from segforge.models.segmenter import full_size_forward
 from segforge.plots import overlay_panel, save_png
@@ -38,12 +39,10 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, ignore_i
     """Runs ``model`` over ``loader`` at each image's own resolution and accumulates the confusion matrix.
 
     ``flip`` and ``scales`` average the class probabilities over test-time augmentation views
-    (``segforge.predict.predict_probabilities``); the loss is then not computed. With ``distributed``,
+    (``segforge.inference.predict_probabilities``); the loss is then not computed. With ``distributed``,
     each process has evaluated its share of the data and the counts and losses are summed over all
     processes (a collective call: every process makes it).
     """
-    from segforge.predict import predict_probabilities
-
     tta = flip or tuple(scales) != (1.0,)
     device = torch.device(device)
     was_training = model.training

@@ -1,9 +1,8 @@
-"""Prediction: class probabilities with optional test-time augmentation, and files of masks.
+"""Prediction to files: images in (files, folders or globs), masks out.
 
-``predict_probabilities`` averages softmax probabilities over horizontal flips and scales;
-``predict_files`` reads images (files, folders or globs), writes index masks as palette PNGs,
-colour overlays and, optionally, class probabilities. Inputs of any size work: the models pad to
-their stride and crop back.
+``predict_files`` reads each image, runs the network on it whole (``segforge.inference.probabilities``)
+or in tiles (``segforge.inference.tiling``), and writes its index mask as a palette PNG, a colour
+overlay and, optionally, its class probabilities. ``expand_inputs`` names each real file once.
 """
 
 from __future__ import annotations
@@ -15,52 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from segforge.data.base import default_palette, scale_image, to_tensor
 from segforge.data.io import list_images, read_image
 from segforge.files import atomic_write
-from segforge.memory import check_fits, out_of_memory_hint
+from segforge.inference.memory import check_fits, out_of_memory_hint
+from segforge.inference.probabilities import predict_probabilities
+from segforge.inference.tiling import predict_tiled
 from segforge.metrics import logits_to_labels
-from segforge.models.segmenter import full_size_forward
 from segforge.plots import overlay_panel, save_index_png, save_png
-from segforge.tiling import predict_tiled
-
-
-def _probabilities(logits: torch.Tensor) -> torch.Tensor:
-    if logits.shape[1] == 1:  # one-logit binary model: (background, foreground)
-        foreground = torch.sigmoid(logits)
-        return torch.cat([1 - foreground, foreground], dim=1)
-    return logits.softmax(dim=1)
-
-
-@torch.inference_mode()
-def predict_probabilities(model: nn.Module, images: torch.Tensor, *, flip: bool = False,
-                          scales: Sequence[float] = (1.0,)) -> torch.Tensor:
-    """Class probabilities ``(N, K, H, W)`` for ``images: (N, C, H, W)``, averaged over the TTA views.
-
-    Args:
-        flip: also run the horizontally flipped images (flipped back before averaging).
-        scales: resize factors; each view is resized bilinearly, run, and its probabilities resized
-            back to ``H x W``.
-    """
-    height, width = images.shape[-2:]
-    total, views = None, 0
-    for scale in scales:
-        scaled = images if scale == 1.0 else F.interpolate(
-            images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
-        for flipped in (False, True) if flip else (False,):
-            x = scaled.flip(-1) if flipped else scaled
-            probs = _probabilities(full_size_forward(model, x).float())
-            if flipped:
-                probs = probs.flip(-1)
-            if probs.shape[-2:] != (height, width):
-                probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
-            total = probs if total is None else total + probs
-            views += 1
-    return total / views
 
 
 WILDCARDS = "*?["
@@ -162,11 +126,11 @@ def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], ou
     With ``label_map`` (raw value → label, as in training), each label is written as its raw value
     (``raw_values``), coloured like its class: the masks come out as the training masks were stored.
 
-    With ``tile``, each image goes through the network in tiles (``segforge.tiling.predict_tiled``:
+    With ``tile``, each image goes through the network in tiles (``segforge.inference.tiling.predict_tiled``:
     overlap-tile for the original U-Net, blended sliding windows otherwise), so the network's memory
     is bounded by the tile; ``overlap``, ``tile_batch`` and ``blend`` are passed on. Without it, an
     image the device has not the memory to run in one piece is refused before the pass
-    (``segforge.memory.check_fits``), with the advice to tile."""
+    (``segforge.inference.memory.check_fits``), with the advice to tile."""
     out = Path(out)
     paths = expand_inputs(inputs)
     model = model.to(device).eval()
