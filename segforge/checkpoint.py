@@ -135,6 +135,7 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
                          f"({config.get('encoder') or 'own encoder'}, {config['num_classes']} classes) its config "
                          f"names: {'; '.join(problems)}; the file is damaged or was edited")
     model.load_state_dict(state, strict=True)
+    model.info = info
     return model.to(map_location), info
 
 

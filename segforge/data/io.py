@@ -126,7 +126,9 @@ def _read_tiff(path: Path, what: str) -> tuple[np.ndarray, str]:
                                "re-export it or remove it from the dataset", path=path, kind="unreadable") from None
 
 
-def _tiff_dtype(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+def pixel_dtype(array: np.ndarray, path: Path | str, what: str) -> np.ndarray:
+    """``array`` in a pixel type segforge computes with (uint8, uint16 or float32; other integers and floats
+    become float32, booleans 0/255); refuses non-finite values and other types, naming ``what path``."""
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = ~np.isfinite(array)
         where = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -232,7 +234,7 @@ def read_image(path: str | Path) -> np.ndarray:
     _check_exists(path, "image")
     if path.suffix.lower() in TIFF_EXTENSIONS:
         array, axes = _read_tiff(path, "image")
-        return np.ascontiguousarray(_channels_last(_tiff_dtype(array, path, "image"), axes, path))
+        return np.ascontiguousarray(_channels_last(pixel_dtype(array, path, "image"), axes, path))
     with _open_pil(path, "image") as image:
         if image.format == "PNG" and image.mode in ("RGB", "RGBA") and _png_bit_depth(path) in ((16, 2), (16, 6)):
             return _read_png_48(path)
@@ -251,7 +253,7 @@ def read_volume(path: str | Path) -> np.ndarray:
     path = Path(path)
     _check_exists(path, "volume")
     array, axes = _read_tiff(path, "volume")
-    array = _tiff_dtype(array, path, "volume")
+    array = pixel_dtype(array, path, "volume")
     if array.ndim == 2 or (array.ndim == 3 and axes.endswith("S")):
         return array[None]
     if array.ndim not in (3, 4):

@@ -4,6 +4,7 @@
     tiling.py          ``predict_tiled``: overlap-tile (valid convolutions) or blended sliding windows
     streaming.py       ``predict_tiff``: a TIFF larger than memory, read by rows, labels written by tiles
     memory.py          whether an image fits through a network in one piece (``check_fits``)
+    image.py           ``predict``: one image (a path or an array) → its mask and class probabilities
     files.py           ``predict_files``: images, folders or globs in, palette masks and overlays out
 
 Nothing here imports the commands or training; ``segforge.training.evaluate`` imports from here.
@@ -12,11 +13,12 @@ Nothing here imports the commands or training; ``segforge.training.evaluate`` im
 from __future__ import annotations
 
 from segforge.inference.files import expand_inputs, predict_files, prepare_image, raw_values
+from segforge.inference.image import Prediction, predict
 from segforge.inference.memory import check_fits, forward_peak_bytes
 from segforge.inference.probabilities import predict_probabilities, probabilities
 from segforge.inference.streaming import TiffRows, predict_tiff
 from segforge.inference.tiling import TilePlan, plan_tiles, predict_tiled, tiled_map
 
-__all__ = ["TiffRows", "TilePlan", "check_fits", "expand_inputs", "forward_peak_bytes", "plan_tiles",
-           "predict_files", "predict_probabilities", "predict_tiff", "predict_tiled", "prepare_image",
+__all__ = ["Prediction", "TiffRows", "TilePlan", "check_fits", "expand_inputs", "forward_peak_bytes", "plan_tiles",
+           "predict", "predict_files", "predict_probabilities", "predict_tiff", "predict_tiled", "prepare_image",
            "probabilities", "raw_values", "tiled_map"]

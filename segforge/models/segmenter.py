@@ -101,6 +101,8 @@ class Segmenter(nn.Module):
         self.encoder_name = encoder_name
         #: how ``segforge.create_model`` built this model; set by it, stored in checkpoints
         self.config: dict = {}
+        #: what its training run recorded (classes, mean and std, ...); set by ``segforge.load_model``
+        self.info: dict = {}
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raises ValueError with a fix for inputs this model cannot take."""
