@@ -72,6 +72,14 @@ def test_hand_computed_three_class_matrix() -> None:
     assert s["support"] == [4, 6, 7]
     assert "foreground_iou" not in s
     assert all(isinstance(s[k], float) for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou"))
+    # the FCN paper's four metrics by name, on the matrix as a tensor, an array or lists alike
+    from segforge.metrics import frequency_weighted_iou, mean_accuracy, mean_iou, pixel_accuracy
+
+    for matrix in (n, n.numpy(), HAND):
+        assert pixel_accuracy(matrix) == pytest.approx(12 / 17)
+        assert mean_accuracy(matrix) == pytest.approx((3 / 4 + 4 / 6 + 5 / 7) / 3)
+        assert mean_iou(matrix) == pytest.approx((3 / 5 + 4 / 9 + 5 / 8) / 3)
+        assert frequency_weighted_iou(matrix) == pytest.approx((4 * 3 / 5 + 6 * 4 / 9 + 7 * 5 / 8) / 17)
 
 
 def test_binary_reports_the_foreground_class() -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 from segforge.config import load_config
 from segforge.data import create_dataset
 from segforge.data.fingerprint import Fingerprint, fingerprint
-from segforge.data.stats import ClassPixels, median_frequency_weights
+from segforge.data.class_weights import ClassPixels, median_frequency_weights
 from segforge.training.budget import describe_seconds, fit_steps
 from segforge.training.recipe import eval_steps, plan, warmup_steps
 

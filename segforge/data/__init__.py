@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # Importing a layout module registers it in DATASETS (create_dataset, detect_layout).
 from segforge.data.ade20k import ADE20KDataset
-from segforge.data.base import SegmentationDataset, compute_stats, default_palette, scale_image
+from segforge.data.base import SegmentationDataset, default_palette, scale_image
 from segforge.data.camvid import CamVidDataset
 from segforge.data.cityscapes import CityscapesDataset
 from segforge.data.colour import ColourMap, load_colour_map
@@ -18,8 +18,9 @@ from segforge.data.doctor import DoctorReport, Problem, SplitSummary, diagnose
 from segforge.data.folder import FolderDataset
 from segforge.data.io import DatasetError, read_image, read_mask, read_volume
 from segforge.data.isbi import ISBIDataset
+from segforge.data.normalisation import combine_moments, compute_stats, image_moments
 from segforge.data.registry import DATASETS, create_dataset, detect_layout, list_dataset_layouts
-from segforge.data.stats import ClassPixels, class_pixel_counts, class_weights, count_class_pixels, \
+from segforge.data.class_weights import ClassPixels, class_pixel_counts, class_weights, count_class_pixels, \
     median_frequency_weights
 from segforge.data.synthetic import SyntheticDataset, synthetic_sample, write_synthetic_dataset
 from segforge.data.transforms import Compose, ElasticDeformation, HorizontalFlip, PhotometricJitter, RandomCrop, \
@@ -53,7 +54,9 @@ __all__ = [
     "VOCDataset",
     "class_pixel_counts",
     "class_weights",
+    "combine_moments",
     "compute_stats",
+    "image_moments",
     "count_class_pixels",
     "create_dataset",
     "default_palette",

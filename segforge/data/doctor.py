@@ -19,11 +19,12 @@ from typing import Literal
 
 import numpy as np
 
-from segforge.data.base import SegmentationDataset, image_moments
+from segforge.data.base import SegmentationDataset
 from segforge.data.colour import ColourMap
 from segforge.data.io import DatasetError, map_files
 from segforge.data.registry import DATASETS, create_dataset, detect_layout
-from segforge.data.stats import ClassPixels
+from segforge.data.class_weights import ClassPixels
+from segforge.data.normalisation import image_moments
 
 #: the fix for each kind of DatasetError, when the doctor reports a group of them; ``{palette}`` is a command
 FIXES = {

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from segforge.data.base import SegmentationDataset, combine_moments
+from segforge.data.base import SegmentationDataset
 from segforge.data.doctor import DoctorReport, SplitSummary, check_split
-from segforge.data.stats import ClassPixels
+from segforge.data.class_weights import ClassPixels
+from segforge.data.normalisation import combine_moments
 
 
 @dataclass(frozen=True)

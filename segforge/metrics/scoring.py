@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["scores"]
+__all__ = ["frequency_weighted_iou", "mean_accuracy", "mean_iou", "pixel_accuracy", "scores"]
+
+Confusion = torch.Tensor | np.ndarray | Sequence[Sequence[float]]
 
 
 def _as_matrix(confusion: Any) -> np.ndarray:
@@ -62,7 +64,43 @@ def _mean(values: np.ndarray) -> float:
     return float(defined.mean()) if defined.size else math.nan
 
 
-def scores(confusion: torch.Tensor | np.ndarray | Sequence[Sequence[float]]) -> dict[str, Any]:
+class _Counts:
+    """The sums every metric reads off a checked confusion matrix ``n``."""
+
+    def __init__(self, confusion: Confusion) -> None:
+        self.n = _as_matrix(confusion)
+        self.true_positives = np.diag(self.n)  # n_ii
+        self.support = self.n.sum(axis=1)  # t_i: ground-truth pixels of class i
+        self.predicted = self.n.sum(axis=0)  # p_i = Σ_j n_ji: pixels predicted as i
+        self.total = self.support.sum()
+        self.iou = _ratio(self.true_positives, self.support + self.predicted - self.true_positives)
+        self.recall = _ratio(self.true_positives, self.support)  # the paper's per-class accuracy
+
+
+def pixel_accuracy(confusion: Confusion) -> float:
+    """``Σ_i n_ii / Σ_i t_i``: the share of labelled pixels predicted right (NaN when none was counted)."""
+    c = _Counts(confusion)
+    return float(c.true_positives.sum() / c.total) if c.total > 0 else math.nan
+
+
+def mean_accuracy(confusion: Confusion) -> float:
+    """``(1/n_cl) Σ_i n_ii / t_i`` over the classes present in the ground truth."""
+    return _mean(_Counts(confusion).recall)
+
+
+def mean_iou(confusion: Confusion) -> float:
+    """``(1/n_cl) Σ_i n_ii / (t_i + p_i − n_ii)`` over the classes in the ground truth or the prediction."""
+    return _mean(_Counts(confusion).iou)
+
+
+def frequency_weighted_iou(confusion: Confusion) -> float:
+    """``(Σ_k t_k)^−1 Σ_i t_i n_ii / (t_i + p_i − n_ii)``: each class's IU weighted by its pixels."""
+    c = _Counts(confusion)
+    # classes with t_i = 0 carry no weight (their IoU is 0 or undefined): skip them so NaN cannot leak in
+    return float((c.support * np.nan_to_num(c.iou)).sum() / c.total) if c.total > 0 else math.nan
+
+
+def scores(confusion: Confusion) -> dict[str, Any]:
     """Every segmentation metric of a confusion matrix.
 
     Args:
@@ -84,32 +122,21 @@ def scores(confusion: torch.Tensor | np.ndarray | Sequence[Sequence[float]]) -> 
     Raises:
         ValueError: not a square matrix, or negative / non-finite counts.
     """
-    n = _as_matrix(confusion)
-    true_positives = np.diag(n)  # n_ii
-    support = n.sum(axis=1)  # t_i: ground-truth pixels of class i
-    predicted = n.sum(axis=0)  # p_i = Σ_j n_ji: pixels predicted as i
-    union = support + predicted - true_positives
-
-    iou = _ratio(true_positives, union)
-    dice = _ratio(2 * true_positives, support + predicted)
-    precision = _ratio(true_positives, predicted)
-    recall = _ratio(true_positives, support)
-    total = support.sum()
-
+    c = _Counts(confusion)
+    dice = _ratio(2 * c.true_positives, c.support + c.predicted)
     result: dict[str, Any] = {
-        "pixel_accuracy": float(true_positives.sum() / total) if total > 0 else math.nan,
-        "mean_accuracy": _mean(recall),
-        "mean_iou": _mean(iou),
-        # classes with t_i = 0 carry no weight (their IoU is 0 or undefined): skip them so NaN cannot leak in
-        "fw_iou": float((support * np.nan_to_num(iou)).sum() / total) if total > 0 else math.nan,
+        "pixel_accuracy": pixel_accuracy(c.n),
+        "mean_accuracy": mean_accuracy(c.n),
+        "mean_iou": mean_iou(c.n),
+        "fw_iou": frequency_weighted_iou(c.n),
         "mean_dice": _mean(dice),
-        "iou": iou.tolist(),
+        "iou": c.iou.tolist(),
         "dice": dice.tolist(),
-        "precision": precision.tolist(),
-        "recall": recall.tolist(),
-        "support": [int(x) for x in support],
+        "precision": _ratio(c.true_positives, c.predicted).tolist(),
+        "recall": c.recall.tolist(),
+        "support": [int(x) for x in c.support],
     }
-    if n.shape[0] == 2:
-        result["foreground_iou"] = float(iou[1])
+    if c.n.shape[0] == 2:
+        result["foreground_iou"] = float(c.iou[1])
         result["foreground_dice"] = float(dice[1])
     return result

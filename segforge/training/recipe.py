@@ -39,7 +39,7 @@ from typing import Any
 
 from segforge.config import Config
 from segforge.data.fingerprint import Fingerprint
-from segforge.data.stats import median_frequency_weights
+from segforge.data.class_weights import median_frequency_weights
 from segforge.encoders import pretrained
 from segforge.encoders.weights import IMAGENET
 
