@@ -13,17 +13,21 @@ from segforge.files import atomic_write
 
 
 def plot_curves(csv_path: Path, png_path: Path) -> Path:
-    """Loss, mean IoU and pixel accuracy per optimizer step, for train and val, from the run's metrics CSV."""
+    """The loss and every metric of the run's metrics CSV (segmentation: mean IoU, pixel accuracy) per optimizer
+    step, for train and val."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    fig = Figure(figsize=(12, 3.6), dpi=100)
+        reader = csv.DictReader(f)
+        rows, header = list(reader), reader.fieldnames or []
+    # the loss, then each metric the run's task logs for train and val (segmentation: mean IoU, pixel accuracy)
+    metrics = ["loss", *(name[len("train_"):] for name in header if name.startswith("train_") and name != "train_loss")]
+    fig = Figure(figsize=(4 * len(metrics), 3.6), dpi=100)
     FigureCanvasAgg(fig)
-    for i, (metric, title) in enumerate((("loss", "loss"), ("mean_iou", "mean IoU"),
-                                         ("pixel_accuracy", "pixel accuracy"))):
-        ax = fig.add_subplot(1, 3, i + 1)
+    for i, metric in enumerate(metrics):
+        title = metric.replace("_", " ").replace("iou", "IoU")
+        ax = fig.add_subplot(1, len(metrics), i + 1)
         for split in ("train", "val"):
             points = [(int(r["step"]), float(r[f"{split}_{metric}"])) for r in rows if r.get(f"{split}_{metric}")]
             if points:

@@ -13,6 +13,7 @@ from segforge.checkpoint import load_model, load_state, read_checkpoint
 from segforge.config import load_config
 from segforge.data import write_synthetic_dataset
 from segforge.training import TrainingError, fit
+from segforge.training.task import PadCollate, SegmentationTask
 from segforge.training import loop
 
 
@@ -123,7 +124,7 @@ def test_missing_data_and_class_count_are_explained(data_root, tmp_path) -> None
 def test_pad_collate_pads_images_with_zero_and_masks_with_the_ignore_index() -> None:
     batch = [(torch.ones(2, 3, 4), torch.zeros(3, 4, dtype=torch.int64)),
              (torch.ones(2, 5, 2), torch.ones(5, 2, dtype=torch.int64))]
-    images, masks = loop.PadCollate(ignore_index=255)(batch)
+    images, masks = PadCollate(ignore_index=255)(batch)
     assert images.shape == (2, 2, 5, 4) and masks.shape == (2, 5, 4)
     assert images[0, :, 3:].abs().sum() == 0 and images[1, :, :, 2:].abs().sum() == 0
     assert (masks[0, 3:] == 255).all() and (masks[1, :, 2:] == 255).all()
@@ -250,3 +251,65 @@ def test_a_bad_sample_met_by_a_data_loader_worker_reads_as_read_in_the_main_proc
         fit(config, progress=False)
     assert "DataLoader worker" not in str(err.value) and "Traceback" not in str(err.value)
     assert names[-1].name in str(err.value)
+
+
+class _PixelCounts:
+    """A round's correct and labelled pixels (a task's own metrics)."""
+
+    def __init__(self, ignore_index: int) -> None:
+        self.ignore_index, self.counts = ignore_index, torch.zeros(2, dtype=torch.int64)
+
+    def update(self, batch, outputs) -> None:
+        labelled = batch["mask"] != self.ignore_index
+        self.counts += torch.stack([((outputs.argmax(1) == batch["mask"]) & labelled).sum(), labelled.sum()])
+
+    def snapshot(self, process) -> dict:
+        return {"pixels": self.counts.clone()}
+
+    def restore(self, saved: dict, main: bool) -> None:
+        self.counts += saved["pixels"] if main else 0
+
+    def row(self) -> dict:
+        return {"pixel_accuracy": float(self.counts[0] / self.counts[1])}
+
+
+class _DictTask(SegmentationTask):
+    """Another kind of batch (a dict), its own metrics and the score best.safetensors is picked by: a task the
+    loop runs unchanged."""
+
+    fields, score = ("pixel_accuracy",), "pixel_accuracy"
+    calls: list[str] = []
+
+    def collate(self):
+        pad = super().collate()
+        return lambda samples: dict(zip(("image", "mask"), pad(samples)))
+
+    def to_device(self, batch, device):
+        image, mask = super().to_device((batch["image"], batch["mask"]), device)
+        return {"image": image, "mask": mask}
+
+    def forward(self, batch):
+        self.calls.append("forward")
+        return super().forward((batch["image"], batch["mask"]))
+
+    def round_metrics(self):
+        return _PixelCounts(self.data.ignore_index)
+
+    def validate(self, loader, *, progress, process) -> dict:
+        self.calls.append("validate")
+        pairs = [(batch["image"], batch["mask"]) for batch in loader]  # the validation batches are the task's too
+        scores = super().validate(pairs, progress=progress, process=process)
+        return {"loss": scores["loss"], "pixel_accuracy": scores["pixel_accuracy"]}
+
+
+def test_a_task_plugs_another_batch_and_metrics_into_the_same_loop(data_root, tmp_path) -> None:
+    _DictTask.calls = []
+    config = tiny_config(data_root, tmp_path, "dict", **{"train.epochs": 2})
+    folder = fit(config, progress=False, task=_DictTask)
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    assert list(rows[0]) == ["step", "epoch", "lr", "train_loss", "train_pixel_accuracy", "val_loss",
+                             "val_pixel_accuracy", "seconds"]
+    assert len(rows) == 2 and all(0 < float(r["train_pixel_accuracy"]) <= 1 for r in rows)
+    assert _DictTask.calls.count("forward") == 2 * 2 and _DictTask.calls.count("validate") == 2  # 8 images, batch 4
+    best = max(float(r["val_pixel_accuracy"]) for r in rows)
+    assert read_checkpoint(folder / "best.safetensors")[2]["best_pixel_accuracy"] == pytest.approx(best, abs=1e-6)

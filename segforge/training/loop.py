@@ -38,31 +38,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from segforge.checkpoint import load_state, save_checkpoint, save_state
 from segforge.config import Config, config_from_dict, parse_duration
-from segforge.data import SegmentationDataset, build_transforms, class_weights, create_dataset
+from segforge.data import SegmentationDataset, build_transforms, create_dataset
 from segforge.data.io import MAX_IMAGE_ENV
 from segforge.errors import user_message
 from segforge.files import atomic_write, check_output_folder
 from segforge.labels import NO_LABEL
-from segforge.losses import create_loss
-from segforge.metrics import ConfusionMatrix
-from segforge.models import create_model
-from segforge.models.segmenter import full_size_forward
 from segforge.plots import plot_curves
 from segforge.training import distributed, recipe
 from segforge.training.budget import Clock, describe_seconds, fit_steps
 from segforge.training.distributed import StreamBatchSampler
-from segforge.training.evaluate import evaluate, write_report
 from segforge.training.optim import create_optimizer, create_scheduler
 from segforge.training.prepare import dataset_options, prepare
+from segforge.training.task import RoundMetrics, SegmentationTask, Task
 
-CSV_FIELDS = ["step", "epoch", "lr", "train_loss", "train_mean_iou", "train_pixel_accuracy", "val_loss",
-              "val_mean_iou", "val_pixel_accuracy", "seconds"]
 MEASURED_STEPS = 5  # steps timed (after a first, warm-up one) before a time budget is first fitted
 
 
@@ -176,24 +169,6 @@ class EpochSamples(Dataset):
         return self.dataset.sample(index, transform=self.transform, augment_seed=augment_seed(self.seed, epoch))
 
 
-class PadCollate:
-    """Batches images of different sizes: pads each to the batch's largest (bottom/right), the image
-    with 0 and the mask with the ignore index, so the padding never reaches the loss or the metrics."""
-
-    def __init__(self, ignore_index: int) -> None:
-        self.ignore_index = ignore_index
-
-    def __call__(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        height = max(image.shape[-2] for image, _ in batch)
-        width = max(image.shape[-1] for image, _ in batch)
-        images = batch[0][0].new_zeros((len(batch), batch[0][0].shape[0], height, width))
-        masks = torch.full((len(batch), height, width), self.ignore_index, dtype=torch.int64)
-        for i, (image, mask) in enumerate(batch):
-            images[i, :, : image.shape[-2], : image.shape[-1]] = image
-            masks[i, : mask.shape[-2], : mask.shape[-1]] = mask
-        return images, masks
-
-
 def _run_folder(config: Config) -> Path:
     name = config.train.name or f"{config.model.name or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = check_output_folder(Path(config.train.out) / name, "train.out (--out)")
@@ -203,13 +178,20 @@ def _run_folder(config: Config) -> Path:
     return folder
 
 
-def _append_csv(path: Path, row: dict) -> None:
+def csv_fields(task: Task) -> list[str]:
+    """The columns of a run's ``metrics.csv``: the step, epoch and learning rate, the loss and the task's fields
+    for train and val, and the run's clock."""
+    return ["step", "epoch", "lr", "train_loss", *(f"train_{f}" for f in task.fields), "val_loss",
+            *(f"val_{f}" for f in task.fields), "seconds"]
+
+
+def _append_csv(path: Path, row: dict, fields: list[str]) -> None:
     new = not path.exists()
     with open(path, "a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+        writer.writerow({k: row.get(k, "") for k in fields})
 
 
 def _drop_rows_after(path: Path, step: int) -> None:
@@ -222,7 +204,7 @@ def _drop_rows_after(path: Path, step: int) -> None:
     if len(kept) < len(rows):
         def write(tmp: str) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(kept)
 
@@ -259,7 +241,8 @@ class _Stopped(Exception):
     """Raised inside the loop after the state was saved on request (Ctrl-C, SIGTERM)."""
 
 
-def fit(config: Config | None, *, resume: str | Path | None = None, progress: bool | None = None) -> Path:
+def fit(config: Config | None, *, resume: str | Path | None = None, progress: bool | None = None,
+        task: type[Task] = SegmentationTask) -> Path:
     """Trains ``config.model`` on ``config.data``; returns the run folder.
 
     Under ``torchrun`` every process calls it; they train one model with DistributedDataParallel and
@@ -271,6 +254,8 @@ def fit(config: Config | None, *, resume: str | Path | None = None, progress: bo
         resume: a run folder to continue exactly where its last saved state left it (a round's
             end, or mid-round after Ctrl-C or a ``train.checkpoint_minutes`` save).
         progress: show progress bars (default: when stderr is a terminal).
+        task: what is trained (``segforge.training.task``): what a batch is, the loss, the round's metrics
+            and validation; the loop is the same for every task. A resumed run takes the task it ran with.
 
     Raises:
         ValueError: bad data, config or checkpoint (the message names the file or key and the fix).
@@ -302,7 +287,7 @@ def fit(config: Config | None, *, resume: str | Path | None = None, progress: bo
         else:
             config, folder, created = _new_run(config, process, device, progress)
         with _StopRequest(show=process.is_main) as stop:
-            return _train(config, state, folder, process, device, stop, progress, clock)
+            return _train(config, task, state, folder, process, device, stop, progress, clock)
     except Exception as err:
         if created and process.is_main and not (folder / "state.pt").exists():
             shutil.rmtree(folder, ignore_errors=True)  # a run that failed before its first save leaves no folder
@@ -349,10 +334,7 @@ class _Session:
     clock: Clock
     budget: float | None  # seconds, with train.time_budget
     data: Datasets
-    net: nn.Module
-    model: nn.Module  # what the steps call: net, or its DistributedDataParallel wrapper
-    memory_format: torch.memory_format
-    loss_fn: nn.Module
+    task: Task  # the network, its loss, the round's metrics and validation
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -365,9 +347,10 @@ class _Session:
     progress: bool | None  # progress bars: True, False, or None (on a terminal only)
 
 
-def _train(config: Config, state: dict | None, folder: Path, process: distributed.Process, device: torch.device,
-           stop: _StopRequest, progress: bool | None, clock: Clock) -> Path:
-    session = _start(config, state, folder, process, device, progress, clock)
+def _train(config: Config, task: type[Task], state: dict | None, folder: Path, process: distributed.Process,
+           device: torch.device, stop: _StopRequest, progress: bool | None, clock: Clock) -> Path:
+    """Setup, the steps in rounds, then the report: the whole run of one process."""
+    session = _start(config, task, state, folder, process, device, progress, clock)
     run = session.run
     try:
         _rounds(session, stop)
@@ -382,22 +365,20 @@ def _train(config: Config, state: dict | None, folder: Path, process: distribute
                   f"continue with: segforge train --resume {folder}", flush=True)
         raise
     if session.data.val is not None and process.is_main:
-        model, _ = _best_model(folder, device, session.memory_format)
-        write_report(model, session.data.val, folder, num_classes=session.data.num_classes,
-                     ignore_index=session.data.ignore_index, device=device, memory_format=session.memory_format,
-                     progress=progress)
+        session.task.report(folder, progress=progress)
     if process.is_main and session.budget is not None:
         print(f"run time {describe_seconds(clock.elapsed())} of the {config.train.time_budget} budget", flush=True)
     return folder
 
 
-def _start(config: Config, state: dict | None, folder: Path, process: distributed.Process, device: torch.device,
-           progress: bool | None, clock: Clock) -> _Session:
-    """Data, model, loss, optimizer, schedule and the training stream, restored from ``state`` when resuming."""
+def _start(config: Config, task_type: type[Task], state: dict | None, folder: Path, process: distributed.Process,
+           device: torch.device, progress: bool | None, clock: Clock) -> _Session:
+    """Data, the task (network and loss), optimizer, schedule and the training stream, restored from ``state``
+    when resuming."""
     seed_everything(config.train.seed)
     data = build_datasets(config)
-    net, model, memory_format = _build_model(config, data, state, process, device)
-    loss_fn = _build_loss(config, data, net, device)
+    task = task_type.build(config, data, state, process, device)
+    net = task.net
     run = Progress(**state["progress"]) if state is not None else _plan_length(config, data, process)
     budget = parse_duration(config.train.time_budget) if config.train.time_budget else None
     if budget is not None and clock.elapsed() >= budget:
@@ -420,12 +401,12 @@ def _start(config: Config, state: dict | None, folder: Path, process: distribute
     info = {"config": config.to_dict(), "classes": data.train.classes, "palette": data.train.palette,
             "ignore_index": data.ignore_index, "mean": data.train.mean, "std": data.train.std,
             "label_map": sorted(config.data.label_map.items()) if config.data.label_map else None}
-    save = functools.partial(_save, folder, net, optimizer, scheduler, scaler, config, info, run, clock)
+    save = functools.partial(_save, folder, net, optimizer, scheduler, scaler, config, info, run, clock, task.score)
     sampler = StreamBatchSampler(len(data.train), config.data.batch_size, seed=config.train.seed,
                                  start=run.batches, rank=process.rank, world_size=process.world_size)
     transform = build_transforms(config.data.augmentation, ignore_index=data.ignore_index,
                                  crop_size=config.data.crop_size, seed=config.train.seed)
-    loader_options = {"num_workers": config.data.workers, "collate_fn": PadCollate(data.ignore_index),
+    loader_options = {"num_workers": config.data.workers, "collate_fn": task.collate(),
                       "worker_init_fn": _worker_init, "pin_memory": device.type == "cuda",
                       # worker seeds come from here, not from the global RNG, which stays the model's (dropout)
                       "generator": torch.Generator().manual_seed(config.train.seed)}
@@ -434,8 +415,8 @@ def _start(config: Config, state: dict | None, folder: Path, process: distribute
     val_loader = (DataLoader(data.val, batch_size=1, sampler=distributed.shard(len(data.val), process),
                              **loader_options) if data.val is not None else None)
     quiet = True if not process.is_main else None if progress is None else not progress
-    return _Session(config, folder, process, device, clock, budget, data, net, model, memory_format, loss_fn,
-                    optimizer, scheduler, scaler, amp, run, batches, val_loader, save,
+    return _Session(config, folder, process, device, clock, budget, data, task, optimizer, scheduler, scaler, amp,
+                    run, batches, val_loader, save,
                     state.get("round") if state is not None else None, None if quiet is None else not quiet)
 
 
@@ -443,7 +424,7 @@ def _rounds(s: _Session, stop: _StopRequest) -> None:
     """Optimizer steps until the run's total, a round's end every ``eval_steps``; a time budget is fitted after
     the first steps and refitted after every round, and ends the run when it runs out."""
     run, main = s.run, s.process.is_main
-    round_ = _Round.start(s.data.num_classes, s.data.ignore_index, s.partial, s.device, main)
+    round_ = _Round.start(s.task, s.partial, main)
     bar = tqdm(total=run.total_steps, initial=run.step, desc="train", unit="step", leave=False, dynamic_ncols=True,
                disable=None if s.progress is None else not s.progress)  # None: a bar on a terminal only
     every, last_save = 60 * s.config.train.checkpoint_minutes, time.monotonic()
@@ -466,7 +447,7 @@ def _rounds(s: _Session, stop: _StopRequest) -> None:
                 bar.total = run.total_steps
             if out_of_time or run.step - run.last_eval >= run.eval_steps or run.step >= run.total_steps:
                 best = _end_round(s, round_)
-                round_ = _Round.start(s.data.num_classes, s.data.ignore_index, None, s.device, main)
+                round_ = _Round.start(s.task, None, main)
                 last_save = time.monotonic()
                 if s.budget is not None and run.fitted and not out_of_time and run.step < run.total_steps:
                     _fit_to_budget(run, s.budget, s.clock, s.config, s.data, s.process)
@@ -483,53 +464,12 @@ def _rounds(s: _Session, stop: _StopRequest) -> None:
                         print(f"early stop: no better val mean IoU for {run.stale} validations", flush=True)
                     return
             elif stop_now or save_now:
-                counts = distributed.all_reduce_sum(round_.confusion.matrix.clone(), s.process)
+                partial = round_.partial(s.process)  # (a collective call)
                 if main:
-                    s.save(partial=round_.partial(counts))
+                    s.save(partial=partial)
                 last_save = time.monotonic()
                 if stop_now:
                     raise _Stopped(f"step {run.step}")
-
-
-def _build_model(config: Config, data: Datasets, state: dict | None, process: distributed.Process,
-                 device: torch.device) -> tuple[nn.Module, nn.Module, torch.memory_format]:
-    """``(net, what the steps call: net or its DistributedDataParallel wrapper, memory format)``."""
-    # A resumed run has its weights: the encoder's ImageNet weights are neither fetched nor loaded again.
-    net = create_model(config.model.name, data.num_classes, in_channels=data.in_channels,
-                       encoder=config.model.encoder, encoder_weights=config.model.encoder_weights if state is None
-                       else None)
-    if state is not None:
-        net.load_state_dict(state["model"])
-        net.config = state.get("model_config", net.config)  # what the encoder started from
-    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
-    net = net.to(device).to(memory_format=memory_format)
-    model: nn.Module = net
-    if process.distributed:
-        if config.train.sync_bn:
-            if device.type != "cuda":
-                raise ValueError("train.sync_bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only. Turn it "
-                                 "off on the CPU (each process then normalises with its own batch statistics)")
-            net = model = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    return net, model, memory_format
-
-
-def _build_loss(config: Config, data: Datasets, net: nn.Module, device: torch.device) -> nn.Module:
-    weights = None
-    if isinstance(config.data.class_weights, list):
-        weights = config.data.class_weights
-    elif config.data.class_weights == "median_frequency":
-        weights = class_weights(data.train).tolist()
-    name = config.loss.name or "ce"
-    return create_loss(name, ignore_index=data.ignore_index,
-                       class_weight=weights if name != "dice" else None,
-                       dice_class_weight=weights if name == "dice" else None,
-                       dice_weight=config.loss.dice_weight if name == "ce+dice" else None,
-                       smooth=config.loss.smooth if name != "ce" else None,
-                       aux_weight=config.loss.aux_weight if net.aux_head is not None else None,
-                       # every mask was range-checked by the dataset (naming its file); re-checking
-                       # each batch in every loss term would cost device syncs for nothing
-                       validate=False).to(device)
 
 
 def _plan_length(config: Config, data: Datasets, process: distributed.Process) -> Progress:
@@ -562,24 +502,24 @@ def _plan_length(config: Config, data: Datasets, process: distributed.Process) -
 
 @dataclass
 class _Round:
-    """What the steps of one round add up: the training confusion matrix, loss and batch count."""
+    """What the steps of one round add up: the task's metrics (a segmentation's confusion matrix), the loss and
+    the batch count."""
 
-    confusion: ConfusionMatrix
+    metrics: RoundMetrics
     loss: float = 0.0
     batches: int = 0
 
     @classmethod
-    def start(cls, num_classes: int, ignore_index: int, partial: dict | None, device: torch.device,
-              main: bool) -> _Round:
-        round_ = cls(ConfusionMatrix(num_classes, ignore_index=ignore_index))
+    def start(cls, task: Task, partial: dict | None, main: bool) -> _Round:
+        round_ = cls(task.round_metrics())
         if partial is not None:  # the counts of the batches before a mid-round save
             round_.loss, round_.batches = partial["loss"], partial["batches"]
-            if main:  # summed once over the processes at the round's end
-                round_.confusion.matrix += partial["confusion"].to(round_.confusion.matrix.device)
+            round_.metrics.restore(partial, main)  # (summed once over the processes at the round's end)
         return round_
 
-    def partial(self, counts: torch.Tensor) -> dict:
-        return {"confusion": counts.cpu(), "loss": self.loss, "batches": self.batches}
+    def partial(self, process: distributed.Process) -> dict:
+        """What a mid-round save keeps of the round (a collective call: the metrics of every process)."""
+        return {**self.metrics.snapshot(process), "loss": self.loss, "batches": self.batches}
 
 
 def _optimizer_step(s: _Session, round_: _Round, stop: bool, save: bool, spent: bool) -> tuple[bool, bool, bool]:
@@ -588,12 +528,9 @@ def _optimizer_step(s: _Session, round_: _Round, stop: bool, save: bool, spent: 
     run, config = s.run, s.config
     s.optimizer.zero_grad(set_to_none=True)
     for _ in range(config.train.accumulate):
-        images, masks = next(s.batches)
-        images = images.to(s.device, non_blocking=True).to(memory_format=s.memory_format)
-        masks = masks.to(s.device, non_blocking=True)
+        batch = s.task.to_device(next(s.batches), s.device)
         with torch.autocast(s.device.type, enabled=s.amp):
-            output = full_size_forward(s.model, images)
-            loss = s.loss_fn(output, masks)
+            loss, outputs = s.task.forward(batch)
         loss_value, stop, save, spent = _agree(loss.detach(), (stop, save, spent), s.process)
         if not math.isfinite(loss_value):
             saved = (f"the last good weights are {s.folder / 'last.safetensors'}" if (s.folder / "last.safetensors")
@@ -603,8 +540,7 @@ def _optimizer_step(s: _Session, round_: _Round, stop: bool, save: bool, spent: 
                 f"{run.batches + 1}): lower the learning rate (optimizer.lr = {config.optimizer.lr}), add warm-up "
                 f"(schedule.warmup_iters), or turn off mixed precision (train.amp: off); {saved}")
         s.scaler.scale(loss / config.train.accumulate).backward()
-        logits = output[0] if isinstance(output, tuple) else output
-        round_.confusion.update(logits.detach(), masks)
+        round_.metrics.update(batch, outputs)
         round_.loss += loss_value
         round_.batches += 1
         run.batches += 1
@@ -628,28 +564,23 @@ def _agree(loss: torch.Tensor, flags: tuple[bool, ...], process: distributed.Pro
 
 def _end_round(s: _Session, round_: _Round) -> bool:
     """Validates, logs a row and saves; returns whether the model is the best so far."""
-    started, run = time.perf_counter(), s.run
-    round_.confusion.all_reduce()
-    scores = round_.confusion.compute()
+    started, run, task = time.perf_counter(), s.run, s.task
     epoch = run.epoch
     row = {"step": run.step, "epoch": f"{epoch:.0f}" if epoch == round(epoch) else f"{epoch:.2f}",
            "lr": f"{s.optimizer.param_groups[0]['lr']:.6g}",
            "train_loss": f"{round_.loss / max(round_.batches, 1):.6f}",
-           "train_mean_iou": f"{scores['mean_iou']:.6f}", "train_pixel_accuracy": f"{scores['pixel_accuracy']:.6f}"}
+           **{f"train_{key}": f"{value:.6f}" for key, value in round_.metrics.row().items()}}
     improved = s.val_loader is None
     if s.val_loader is not None:
-        _share_buffers(s.net, s.process)  # every process evaluates with rank 0's batch-norm statistics
-        val = evaluate(s.net, s.val_loader, num_classes=s.data.num_classes, ignore_index=s.data.ignore_index,
-                       loss_fn=s.loss_fn, device=s.device, memory_format=s.memory_format, progress=s.progress,
-                       distributed=s.process.distributed)
-        row |= {"val_loss": f"{val.loss:.6f}", "val_mean_iou": f"{val.scores['mean_iou']:.6f}",
-                "val_pixel_accuracy": f"{val.scores['pixel_accuracy']:.6f}"}
-        improved = val.scores["mean_iou"] > run.best_iou
-        run.best_iou, run.stale = (val.scores["mean_iou"], 0) if improved else (run.best_iou, run.stale + 1)
+        _share_buffers(task.net, s.process)  # every process evaluates with rank 0's batch-norm statistics
+        val = task.validate(s.val_loader, progress=s.progress, process=s.process)
+        row |= {f"val_{key}": f"{value:.6f}" for key, value in val.items()}
+        improved = val[task.score] > run.best_iou  # (best_iou: the best score so far, whatever the task's)
+        run.best_iou, run.stale = (val[task.score], 0) if improved else (run.best_iou, run.stale + 1)
     run.last_eval = run.step
     row["seconds"] = f"{s.clock.elapsed():.1f}"
     if s.process.is_main:
-        _append_csv(s.folder / "metrics.csv", row)
+        _append_csv(s.folder / "metrics.csv", row, csv_fields(task))
         plot_curves(s.folder / "metrics.csv", s.folder / "curves.png")
         s.save(best=improved)
         run.round_seconds = time.perf_counter() - started
@@ -727,8 +658,9 @@ def _share_buffers(net: nn.Module, process: distributed.Process) -> None:
 
 
 def _save(folder: Path, model, optimizer, scheduler, scaler, config: Config, info: dict, run: Progress,
-          clock: Clock, *, best: bool = False, partial: dict | None = None) -> None:
-    """Writes the resume state, then last (and best) weights; each file atomically.
+          clock: Clock, score: str, *, best: bool = False, partial: dict | None = None) -> None:
+    """Writes the resume state, then last (and best) weights; each file atomically. The checkpoints' info
+    records the best validation ``score`` so far (``best_mean_iou`` for segmentation).
 
     A mid-round save (``partial``: the round's confusion matrix, loss and batches so far) writes the
     resume state only.
@@ -742,14 +674,7 @@ def _save(folder: Path, model, optimizer, scheduler, scaler, config: Config, inf
     save_state(folder / "state.pt", state)
     if partial is not None:
         return
-    info = info | {"step": run.step, "epoch": run.epoch, "best_mean_iou": run.best_iou}
+    info = info | {"step": run.step, "epoch": run.epoch, f"best_{score}": run.best_iou}
     save_checkpoint(folder / "last.safetensors", model, **info)
     if best:
         save_checkpoint(folder / "best.safetensors", model, **info)
-
-
-def _best_model(folder: Path, device: torch.device, memory_format: torch.memory_format):
-    from segforge.checkpoint import load_model
-
-    model, info = load_model(folder / "best.safetensors", map_location=device)
-    return model.to(memory_format=memory_format).eval(), info
