@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo models test test-all clean
+.PHONY: demo models lint test test-all clean
 
 # torch is pinned in the same pip command as the package: a separate, unpinned resolution
 # would let pip fetch the newest torch with gigabytes of CUDA libraries.
@@ -21,12 +21,17 @@ demo: $(BIN)/.installed
 models: $(BIN)/.installed
 	$(BIN)/segforge models --size 512
 
+# ruff's checks (pyproject.toml [tool.ruff]) and its formatting, changed nowhere.
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 # CI (CI=true) also runs the @pytest.mark.slow checks; locally `make test-all` does.
-test: $(BIN)/.installed
+test: lint
 	$(BIN)/python -m pytest -q $(if $(CI),-m "slow or not slow",)
 
 # Including the @pytest.mark.slow checks.
-test-all: $(BIN)/.installed
+test-all: lint
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 clean:

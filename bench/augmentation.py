@@ -59,9 +59,13 @@ def image_of(mask: np.ndarray, channels: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- the three candidates, numpy in/out
 def segforge_pipeline(channels: int, jitter: bool = True, crop: bool = True, elastic: bool = True):
-    config = {"hflip": {"p": 0.5}, "rotate": {"limit_degrees": 15, "p": 1.0}, "scale": {"scale_range": (0.75, 1.25)},
-              "jitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "p": 1.0} if jitter else None,
-              "elastic": {"sigma": 10.0, "p": 1.0} if elastic else None}
+    config = {
+        "hflip": {"p": 0.5},
+        "rotate": {"limit_degrees": 15, "p": 1.0},
+        "scale": {"scale_range": (0.75, 1.25)},
+        "jitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "p": 1.0} if jitter else None,
+        "elastic": {"sigma": 10.0, "p": 1.0} if elastic else None,
+    }
     return build_transforms(config, ignore_index=IGNORE, crop_size=CROP if crop else None, seed=0)
 
 
@@ -76,12 +80,19 @@ def albumentations_pipeline(channels: int, jitter: bool = True, crop: bool = Tru
     border = dict(border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE)
     deform = lambda alpha: A.ElasticTransform(alpha=alpha, sigma=32, p=1.0, **border)  # noqa: E731
     alpha = 10.0 / calibrate(lambda x: deform(1.0)(image=x)["image"])
-    photometric = (A.ColorJitter(0.2, 0.2, 0.2, 0.0, p=1.0) if channels in (1, 3)  # 1 or 3 channels only
-                   else A.RandomBrightnessContrast(0.2, 0.2, p=1.0))
-    steps = [A.HorizontalFlip(p=0.5), A.Rotate(limit=15, p=1.0, **border),
-             A.RandomScale(scale_limit=(-0.25, 0.25), p=1.0, mask_interpolation=cv2.INTER_NEAREST_EXACT),
-             *([A.PadIfNeeded(CROP, CROP, position="random", **border), A.RandomCrop(CROP, CROP)] if crop else []),
-             *([photometric] if jitter else []), *([deform(alpha)] if elastic else [])]
+    photometric = (
+        A.ColorJitter(0.2, 0.2, 0.2, 0.0, p=1.0)
+        if channels in (1, 3)  # 1 or 3 channels only
+        else A.RandomBrightnessContrast(0.2, 0.2, p=1.0)
+    )
+    steps = [
+        A.HorizontalFlip(p=0.5),
+        A.Rotate(limit=15, p=1.0, **border),
+        A.RandomScale(scale_limit=(-0.25, 0.25), p=1.0, mask_interpolation=cv2.INTER_NEAREST_EXACT),
+        *([A.PadIfNeeded(CROP, CROP, position="random", **border), A.RandomCrop(CROP, CROP)] if crop else []),
+        *([photometric] if jitter else []),
+        *([deform(alpha)] if elastic else []),
+    ]
     pipeline = A.Compose(steps, seed=0)
 
     def run(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,11 +110,18 @@ def kornia_sequential(channels: int, jitter: bool = True, crop: bool = True) -> 
         return elastic(1.0)(torch.from_numpy(x)[None, None])[0, 0].numpy()
 
     alpha = 10.0 / calibrate(warp_x)
-    photometric = (K.ColorJitter(0.2, 0.2, 0.2, 0.0, p=1.0) if channels in (1, 3)  # RGB or gray only
-                   else K.AugmentationSequential(K.RandomBrightness((0.8, 1.2)), K.RandomContrast((0.8, 1.2))))
-    steps = [K.RandomHorizontalFlip(p=0.5), K.RandomAffine(15, scale=(0.75, 1.25), p=1.0),
-             *([K.RandomCrop((CROP, CROP), pad_if_needed=True)] if crop else []),
-             *([photometric] if jitter else []), elastic(alpha)]
+    photometric = (
+        K.ColorJitter(0.2, 0.2, 0.2, 0.0, p=1.0)
+        if channels in (1, 3)  # RGB or gray only
+        else K.AugmentationSequential(K.RandomBrightness((0.8, 1.2)), K.RandomContrast((0.8, 1.2)))
+    )
+    steps = [
+        K.RandomHorizontalFlip(p=0.5),
+        K.RandomAffine(15, scale=(0.75, 1.25), p=1.0),
+        *([K.RandomCrop((CROP, CROP), pad_if_needed=True)] if crop else []),
+        *([photometric] if jitter else []),
+        elastic(alpha),
+    ]
     return K.AugmentationSequential(*steps, data_keys=["input", "mask"])
 
 
@@ -121,8 +139,9 @@ def kornia_pipeline(channels: int, jitter: bool = True, crop: bool = True, shift
     sequential = kornia_sequential(channels, jitter, crop)
 
     def run(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out, out_mask = kornia_batch(sequential, torch.from_numpy(image).permute(2, 0, 1)[None],
-                                     torch.from_numpy(mask)[None], shift)
+        out, out_mask = kornia_batch(
+            sequential, torch.from_numpy(image).permute(2, 0, 1)[None], torch.from_numpy(mask)[None], shift
+        )
         return out[0].permute(1, 2, 0).contiguous().numpy(), out_mask[0].numpy()
 
     return run
@@ -234,8 +253,11 @@ def runs_on(make) -> str:
 
 
 def correctness_table() -> list[str]:
-    rows = ["| candidate | new labels | padding -> ignore | image-mask offset, px (median / 99.9 %) "
-            "| full pipeline runs, C = 1 / 3 / 5 |", "|---|---|---|---|---|"]
+    rows = [
+        "| candidate | new labels | padding -> ignore | image-mask offset, px (median / 99.9 %) "
+        "| full pipeline runs, C = 1 / 3 / 5 |",
+        "|---|---|---|---|---|",
+    ]
     print("\n".join(rows), flush=True)
     for label, make in CANDIDATES.items():
         rows.append(f"| {label} | {new_labels(make)} | {padding_is_ignore(make)} | {offsets(make)} | {runs_on(make)} |")
@@ -255,7 +277,7 @@ def correctness_table() -> list[str]:
             except Exception as error:
                 cells.append(f"**no** ({type(error).__name__})")
         rows.append(f"| {label} | {' | '.join(cells)} |")
-    print("\n".join(rows[-len(jitters) - 3:]) + "\n", flush=True)
+    print("\n".join(rows[-len(jitters) - 3 :]) + "\n", flush=True)
     return rows
 
 
@@ -267,13 +289,15 @@ def elastic_table(samples: int, repeats: int) -> None:
     ours = ElasticDeformation(sigma=10.0, p=1.0, ignore_index=IGNORE, seed=0)
     border = dict(border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE)
     theirs = A.Compose([A.ElasticTransform(alpha=1000.0, sigma=32, p=1.0, **border)], seed=0)
-    kornia_elastic = K.AugmentationSequential(K.RandomElasticTransform((63, 63), (32.0, 32.0), (1.0, 1.0), p=1.0),
-                                              data_keys=["input", "mask"])
+    kornia_elastic = K.AugmentationSequential(
+        K.RandomElasticTransform((63, 63), (32.0, 32.0), (1.0, 1.0), p=1.0), data_keys=["input", "mask"]
+    )
     tensors = torch.from_numpy(image).permute(2, 0, 1)[None], torch.from_numpy(mask)[None, None].float()
     steps = {
         "segforge ElasticDeformation (3x3 grid, bicubic, remap)": lambda: ours(image, mask),
-        "albumentations ElasticTransform (sigma 32 Gaussian blur of 2 noise fields, remap)":
-            lambda: theirs(image=image, mask=mask),
+        "albumentations ElasticTransform (sigma 32 Gaussian blur of 2 noise fields, remap)": lambda: theirs(
+            image=image, mask=mask
+        ),
         "kornia RandomElasticTransform (63x63 kernel, grid_sample)": lambda: kornia_elastic(*tensors),
     }
     print("| elastic step alone, 256² RGB, 1 thread | ms/sample |\n|---|---:|")
@@ -287,8 +311,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=40, help="samples per timed repeat")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, albumentations {A.__version__}, kornia {__import__('kornia').__version__}, "
-          f"OpenCV {cv2.__version__}, numpy {np.__version__}\n")
+    print(
+        f"torch {torch.__version__}, albumentations {A.__version__}, kornia {__import__('kornia').__version__}, "
+        f"OpenCV {cv2.__version__}, numpy {np.__version__}\n"
+    )
     correctness_table()
     elastic_table(args.samples, args.repeats)
     speed_table(args.samples, args.repeats)

@@ -35,8 +35,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list_models())
     args = parser.parse_args()
     kept = keep_freed_memory()  # as segforge predict does; SEGFORGE_KEEP_FREED_MEMORY=0 measures without
-    print(f"one {args.size}x{args.size} image, {torch.get_num_threads()} threads, median of {args.repeats}, "
-          f"freed memory kept: {kept}\n")
+    print(
+        f"one {args.size}x{args.size} image, {torch.get_num_threads()} threads, median of {args.repeats}, "
+        f"freed memory kept: {kept}\n"
+    )
     print("| model | GFLOPs | PyTorch ms | PyTorch GFLOP/s | ONNX Runtime ms | ONNX Runtime GFLOP/s | export s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in args.models:
@@ -55,8 +57,11 @@ def main() -> None:
         x_last = x.contiguous(memory_format=torch.channels_last)
         torch_seconds = time_forward(fast, x_last, args.repeats)
         gflops = summary.flops / 1e9
-        print(f"| {name} | {gflops:.1f} | {torch_seconds * 1e3:.0f} | {gflops / torch_seconds:.0f} | "
-              f"{onnx_seconds * 1e3:.0f} | {gflops / onnx_seconds:.0f} | {export_seconds:.0f} |", flush=True)
+        print(
+            f"| {name} | {gflops:.1f} | {torch_seconds * 1e3:.0f} | {gflops / torch_seconds:.0f} | "
+            f"{onnx_seconds * 1e3:.0f} | {gflops / onnx_seconds:.0f} | {export_seconds:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def time_training_step(model: torch.nn.Module, x: torch.Tensor, repeats: int) ->
         start = time.perf_counter()
         output = model(x)
         logits = output[0] if isinstance(output, tuple) else output  # PSPNet: (logits, aux) in training
-        loss = torch.nn.functional.cross_entropy(logits, target[..., :logits.shape[-2], :logits.shape[-1]])
+        loss = torch.nn.functional.cross_entropy(logits, target[..., : logits.shape[-2], : logits.shape[-1]])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -64,8 +64,10 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="time SGD steps instead of forward passes")
     args = parser.parse_args()
     kept = keep_freed_memory()  # as segforge commands do; SEGFORGE_KEEP_FREED_MEMORY=0 measures without
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.batch}x3x{args.size}x{args.size}, "
-          f"freed memory kept: {kept}\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {args.batch}x3x{args.size}x{args.size}, "
+        f"freed memory kept: {kept}\n"
+    )
     if args.train:
         print("| model | input | ms per step |")
         print("|---|---|---:|")
@@ -74,7 +76,10 @@ def main() -> None:
             model = create_model(name, 21).to(memory_format=torch.channels_last).train()
             size = summarize(name, args.size, num_classes=21).input_size
             x = torch.randn(args.batch, model.in_channels, size, size).contiguous(memory_format=torch.channels_last)
-            print(f"| {name} | {args.batch}x{size}² | {time_training_step(model, x, args.repeats) * 1e3:.0f} |", flush=True)
+            print(
+                f"| {name} | {args.batch}x{size}² | {time_training_step(model, x, args.repeats) * 1e3:.0f} |",
+                flush=True,
+            )
         return
     print("| model | input | GFLOPs/image | NCHW ms/image | NCHW GFLOP/s | NHWC ms/image | NHWC GFLOP/s |")
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -60,26 +60,53 @@ def main() -> int:
             print(f"{data} is missing: the shared datasets are not on this machine", file=sys.stderr)
             return 2
         segforge = [sys.executable, "-m", "segforge"]
-        train = segforge + ["train", *(a.format(data=data) for a in train_args), "--time-budget", args.budget,
-                            "--out", str(out), "--name", name]
+        train = segforge + [
+            "train",
+            *(a.format(data=data) for a in train_args),
+            "--time-budget",
+            args.budget,
+            "--out",
+            str(out),
+            "--name",
+            name,
+        ]
         (out / name).mkdir(parents=True, exist_ok=True)
         train_seconds = _run(train, out / f"{name}.train.log")
         report = out / name / "eval-held-out"
-        evaluate = segforge + ["evaluate", "--checkpoint", str(out / name / "best.safetensors"), "--data", str(data),
-                               "--split", split, "--out", str(report)]
+        evaluate = segforge + [
+            "evaluate",
+            "--checkpoint",
+            str(out / name / "best.safetensors"),
+            "--data",
+            str(data),
+            "--split",
+            split,
+            "--out",
+            str(report),
+        ]
         eval_seconds = _run(evaluate, out / f"{name}.eval.log")
         scores = json.loads((report / "report.json").read_text())
         steps = int((out / name / "metrics.csv").read_text().splitlines()[-1].split(",")[0])
         config = (out / name / "config.yaml").read_text()
-        result = {"run": name, "train_command": shlex.join(train[2:]), "evaluate_split": split, "steps": steps,
-                  "train_seconds": round(train_seconds), "evaluate_seconds": round(eval_seconds),
-                  "pixel_accuracy": scores["pixel_accuracy"], "mean_accuracy": scores["mean_accuracy"],
-                  "mean_iou": scores["mean_iou"], "iou": dict(zip(scores["class_names"], scores["iou"])),
-                  "config": config}
+        result = {
+            "run": name,
+            "train_command": shlex.join(train[2:]),
+            "evaluate_split": split,
+            "steps": steps,
+            "train_seconds": round(train_seconds),
+            "evaluate_seconds": round(eval_seconds),
+            "pixel_accuracy": scores["pixel_accuracy"],
+            "mean_accuracy": scores["mean_accuracy"],
+            "mean_iou": scores["mean_iou"],
+            "iou": dict(zip(scores["class_names"], scores["iou"])),
+            "config": config,
+        }
         (out / name / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         numbers = held_out(scores, membranes=name.startswith("isbi"))
-        row = (f"| {name} | `{shlex.join(train[3:-4])}` | {steps} | {numbers} | "
-               f"{train_seconds / 60:.1f} min + {eval_seconds / 60:.1f} min eval |")
+        row = (
+            f"| {name} | `{shlex.join(train[3:-4])}` | {steps} | {numbers} | "
+            f"{train_seconds / 60:.1f} min + {eval_seconds / 60:.1f} min eval |"
+        )
         rows.append(row)
         print(row, flush=True)
     print("\n| run | command (plus --time-budget " + args.budget + ") | steps | held-out result | time |")

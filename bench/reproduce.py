@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from scores import held_out  # bench/scores.py: this script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,13 +45,27 @@ CAMVID = ["--val-split", "test", "--class-weights", "median_frequency"]
 
 # name: (dataset folder, train arguments, evaluation split, default budget, the paper's numbers)
 RUNS = {
-    "segnet-camvid": ("camvid", ["--model", "segnet_basic", *CAMVID], "test", "3h",
-                      "SegNet tutorial (SegNet-Basic): 82.8 / 62.3 / 46.3"),
-    "pretrained-camvid": ("camvid", ["--model", "unet_padded", "--encoder", "efficientnet_lite0",
-                                     "--encoder-weights", "imagenet", *CAMVID], "test", "3h",
-                          "same budget as segnet-camvid"),
-    "unet-isbi": ("isbi2012", ["--model", "unet", "--train-split", "train[:25]", "--val-split", "train[25:]"],
-                  "train[25:]", "90m", "U-Net paper: pixel error 0.0611 (challenge test set)"),
+    "segnet-camvid": (
+        "camvid",
+        ["--model", "segnet_basic", *CAMVID],
+        "test",
+        "3h",
+        "SegNet tutorial (SegNet-Basic): 82.8 / 62.3 / 46.3",
+    ),
+    "pretrained-camvid": (
+        "camvid",
+        ["--model", "unet_padded", "--encoder", "efficientnet_lite0", "--encoder-weights", "imagenet", *CAMVID],
+        "test",
+        "3h",
+        "same budget as segnet-camvid",
+    ),
+    "unet-isbi": (
+        "isbi2012",
+        ["--model", "unet", "--train-split", "train[:25]", "--val-split", "train[25:]"],
+        "train[25:]",
+        "90m",
+        "U-Net paper: pixel error 0.0611 (challenge test set)",
+    ),
 }
 
 
@@ -126,19 +139,39 @@ def reproduce(name: str, data_root: Path, budget_override: str | None) -> int:
     budget = budget_override or budget
     if (run / "config.yaml").exists():  # a started run keeps its budget
         budget = yaml.safe_load((run / "config.yaml").read_text())["train"]["time_budget"]
-    fresh = segforge + ["train", "--data", str(data), *train_args, "--time-budget", budget,
-                        "--out", str(OUT), "--name", name]
+    fresh = segforge + [
+        "train",
+        "--data",
+        str(data),
+        *train_args,
+        "--time-budget",
+        budget,
+        "--out",
+        str(OUT),
+        "--name",
+        name,
+    ]
     train = segforge + ["train", "--resume", str(run)] if (run / "state.pt").exists() else fresh
     code, wall, cpu = _run(train, run / "train.log")
-    sittings.append({"ended": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds": round(wall),
-                     "cpu_seconds": round(cpu), "exit": code})
+    sittings.append(
+        {"ended": time.strftime("%Y-%m-%d %H:%M"), "wall_seconds": round(wall), "cpu_seconds": round(cpu), "exit": code}
+    )
     sittings_file.write_text(json.dumps(sittings, indent=2) + "\n")
     if code != 0:
         print(f"training stopped (exit {code}); run the same command again to continue it", file=sys.stderr)
         return code
     report = run / f"eval-{split}"
-    evaluate = segforge + ["evaluate", "--checkpoint", str(run / "last.safetensors"), "--data", str(data),
-                           "--split", split, "--out", str(report)]
+    evaluate = segforge + [
+        "evaluate",
+        "--checkpoint",
+        str(run / "last.safetensors"),
+        "--data",
+        str(data),
+        "--split",
+        split,
+        "--out",
+        str(report),
+    ]
     code, eval_seconds, _ = _run(evaluate, run / "evaluate.log")
     if code != 0:
         return code
@@ -148,23 +181,39 @@ def reproduce(name: str, data_root: Path, budget_override: str | None) -> int:
     cpu_hours = sum(s["cpu_seconds"] for s in sittings) / 3600
     epochs = float(curve[-1]["epoch"]) if curve and "epoch" in curve[-1] else None
     config = (run / "config.yaml").read_text()
-    result = {"run": name, "command": shlex.join(["segforge", *fresh[3:]]),
-              "machine": machine(), "sittings": sittings, "train_seconds": round(train_seconds),
-              "cpu_hours": round(cpu_hours, 2), "evaluate_seconds": round(eval_seconds), "evaluate_split": split,
-              "checkpoint": "last.safetensors", "epochs": epochs,
-              "pixel_accuracy": scores["pixel_accuracy"], "mean_accuracy": scores["mean_accuracy"],
-              "mean_iou": scores["mean_iou"], "iou": dict(zip(scores["class_names"], scores["iou"])),
-              "curve": [{"step": int(r["step"]), "epoch": r.get("epoch"), "val_mean_iou": float(r["val_mean_iou"])}
-                        for r in curve], "config": config}
+    result = {
+        "run": name,
+        "command": shlex.join(["segforge", *fresh[3:]]),
+        "machine": machine(),
+        "sittings": sittings,
+        "train_seconds": round(train_seconds),
+        "cpu_hours": round(cpu_hours, 2),
+        "evaluate_seconds": round(eval_seconds),
+        "evaluate_split": split,
+        "checkpoint": "last.safetensors",
+        "epochs": epochs,
+        "pixel_accuracy": scores["pixel_accuracy"],
+        "mean_accuracy": scores["mean_accuracy"],
+        "mean_iou": scores["mean_iou"],
+        "iou": dict(zip(scores["class_names"], scores["iou"])),
+        "curve": [
+            {"step": int(r["step"]), "epoch": r.get("epoch"), "val_mean_iou": float(r["val_mean_iou"])} for r in curve
+        ],
+        "config": config,
+    }
     saved = RESULTS / name
     saved.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "metrics.csv", saved / "metrics.csv")
     (saved / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("\ncurve (validation mIoU by epoch):",
-          ", ".join(f"{r.get('epoch', r['step'])}: {100 * float(r['val_mean_iou']):.1f}" for r in curve))
+    print(
+        "\ncurve (validation mIoU by epoch):",
+        ", ".join(f"{r.get('epoch', r['step'])}: {100 * float(r['val_mean_iou']):.1f}" for r in curve),
+    )
     numbers = held_out(scores, membranes=name.endswith("isbi"))
-    print(f"\n| {name} | {numbers} | {paper} | {train_seconds / 3600:.1f} h wall, "
-          f"{cpu_hours:.1f} CPU h, {len(sittings)} sitting(s) | {machine()} |")
+    print(
+        f"\n| {name} | {numbers} | {paper} | {train_seconds / 3600:.1f} h wall, "
+        f"{cpu_hours:.1f} CPU h, {len(sittings)} sitting(s) | {machine()} |"
+    )
     return 0
 
 

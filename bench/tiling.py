@@ -35,9 +35,9 @@ def _generate(path: Path, size: int) -> None:
     band = 1024
     for y in range(0, size, band):
         rows = min(band, size - y)
-        yy, xx = np.mgrid[y:y + rows, 0:size]
+        yy, xx = np.mgrid[y : y + rows, 0:size]
         cells = ((np.sin(yy / 23.0) + np.cos(xx / 31.0)) > 0.3) * 120 + rng.integers(0, 60, (rows, size))
-        image[y:y + rows] = cells.astype(np.uint8)
+        image[y : y + rows] = cells.astype(np.uint8)
         image.flush()
     del image
 
@@ -56,8 +56,8 @@ def _child(path: Path, mode: str, tile: int) -> None:
     import torch
 
     from segforge import create_model
-    from segforge.models.fold import fold_batch_norm
     from segforge.inference import predict_tiff, predict_tiled, prepare_image
+    from segforge.models.fold import fold_batch_norm
     from segforge.runtime import keep_freed_memory
 
     keep_freed_memory()  # as segforge predict does
@@ -67,8 +67,16 @@ def _child(path: Path, mode: str, tile: int) -> None:
     info = {"mean": [0.5], "std": [0.25]}
     started = time.perf_counter()
     if mode == "stream":
-        predict_tiff(model, info, path, path.with_name(path.stem + "_labels.tif"), tile=tile, overlap=0.25, batch=4,
-                     progress=False)
+        predict_tiff(
+            model,
+            info,
+            path,
+            path.with_name(path.stem + "_labels.tif"),
+            tile=tile,
+            overlap=0.25,
+            batch=4,
+            progress=False,
+        )
     else:
         _, x = prepare_image(path, info, 1)
         predict_tiled(model, x[0], tile=tile, overlap=0.25, batch=4, progress=False).argmax(0)
@@ -89,8 +97,10 @@ def main() -> int:
         return 0
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; unet_padded + mobilenet_v2, "
-          f"tile {args.tile}, overlap 0.25, batch 4\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; unet_padded + mobilenet_v2, "
+        f"tile {args.tile}, overlap 0.25, batch 4\n"
+    )
     print("| image | mode | megapixels | seconds | MP/s | peak RSS (MiB) |")
     print("|---|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,12 +108,20 @@ def main() -> int:
             path = Path(tmp) / f"image_{size}.tif"
             _generate(path, size)
             for mode in ["stream", "memory"] if args.in_memory else ["stream"]:
-                result = subprocess.run([sys.executable, __file__, "--child", str(path), mode, "--tile", str(args.tile)],
-                                        capture_output=True, text=True, check=True, cwd=ROOT)
+                result = subprocess.run(
+                    [sys.executable, __file__, "--child", str(path), mode, "--tile", str(args.tile)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    cwd=ROOT,
+                )
                 measured = json.loads(result.stdout.strip().splitlines()[-1])
                 megapixels = size * size / 1e6
-                print(f"| {size}x{size} | {mode} | {megapixels:.0f} | {measured['seconds']:.0f} | "
-                      f"{megapixels / measured['seconds']:.2f} | {measured['peak_rss_mib']:.0f} |", flush=True)
+                print(
+                    f"| {size}x{size} | {mode} | {megapixels:.0f} | {measured['seconds']:.0f} | "
+                    f"{megapixels / measured['seconds']:.2f} | {measured['peak_rss_mib']:.0f} |",
+                    flush=True,
+                )
             path.unlink()
     return 0
 

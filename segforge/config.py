@@ -170,12 +170,14 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     odd = next((key for key in values if not isinstance(key, str)), None)
     if odd is not None:
-        raise ValueError(f"config key {odd!r} in {prefix.rstrip('.') or 'the config'} is not a name; "
-                         f"valid keys: {names}")
+        raise ValueError(
+            f"config key {odd!r} in {prefix.rstrip('.') or 'the config'} is not a name; valid keys: {names}"
+        )
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ValueError(f"unknown config key {prefix + unknown[0]!r}; valid keys in "
-                         f"{prefix.rstrip('.') or 'the config'}: {names}")
+        raise ValueError(
+            f"unknown config key {prefix + unknown[0]!r}; valid keys in {prefix.rstrip('.') or 'the config'}: {names}"
+        )
     kwargs = {}
     for name, value in values.items():
         tp = hints[name]
@@ -194,8 +196,9 @@ def parse_duration(text: str) -> float:
     Raises:
         ValueError: not such a duration, or not positive (the message shows the accepted forms).
     """
-    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d*)?)\s*s)?\s*",
-                         str(text))
+    match = re.fullmatch(
+        r"\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d*)?)\s*s)?\s*", str(text)
+    )
     if match is None or not any(match.groups()):
         raise ValueError(f"train.time_budget must be a duration such as 30m, 1h30m, 90s or 1.5h, got {text!r}")
     hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
@@ -263,20 +266,26 @@ def _check_values(config: Config) -> None:
         if value is not None and value not in (choices := registered(key)):
             raise ValueError(f"{key} {value!r} is not one segforge knows; choose from {choices}")
     if not DEVICE.fullmatch(config.train.device):
-        raise ValueError(f"train.device must be auto, cpu, cuda or cuda:N (N: the GPU's index), got "
-                         f"{config.train.device!r}")
+        raise ValueError(
+            f"train.device must be auto, cpu, cuda or cuda:N (N: the GPU's index), got {config.train.device!r}"
+        )
     data = config.data
     if not 0 < data.val_fraction < 1:
-        raise ValueError(f"data.val_fraction must be a share between 0 and 1 (e.g. 0.2 holds out 20 %), got "
-                         f"{data.val_fraction}; to train without validation use --val-split none")
+        raise ValueError(
+            f"data.val_fraction must be a share between 0 and 1 (e.g. 0.2 holds out 20 %), got "
+            f"{data.val_fraction}; to train without validation use --val-split none"
+        )
     if data.label_map is not None:
         for raw, label in data.label_map.items():
             if not (isinstance(raw, int) and isinstance(label, int) and not isinstance(raw, bool)) or raw < 0:
-                raise ValueError(f"data.label_map maps raw mask values to labels, both integers >= 0 for the raw "
-                                 f"value (e.g. {{255: 1}}), got {raw!r}: {label!r}")
+                raise ValueError(
+                    f"data.label_map maps raw mask values to labels, both integers >= 0 for the raw "
+                    f"value (e.g. {{255: 1}}), got {raw!r}: {label!r}"
+                )
     if (data.mean is None) != (data.std is None) or (data.mean is not None and len(data.mean) != len(data.std)):
-        raise ValueError(f"data.mean and data.std go together, one value per channel each; got {data.mean} and "
-                         f"{data.std}")
+        raise ValueError(
+            f"data.mean and data.std go together, one value per channel each; got {data.mean} and {data.std}"
+        )
     if config.train.time_budget is not None:
         parse_duration(config.train.time_budget)
 
@@ -312,8 +321,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except yaml.YAMLError as err:
             raise ValueError(f"config file {path} is not valid YAML: {err}") from err
         if not isinstance(values, dict):
-            raise ValueError(f"config file {path} must hold sections (model:, data:, ...), "
-                             f"not a {type(values).__name__}")
+            raise ValueError(
+                f"config file {path} must hold sections (model:, data:, ...), not a {type(values).__name__}"
+            )
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

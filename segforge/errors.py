@@ -30,7 +30,7 @@ def user_message(err: BaseException) -> str:
     for prefix in (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: "):
         at = text.rfind(prefix)
         if at >= 0:
-            return text[at + len(prefix):].strip()
+            return text[at + len(prefix) :].strip()
     return text
 
 
@@ -41,6 +41,8 @@ def debugging() -> bool:
 
 def bug_report(command: str, err: BaseException) -> str:
     """The short report of an unexpected exception: what it was, and how to see and report it."""
-    return (f"segforge {command}: internal error: {type(err).__name__}: {user_message(err)}\n"
-            "This is a bug in segforge. Please report it with the command you ran; rerun with "
-            "segforge --debug (or SEGFORGE_DEBUG=1) for the full traceback.")
+    return (
+        f"segforge {command}: internal error: {type(err).__name__}: {user_message(err)}\n"
+        "This is a bug in segforge. Please report it with the command you ran; rerun with "
+        "segforge --debug (or SEGFORGE_DEBUG=1) for the full traceback."
+    )

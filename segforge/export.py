@@ -8,8 +8,8 @@ and 2x2 poolings only take sides of 16k + 124 pixels, so its height and width ar
 ``16·k + 124`` and its logits are ``16·k − 60`` (``segforge predict`` mirror-pads to such a size).
 The export is checked against PyTorch on two input sizes before it is written.
 
-``OnnxSegmenter`` wraps an exported file as a module that ``segforge.inference`` uses like the PyTorch model: the network runs in ONNX Runtime; reading images,
-tiling, blending and the argmax stay as they are.
+``OnnxSegmenter`` wraps an exported file as a module that ``segforge.inference`` uses like the PyTorch
+model: the network runs in ONNX Runtime; reading images, tiling, blending and the argmax stay as they are.
 """
 
 from __future__ import annotations
@@ -73,8 +73,17 @@ def _dynamic_shapes(model: nn.Module) -> tuple[dict, ...]:
 @contextlib.contextmanager
 def _quiet():
     """The exporter's progress lines, its warnings about torchvision ops and FutureWarnings."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch._dynamo", "torch.export", "onnx_ir",
-                                                    "onnxscript", "torch.fx.experimental.symbolic_shapes")]
+    loggers = [
+        logging.getLogger(name)
+        for name in (
+            "torch.onnx",
+            "torch._dynamo",
+            "torch.export",
+            "onnx_ir",
+            "onnxscript",
+            "torch.fx.experimental.symbolic_shapes",
+        )
+    ]
     levels = [logger.level for logger in loggers]
     text = io.StringIO()
     try:
@@ -88,8 +97,16 @@ def _quiet():
             logger.setLevel(level)
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, *, info: dict | None = None, size: int | None = None,
-                check: bool = True, atol: float = 1e-4, rtol: float = 1e-3) -> ExportCheck | None:
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    info: dict | None = None,
+    size: int | None = None,
+    check: bool = True,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+) -> ExportCheck | None:
     """Writes ``model`` as an ONNX file with dynamic batch, height and width (see the module notes).
 
     Args:
@@ -118,8 +135,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, info: dict | None 
         model.to(device).train(training)
 
 
-def _export(model: nn.Module, path: Path, *, info: dict | None, size: int | None, check: bool, atol: float,
-            rtol: float) -> ExportCheck | None:
+def _export(
+    model: nn.Module, path: Path, *, info: dict | None, size: int | None, check: bool, atol: float, rtol: float
+) -> ExportCheck | None:
     import onnx_ir as ir
 
     export_size, *check_sizes = example_sizes(model)
@@ -127,11 +145,19 @@ def _export(model: nn.Module, path: Path, *, info: dict | None, size: int | None
     example = torch.randn(2, model.in_channels, export_size, export_size)
     with _quiet() as log:
         try:
-            program = torch.onnx.export(model, (example,), input_names=[INPUT], output_names=[OUTPUT],
-                                        dynamic_shapes=_dynamic_shapes(model), dynamo=True, verbose=False)
+            program = torch.onnx.export(
+                model,
+                (example,),
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_shapes=_dynamic_shapes(model),
+                dynamo=True,
+                verbose=False,
+            )
         except Exception as err:  # torch.export raises many unrelated types
-            raise ValueError(f"exporting {model.config.get('name')} to ONNX failed: {err}\n"
-                             f"{log.getvalue()[-4000:]}") from err
+            raise ValueError(
+                f"exporting {model.config.get('name')} to ONNX failed: {err}\n{log.getvalue()[-4000:]}"
+            ) from err
     valid = geometry_of(model).valid_convolutions
     if not valid:  # the logits have the input's size; name the dims so (instead of the padding arithmetic)
         program.model.graph.outputs[0].shape = ir.Shape(["batch", model.num_classes, "height", "width"])
@@ -140,13 +166,13 @@ def _export(model: nn.Module, path: Path, *, info: dict | None, size: int | None
     path = atomic_write(path, lambda tmp: program.save(tmp))
     if not check:
         return None
-    shapes = ((2, model.in_channels, export_size, export_size),
-              (1, model.in_channels, check_sizes[0], check_sizes[1]))
+    shapes = ((2, model.in_channels, export_size, export_size), (1, model.in_channels, check_sizes[0], check_sizes[1]))
     return check_export(model, path, shapes, atol=atol, rtol=rtol)
 
 
-def check_export(model: nn.Module, path: str | os.PathLike, shapes, *, atol: float = 1e-4,
-                 rtol: float = 1e-3) -> ExportCheck:
+def check_export(
+    model: nn.Module, path: str | os.PathLike, shapes, *, atol: float = 1e-4, rtol: float = 1e-3
+) -> ExportCheck:
     """Runs the file at ``path`` in ONNX Runtime on random inputs of ``shapes`` and compares its
     logits with ``model``'s; raises ValueError (naming the shape) beyond ``atol + rtol · max|logit|``."""
     session = _session(path, "cpu")
@@ -164,9 +190,11 @@ def check_export(model: nn.Module, path: str | os.PathLike, shapes, *, atol: flo
             raise ValueError(f"the exported {path} gives logits {got.shape} on input {shape}, PyTorch {expected.shape}")
         diff, scale = float(np.abs(got - expected).max()), float(np.abs(expected).max())
         if diff > atol + rtol * scale:
-            raise ValueError(f"the exported {path} differs from PyTorch on input {shape}: max |Δlogit| = {diff:.3g} "
-                             f"(logits up to {scale:.3g}); report it with the model name and torch/onnxruntime "
-                             "versions")
+            raise ValueError(
+                f"the exported {path} differs from PyTorch on input {shape}: max |Δlogit| = {diff:.3g} "
+                f"(logits up to {scale:.3g}); report it with the model name and torch/onnxruntime "
+                "versions"
+            )
         diffs.append(diff)
         scales.append(scale)
     return ExportCheck(tuple(tuple(s) for s in shapes), tuple(diffs), tuple(scales))
@@ -179,8 +207,10 @@ def _session(path: str | os.PathLike, device: torch.device | str):
         raise ValueError(f"{_MISSING} ({err})") from err
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"ONNX model {path} does not exist; write one with "
-                         "segforge export --checkpoint runs/<name>/best.safetensors --format onnx")
+        raise ValueError(
+            f"ONNX model {path} does not exist; write one with "
+            "segforge export --checkpoint runs/<name>/best.safetensors --format onnx"
+        )
     providers = ["CPUExecutionProvider"]
     if torch.device(device).type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -189,8 +219,9 @@ def _session(path: str | os.PathLike, device: torch.device | str):
     try:
         return ort.InferenceSession(str(path), providers=providers)
     except Exception as err:  # onnxruntime's errors are its own pybind types
-        raise ValueError(f"ONNX model {path} is corrupt or not an ONNX file ({err}); export it again "
-                         "with segforge export") from err
+        raise ValueError(
+            f"ONNX model {path} is corrupt or not an ONNX file ({err}); export it again with segforge export"
+        ) from err
 
 
 class OnnxSegmenter(nn.Module):
@@ -206,16 +237,20 @@ class OnnxSegmenter(nn.Module):
         self.session = _session(path, device)
         text = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if text is None:
-            raise ValueError(f"ONNX model {path} was not written by segforge export (no class or normalisation "
-                             "metadata); export the checkpoint with segforge export --format onnx")
+            raise ValueError(
+                f"ONNX model {path} was not written by segforge export (no class or normalisation "
+                "metadata); export the checkpoint with segforge export --format onnx"
+            )
         from segforge.checkpoint import check_model_config, model_from_config
 
         try:
             metadata = json.loads(text)
             config, info = metadata["config"], metadata["info"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"ONNX model {path} has damaged segforge metadata ({type(err).__name__}: {err}); "
-                             "export the checkpoint again with segforge export") from None
+            raise ValueError(
+                f"ONNX model {path} has damaged segforge metadata ({type(err).__name__}: {err}); "
+                "export the checkpoint again with segforge export"
+            ) from None
         self.config, self.info = check_model_config(config, info, f"ONNX model {path}")
         self.num_classes, self.in_channels = self.config["num_classes"], self.config["in_channels"]
         with torch.device("meta"):  # shapes only: no weights are made

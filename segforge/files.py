@@ -54,8 +54,9 @@ def _writable_ancestor(path: Path, what: str) -> None:
             if not parent.is_dir():
                 raise ValueError(f"{what} {path}: {parent} is a file, not a folder; choose another path")
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise ValueError(f"{what} {path}: cannot write in {parent} (permission denied); choose a folder "
-                                 "you can write to")
+                raise ValueError(
+                    f"{what} {path}: cannot write in {parent} (permission denied); choose a folder you can write to"
+                )
             return
 
 
@@ -82,7 +83,6 @@ def check_output_file(path: str | os.PathLike, what: str = "--out", example: str
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{what} {path} is a folder; this writes one file: give a file path such as "
-                         f"{path / example}")
+        raise ValueError(f"{what} {path} is a folder; this writes one file: give a file path such as {path / example}")
     _writable_ancestor(path.parent, what)
     return path

@@ -22,7 +22,10 @@ def plot_curves(csv_path: Path, png_path: Path) -> Path:
         reader = csv.DictReader(f)
         rows, header = list(reader), reader.fieldnames or []
     # the loss, then each metric the run's task logs for train and val (segmentation: mean IoU, pixel accuracy)
-    metrics = ["loss", *(name[len("train_"):] for name in header if name.startswith("train_") and name != "train_loss")]
+    metrics = [
+        "loss",
+        *(name[len("train_") :] for name in header if name.startswith("train_") and name != "train_loss"),
+    ]
     fig = Figure(figsize=(4 * len(metrics), 3.6), dpi=100)
     FigureCanvasAgg(fig)
     for i, metric in enumerate(metrics):
@@ -50,8 +53,14 @@ def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: i
     return lut[np.where(valid, mask, len(palette))]
 
 
-def overlay_panel(image: np.ndarray, target: np.ndarray | None, pred: np.ndarray,
-                  palette: Sequence[Sequence[int]], ignore_index: int | None = None, alpha: float = 0.5) -> np.ndarray:
+def overlay_panel(
+    image: np.ndarray,
+    target: np.ndarray | None,
+    pred: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    ignore_index: int | None = None,
+    alpha: float = 0.5,
+) -> np.ndarray:
     """Side by side: the image, the ground truth over it (when known), the prediction over it. uint8 RGB."""
     rgb = image if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, axis=-1)
     rgb = (np.clip(rgb, 0, 1) * 255).astype(np.uint8) if rgb.dtype != np.uint8 else rgb

@@ -4,7 +4,8 @@ glibc's malloc serves every allocation above its mmap threshold (32 MiB at most)
 ``mmap`` and unmaps it on ``free``. A segmentation network allocates and frees activations of tens
 to hundreds of MiB in every forward and backward pass, so every pass page-faults and zero-fills its
 whole working set again: on this 2-core machine that is 25 % of a U-Net's forward pass, 40 % of
-FCN's and DeconvNet's, and 30-40 % of a training step (``bench/models.py``, README "Speed"). ONNX Runtime avoids it with its own arena.
+FCN's and DeconvNet's, and 30-40 % of a training step (``bench/models.py``, README "Speed"). ONNX
+Runtime avoids it with its own arena.
 
 ``keep_freed_memory`` tells glibc to serve large blocks from its heap and not to trim it, so freed
 activations are reused by the next pass. The process's resident memory then stays at its peak

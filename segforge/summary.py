@@ -53,8 +53,14 @@ def summary_table(size: int = 512, *, num_classes: int = 21) -> str:
     rows = [summarize(name, size, num_classes=num_classes) for name in list_models()]
     header = ("model", "encoder", "params (M)", "GFLOPs", "input → output", "description")
     lines = [
-        (r.name, r.encoder, f"{r.parameters / 1e6:.2f}", f"{r.flops / 1e9:.1f}",
-         f"{r.input_size} → {r.output_size}", r.description)
+        (
+            r.name,
+            r.encoder,
+            f"{r.parameters / 1e6:.2f}",
+            f"{r.flops / 1e9:.1f}",
+            f"{r.input_size} → {r.output_size}",
+            r.description,
+        )
         for r in rows
     ]
     widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]

@@ -28,8 +28,30 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    assert main(["train", "--data", str(data), "--model", "segnet_basic", "--epochs", "1", "--batch-size", "2",
-                 "--crop-size", "32", "--workers", "0", "--out", str(out), "--name", "run"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--model",
+                "segnet_basic",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "2",
+                "--crop-size",
+                "32",
+                "--workers",
+                "0",
+                "--out",
+                str(out),
+                "--name",
+                "run",
+            ]
+        )
+        == 0
+    )
     return out / "run" / "last.safetensors"
 
 
@@ -62,8 +84,24 @@ def copy_data(data: Path, target: Path) -> Path:
 
 
 def train_argv(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(root), "--model", "segnet_basic", "--epochs", "1", "--batch-size", "2",
-            "--crop-size", "32", "--out", str(out), "--name", "run", *extra]
+    return [
+        "train",
+        "--data",
+        str(root),
+        "--model",
+        "segnet_basic",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "32",
+        "--out",
+        str(out),
+        "--name",
+        "run",
+        *extra,
+    ]
 
 
 # 1. A bad sample that is not the first: the command's check before training names it (a data-loader
@@ -93,8 +131,9 @@ def _corrupt_image(root: Path) -> str:
     return "0003.png"
 
 
-@pytest.mark.parametrize("damage", [_mask_of_another_size, _label_out_of_range, _negative_label_in_an_int16_tiff,
-                                    _corrupt_image])
+@pytest.mark.parametrize(
+    "damage", [_mask_of_another_size, _label_out_of_range, _negative_label_in_an_int16_tiff, _corrupt_image]
+)
 def test_1_worker_errors_read_as_the_main_process_would_print_them(data, tmp_path, capsys, damage) -> None:
     root = copy_data(data, tmp_path / "data")
     named = damage(root)
@@ -102,14 +141,17 @@ def test_1_worker_errors_read_as_the_main_process_would_print_them(data, tmp_pat
 
 
 # 2. Values that pass the flags but not the config, whichever way they come in.
-@pytest.mark.parametrize("extra, named", [
-    (["--set", "data.batch_size=0"], "data.batch_size"),
-    (["--batch-size", "0"], "0"),
-    (["--set", "train.epochs=0"], "train.epochs"),
-    (["--set", "data.crop_size=[1"], "[1"),
-    (["--device", "banana"], "banana"),
-    (["--config", "{yaml}"], "train.epochs"),
-])
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (["--set", "data.batch_size=0"], "data.batch_size"),
+        (["--batch-size", "0"], "0"),
+        (["--set", "train.epochs=0"], "train.epochs"),
+        (["--set", "data.crop_size=[1"], "[1"),
+        (["--device", "banana"], "banana"),
+        (["--config", "{yaml}"], "train.epochs"),
+    ],
+)
 def test_2_values_are_checked_however_they_come_in(data, tmp_path, capsys, extra, named) -> None:
     (tmp_path / "c.yaml").write_text("train:\n  epochs: 0\n")
     extra = [text.format(yaml=tmp_path / "c.yaml") for text in extra]
@@ -126,8 +168,18 @@ def test_3_output_paths_are_checked_first(data, checkpoint, tmp_path, capsys) ->
     (tmp_path / "a_file").write_text("keep")
     fails(capsys, train_argv(data, tmp_path / "a_file"), "a_file", "not a folder")
     fails(capsys, ["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path)], str(tmp_path), "is a folder")
-    fails(capsys, ["predict", "--checkpoint", str(checkpoint), str(data / "images" / "0000.png"),
-                   "--out", str(tmp_path / "a_file")], "a_file")
+    fails(
+        capsys,
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            str(data / "images" / "0000.png"),
+            "--out",
+            str(tmp_path / "a_file"),
+        ],
+        "a_file",
+    )
     assert (tmp_path / "a_file").read_text() == "keep"
 
 
@@ -139,16 +191,34 @@ def test_4_non_finite_pixels_are_refused_and_nothing_is_replaced(checkpoint, tmp
     tifffile.imwrite(tmp_path / "scan.tif", image, photometric="rgb")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "scan.png").write_bytes(b"a good mask")
-    fails(capsys, ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "scan.tif"),
-                   "--out", str(tmp_path / "out")], "scan.tif", "non-finite")
+    fails(
+        capsys,
+        ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "scan.tif"), "--out", str(tmp_path / "out")],
+        "scan.tif",
+        "non-finite",
+    )
     assert (tmp_path / "out" / "scan.png").read_bytes() == b"a good mask"
 
 
 # 5. Memory bombs: refused before allocating, with the way round.
 def test_5_an_image_over_the_decode_limit_is_refused_before_decoding(checkpoint, tmp_path, capsys) -> None:
     Image.new("L", (2048, 2048)).save(tmp_path / "huge.png")  # 4 MB decoded, a few KB on disk
-    line = fails(capsys, ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "huge.png"), "--out",
-                          str(tmp_path / "out"), "--max-image-mb", "1"], "huge.png", "2048 x 2048", "--max-image-mb")
+    line = fails(
+        capsys,
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            str(tmp_path / "huge.png"),
+            "--out",
+            str(tmp_path / "out"),
+            "--max-image-mb",
+            "1",
+        ],
+        "huge.png",
+        "2048 x 2048",
+        "--max-image-mb",
+    )
     assert "--tile" in line and "--stream" in line
 
 
@@ -157,22 +227,45 @@ def test_5_an_image_too_large_for_one_pass_points_at_tiles(checkpoint, tmp_path,
 
     Image.new("RGB", (600, 400)).save(tmp_path / "wide.png")
     monkeypatch.setattr(segforge.inference.memory, "available_bytes", lambda device: 64 * 2**20)  # a 64 MB machine
-    line = fails(capsys, ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "wide.png"), "--out",
-                          str(tmp_path / "out")], "wide.png", "400x600", "--tile")
+    line = fails(
+        capsys,
+        ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "wide.png"), "--out", str(tmp_path / "out")],
+        "wide.png",
+        "400x600",
+        "--tile",
+    )
     assert "64 MB" not in line and "0.1 GB available" in line
     assert not (tmp_path / "out" / "wide.png").exists()
-    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "wide.png"), "--out",
-                 str(tmp_path / "out"), "--tile", "64"]) == 0  # the advice works
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                str(tmp_path / "wide.png"),
+                "--out",
+                str(tmp_path / "out"),
+                "--tile",
+                "64",
+            ]
+        )
+        == 0
+    )  # the advice works
     assert Image.open(tmp_path / "out" / "wide.png").size == (600, 400)
 
 
-def test_5_evaluation_images_too_large_for_one_pass_are_refused(data, checkpoint, tmp_path, capsys,
-                                                                   monkeypatch) -> None:
+def test_5_evaluation_images_too_large_for_one_pass_are_refused(
+    data, checkpoint, tmp_path, capsys, monkeypatch
+) -> None:
     import segforge.inference.memory
 
     monkeypatch.setattr(segforge.inference.memory, "available_bytes", lambda device: 2**16)
-    fails(capsys, ["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path)],
-          "an evaluation image is 32x32 pixels", "cut the images and their masks into tiles")
+    fails(
+        capsys,
+        ["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path)],
+        "an evaluation image is 32x32 pixels",
+        "cut the images and their masks into tiles",
+    )
 
 
 def test_5_the_peak_memory_of_a_pass_is_counted_from_shapes() -> None:
@@ -196,8 +289,10 @@ def test_5_an_allocation_failure_is_turned_into_the_advice() -> None:
 
     with pytest.raises(ValueError, match=r"image a.png: the machine ran out of memory .* --tile 1024"):
         with out_of_memory_hint("image a.png"):
-            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
-                               "you tried to allocate 1099511627776 bytes. Error code 12")
+            raise RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                "you tried to allocate 1099511627776 bytes. Error code 12"
+            )
     with pytest.raises(ValueError, match=r"image a.png: the device ran out of memory"):
         with out_of_memory_hint("image a.png"):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
@@ -213,8 +308,20 @@ def test_6_a_recursive_glob_over_symlink_loops_predicts_each_image_once(data, ch
         (tmp_path / "in" / "sub" / name).write_bytes((data / "images" / name).read_bytes())
     os.symlink(tmp_path / "in", tmp_path / "in" / "sub" / "loop")
     os.symlink(tmp_path / "in" / "sub", tmp_path / "in" / "again")
-    assert main(["predict", "--checkpoint", str(checkpoint), f"{tmp_path}/in/**/*.png", "--out",
-                 str(tmp_path / "out"), "--no-overlay"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                f"{tmp_path}/in/**/*.png",
+                "--out",
+                str(tmp_path / "out"),
+                "--no-overlay",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0000.png", "0001.png"]
 
 
@@ -223,8 +330,9 @@ def test_7_masks_that_are_all_ignore_are_refused_before_training(data, tmp_path,
     root = copy_data(data, tmp_path / "data")
     for mask in (root / "masks").iterdir():
         Image.fromarray(np.full((32, 32), 255, np.uint8)).save(mask)
-    fails(capsys, train_argv(root, tmp_path / "runs", "--num-classes", "3", "--ignore-index", "255"),
-          "no labelled pixels")
+    fails(
+        capsys, train_argv(root, tmp_path / "runs", "--num-classes", "3", "--ignore-index", "255"), "no labelled pixels"
+    )
     assert not (tmp_path / "runs" / "run").exists()
 
 
@@ -263,9 +371,11 @@ def _not_a_checkpoint(path: Path, good: Path) -> str:
 def test_8_damaged_checkpoints_are_named(data, checkpoint, tmp_path, capsys, damage, command) -> None:
     path = tmp_path / "damaged.safetensors"
     named = damage(path, checkpoint)
-    argv = {"predict": ["predict", str(data / "images" / "0000.png"), "--out", str(tmp_path / "out")],
-            "evaluate": ["evaluate", "--data", str(data), "--out", str(tmp_path / "out")],
-            "export": ["export", "--out", str(tmp_path / "m.onnx")]}[command]
+    argv = {
+        "predict": ["predict", str(data / "images" / "0000.png"), "--out", str(tmp_path / "out")],
+        "evaluate": ["evaluate", "--data", str(data), "--out", str(tmp_path / "out")],
+        "export": ["export", "--out", str(tmp_path / "m.onnx")],
+    }[command]
     fails(capsys, [*argv, "--checkpoint", str(path)], "damaged.safetensors", named)
 
 
@@ -282,6 +392,18 @@ def test_9_stale_temporary_files_are_removed_by_the_next_write(data, checkpoint,
     stale = tmp_path / "out" / ".0000.png.abc123.tmp"
     stale.write_bytes(b"half a mask")
     os.utime(stale, (0, 0))  # written long ago
-    assert main(["predict", "--checkpoint", str(checkpoint), str(data / "images" / "0000.png"), "--out",
-                 str(tmp_path / "out"), "--no-overlay"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                str(data / "images" / "0000.png"),
+                "--out",
+                str(tmp_path / "out"),
+                "--no-overlay",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0000.png"]

@@ -9,14 +9,19 @@ import pytest
 import torch
 
 from segforge import create_model
-from segforge.files import atomic_write
 from segforge.checkpoint import FORMAT, load_model, load_state, read_checkpoint, save_checkpoint, save_state
+from segforge.files import atomic_write
 
 
 def test_round_trip_rebuilds_the_same_model(tmp_path) -> None:
     model = create_model("unet_padded", 3, in_channels=1, encoder="resnet18").eval()
-    path = save_checkpoint(tmp_path / "best.safetensors", model, classes=["a", "b", "c"], epoch=4,
-                           metrics={"mean_iou": 0.5, "absent": math.nan})
+    path = save_checkpoint(
+        tmp_path / "best.safetensors",
+        model,
+        classes=["a", "b", "c"],
+        epoch=4,
+        metrics={"mean_iou": 0.5, "absent": math.nan},
+    )
     loaded, info = load_model(path)
     assert loaded.config == model.config
     assert info["classes"] == ["a", "b", "c"] and info["epoch"] == 4 and math.isnan(info["metrics"]["absent"])
@@ -78,16 +83,19 @@ def _forged(path, state: dict, config: object, info: object = None) -> None:
     save_file(state, str(path), metadata=metadata)
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"name": "segnet_basic", "in_channels": 3}, "lacks num_classes"),
-    ({"name": "segnet_basic", "num_classes": 10**9, "in_channels": 3}, "num_classes is 1000000000, not a count"),
-    ({"name": "segnet_basic", "num_classes": 0, "in_channels": 3}, "num_classes is 0, not a count"),
-    ({"name": "segnet_basic", "num_classes": 2, "in_channels": "3"}, "in_channels is '3', not a count"),
-    ({"name": "resnet", "num_classes": 2, "in_channels": 3}, "unknown model 'resnet'"),
-    ({"name": 7, "num_classes": 2, "in_channels": 3}, "the model name is 7, not a name"),
-    ({"name": "unet_padded", "num_classes": 2, "in_channels": 3, "encoder": "vgg99"}, "unknown encoder 'vgg99'"),
-    (["segnet_basic"], "the model config is a list, not a mapping"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"name": "segnet_basic", "in_channels": 3}, "lacks num_classes"),
+        ({"name": "segnet_basic", "num_classes": 10**9, "in_channels": 3}, "num_classes is 1000000000, not a count"),
+        ({"name": "segnet_basic", "num_classes": 0, "in_channels": 3}, "num_classes is 0, not a count"),
+        ({"name": "segnet_basic", "num_classes": 2, "in_channels": "3"}, "in_channels is '3', not a count"),
+        ({"name": "resnet", "num_classes": 2, "in_channels": 3}, "unknown model 'resnet'"),
+        ({"name": 7, "num_classes": 2, "in_channels": 3}, "the model name is 7, not a name"),
+        ({"name": "unet_padded", "num_classes": 2, "in_channels": 3, "encoder": "vgg99"}, "unknown encoder 'vgg99'"),
+        (["segnet_basic"], "the model config is a list, not a mapping"),
+    ],
+)
 def test_damaged_checkpoint_metadata_is_named_before_anything_is_built(tmp_path, config, message) -> None:
     _forged(tmp_path / "damaged.safetensors", {"x": torch.zeros(1)}, config)
     with pytest.raises(ValueError, match=rf"checkpoint .*damaged.safetensors: .*{message}"):
@@ -117,12 +125,18 @@ def test_a_plain_state_dict_is_not_a_training_state(tmp_path) -> None:
         fit(None, resume=tmp_path)
 
 
-@pytest.mark.parametrize("metadata, message", [
-    ("{not json", "damaged segforge metadata \\(JSONDecodeError"),
-    ('{"config": {}}', "damaged segforge metadata \\(KeyError"),
-    ('{"config": {"name": "segnet_basic", "num_classes": -1, "in_channels": 3}, "info": {}, '
-     '"valid_convolutions": false}', "num_classes is -1, not a count"),
-])
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        ("{not json", "damaged segforge metadata \\(JSONDecodeError"),
+        ('{"config": {}}', "damaged segforge metadata \\(KeyError"),
+        (
+            '{"config": {"name": "segnet_basic", "num_classes": -1, "in_channels": 3}, "info": {}, '
+            '"valid_convolutions": false}',
+            "num_classes is -1, not a count",
+        ),
+    ],
+)
 def test_onnx_files_with_forged_metadata_are_named(tmp_path, metadata, message) -> None:
     onnx = pytest.importorskip("onnx", reason="ONNX export is the segforge[onnx] extra")
     pytest.importorskip("onnxruntime", reason="the onnx engine needs onnxruntime")
@@ -130,9 +144,12 @@ def test_onnx_files_with_forged_metadata_are_named(tmp_path, metadata, message) 
 
     from segforge.export import METADATA_KEY, load_onnx
 
-    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["logits"])], "forged",
-                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 4, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["images"], ["logits"])],
+        "forged",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 4, 4])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     helper.set_model_props(model, {METADATA_KEY: metadata})

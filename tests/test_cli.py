@@ -25,8 +25,9 @@ def test_models_prints_a_row_per_architecture(capsys: pytest.CaptureFixture[str]
 
 
 def test_python_dash_m_runs_the_same_command() -> None:
-    result = subprocess.run([sys.executable, "-m", "segforge", "models", "--size", "64"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "segforge", "models", "--size", "64"], capture_output=True, text=True, check=True
+    )
     assert "fcn8s" in result.stdout
 
 
@@ -48,8 +49,13 @@ def test_segnet_basic_flops_equal_the_hand_count() -> None:
     flops += 2 * 64 * classes * size * size  # 1x1 classifier
     summary = summarize("segnet_basic", size, num_classes=classes)
     assert summary.flops == flops
-    assert summary.parameters == sum(7 * 7 * c * 64 + 64 + 2 * 64 for c in (3, 64, 64, 64)) \
-        + 4 * (7 * 7 * 64 * 64 + 2 * 64) + 64 * classes + classes
+    assert (
+        summary.parameters
+        == sum(7 * 7 * c * 64 + 64 + 2 * 64 for c in (3, 64, 64, 64))
+        + 4 * (7 * 7 * 64 * 64 + 2 * 64)
+        + 64 * classes
+        + classes
+    )
 
 
 class _FailsAtThree(torch.utils.data.Dataset):
@@ -58,8 +64,10 @@ class _FailsAtThree(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         if index == 3:
-            raise DatasetError("mask masks/3.png is 480x360 but its image images/3.png is 640x480: "
-                               "re-export the mask at the image's size\n(second line of the message)")
+            raise DatasetError(
+                "mask masks/3.png is 480x360 but its image images/3.png is 640x480: "
+                "re-export the mask at the image's size\n(second line of the message)"
+            )
         return torch.zeros(1)
 
 
@@ -68,8 +76,10 @@ def test_an_error_in_a_data_loader_worker_reads_as_the_worker_raised_it() -> Non
     with pytest.raises(DatasetError) as caught:
         list(loader)
     assert str(caught.value).startswith("Caught DatasetError in DataLoader worker process 0")  # torch's wrapper
-    assert user_message(caught.value) == ("mask masks/3.png is 480x360 but its image images/3.png is 640x480: "
-                                          "re-export the mask at the image's size\n(second line of the message)")
+    assert user_message(caught.value) == (
+        "mask masks/3.png is 480x360 but its image images/3.png is 640x480: "
+        "re-export the mask at the image's size\n(second line of the message)"
+    )
     assert user_message(ValueError("plain")) == "plain"
 
 
@@ -118,8 +128,19 @@ def test_output_paths_are_checked_before_any_work(tmp_path, monkeypatch, capsys)
     assert "train.out (--out)" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)]) == 2
     assert "is a folder; this writes one file" in capsys.readouterr().err
-    assert main(["predict", "--checkpoint", str(tmp_path / "missing.safetensors"), str(tmp_path),
-                 "--out", str(tmp_path / "a_file")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tmp_path / "missing.safetensors"),
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "a_file"),
+            ]
+        )
+        == 2
+    )
     assert "a_file is a file, not a folder" in capsys.readouterr().err
 
 

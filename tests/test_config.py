@@ -15,8 +15,10 @@ def test_defaults_and_round_trip() -> None:
 
 def test_yaml_values_and_overrides_where_unset_flags_do_not_override(tmp_path) -> None:
     path = tmp_path / "run.yaml"
-    path.write_text("model: {name: segnet_basic}\ndata: {root: data/camvid, batch_size: 4, ignore_index: 11}\n"
-                    "optimizer: {name: sgd, lr: 0.1, momentum: 0.99}\n")
+    path.write_text(
+        "model: {name: segnet_basic}\ndata: {root: data/camvid, batch_size: 4, ignore_index: 11}\n"
+        "optimizer: {name: sgd, lr: 0.1, momentum: 0.99}\n"
+    )
     config = load_config(path, {"data.batch_size": 16, "optimizer.lr": None, "train.epochs": 3})
     assert config.model.name == "segnet_basic"
     assert config.data.batch_size == 16  # the flag wins
@@ -39,19 +41,28 @@ def test_unknown_key_names_it_and_lists_the_valid_ones(tmp_path) -> None:
         load_config(path)
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"data": {"batch_size": "8"}}, r"'data.batch_size' must be int \| null, got '8'"),
-    ({"train": {"channels_last": 1}}, r"'train.channels_last' must be bool, got 1"),
-    ({"optimizer": {"name": "rmsprop"}}, r"optimizer.name 'rmsprop' is not one segforge knows; choose from "
-                                         r"\['adam', 'adamw', 'sgd'\]"),
-    ({"schedule": {"name": "linear"}}, r"schedule.name 'linear' is not one .* \['constant', 'cosine', 'poly', 'step'\]"),
-    ({"loss": {"name": "focal"}}, r"loss.name 'focal' is not one .* \['ce', 'ce\+dice', 'dice'\]"),
-    ({"data": {"format": "coco"}}, r"data.format 'coco' is not one .* \['auto', 'ade20k', 'camvid'"),
-    ({"model": {"name": "deeplab"}}, r"model.name 'deeplab' is not one .* \['deconvnet', 'fcn16s'"),
-    ({"model": {"encoder": "resnet152"}}, r"model.encoder 'resnet152' is not one .* \['efficientnet_lite0'"),
-    ({"data": {"class_weights": [1, "x"]}}, r"'data.class_weights' must be 'none' \| 'median_frequency' \| list"),
-    ({"model": "unet"}, r"config section 'model' must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"data": {"batch_size": "8"}}, r"'data.batch_size' must be int \| null, got '8'"),
+        ({"train": {"channels_last": 1}}, r"'train.channels_last' must be bool, got 1"),
+        (
+            {"optimizer": {"name": "rmsprop"}},
+            r"optimizer.name 'rmsprop' is not one segforge knows; choose from "
+            r"\['adam', 'adamw', 'sgd'\]",
+        ),
+        (
+            {"schedule": {"name": "linear"}},
+            r"schedule.name 'linear' is not one .* \['constant', 'cosine', 'poly', 'step'\]",
+        ),
+        ({"loss": {"name": "focal"}}, r"loss.name 'focal' is not one .* \['ce', 'ce\+dice', 'dice'\]"),
+        ({"data": {"format": "coco"}}, r"data.format 'coco' is not one .* \['auto', 'ade20k', 'camvid'"),
+        ({"model": {"name": "deeplab"}}, r"model.name 'deeplab' is not one .* \['deconvnet', 'fcn16s'"),
+        ({"model": {"encoder": "resnet152"}}, r"model.encoder 'resnet152' is not one .* \['efficientnet_lite0'"),
+        ({"data": {"class_weights": [1, "x"]}}, r"'data.class_weights' must be 'none' \| 'median_frequency' \| list"),
+        ({"model": "unet"}, r"config section 'model' must be a mapping"),
+    ],
+)
 def test_wrong_types_are_rejected_with_the_key_and_the_choices(values: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         config_from_dict(values)
@@ -76,14 +87,31 @@ def test_every_shipped_config_is_valid(path) -> None:
     build_transforms(config.data.augmentation, ignore_index=255, crop_size=config.data.crop_size)
 
 
-BAD_NUMBERS = [("data.crop_size", -3), ("data.batch_size", 0), ("data.workers", -2), ("data.num_classes", 0),
-               ("data.max_image_mb", 0), ("model.in_channels", 0), ("loss.dice_weight", -1), ("loss.aux_weight", -0.4),
-               ("loss.smooth", -1),
-               ("optimizer.lr", 0), ("optimizer.momentum", 1.5),
-               ("optimizer.weight_decay", -0.1), ("schedule.power", 0), ("schedule.step_size", 0),
-               ("schedule.gamma", 0), ("schedule.warmup_iters", -5), ("train.epochs", 0), ("train.iterations", 0),
-               ("train.accumulate", 0), ("train.eval_every", 0), ("train.eval_steps", 0), ("train.early_stop", 0),
-               ("train.checkpoint_minutes", -1)]
+BAD_NUMBERS = [
+    ("data.crop_size", -3),
+    ("data.batch_size", 0),
+    ("data.workers", -2),
+    ("data.num_classes", 0),
+    ("data.max_image_mb", 0),
+    ("model.in_channels", 0),
+    ("loss.dice_weight", -1),
+    ("loss.aux_weight", -0.4),
+    ("loss.smooth", -1),
+    ("optimizer.lr", 0),
+    ("optimizer.momentum", 1.5),
+    ("optimizer.weight_decay", -0.1),
+    ("schedule.power", 0),
+    ("schedule.step_size", 0),
+    ("schedule.gamma", 0),
+    ("schedule.warmup_iters", -5),
+    ("train.epochs", 0),
+    ("train.iterations", 0),
+    ("train.accumulate", 0),
+    ("train.eval_every", 0),
+    ("train.eval_steps", 0),
+    ("train.early_stop", 0),
+    ("train.checkpoint_minutes", -1),
+]
 
 
 @pytest.mark.parametrize("key, value", BAD_NUMBERS)

@@ -128,16 +128,22 @@ def test_non_finite_pixels_are_refused_naming_the_file(tmp_path: Path, bad: floa
     image = np.ones((6, 5), np.float32)
     image[2, 3] = bad
     tifffile.imwrite(tmp_path / "scan.tif", image)
-    with pytest.raises(DatasetError, match=r"image .*scan.tif holds 1 non-finite pixel value\(s\) \(NaN or infinity; "
-                                           r"the first at index \(2, 3\)\).*numpy.nan_to_num"):
+    with pytest.raises(
+        DatasetError,
+        match=r"image .*scan.tif holds 1 non-finite pixel value\(s\) \(NaN or infinity; "
+        r"the first at index \(2, 3\)\).*numpy.nan_to_num",
+    ):
         read_image(tmp_path / "scan.tif")
 
 
 def test_images_too_large_to_decode_are_refused_before_anything_is_allocated(tmp_path: Path, monkeypatch) -> None:
     Image.new("L", (12000, 12000)).save(tmp_path / "big.png")  # 144 megapixels in a file of 140 KB
     monkeypatch.setenv("SEGFORGE_MAX_IMAGE_MB", "64")
-    with pytest.raises(DatasetError, match=r"image .*big.png would decode to 137 MB \(12000 x 12000 x 1\), over the "
-                                           r"64 MB limit.*--tile 1024 --stream.*--max-image-mb"):
+    with pytest.raises(
+        DatasetError,
+        match=r"image .*big.png would decode to 137 MB \(12000 x 12000 x 1\), over the "
+        r"64 MB limit.*--tile 1024 --stream.*--max-image-mb",
+    ):
         read_image(tmp_path / "big.png")
     monkeypatch.delenv("SEGFORGE_MAX_IMAGE_MB")
     assert read_image(tmp_path / "big.png").shape == (12000, 12000, 1)  # under the default 4096 MB
@@ -220,8 +226,10 @@ def test_rgb_mask_without_mapping_is_refused_naming_file_and_colours(tmp_path: P
     with pytest.raises(DatasetError) as info:
         read_mask(tmp_path / "road.png")
     message = str(info.value)
-    assert f"mask {tmp_path / 'road.png'} is RGB: colour-coded masks need a palette mapping (--palette file.yaml" \
+    assert (
+        f"mask {tmp_path / 'road.png'} is RGB: colour-coded masks need a palette mapping (--palette file.yaml"
         in message
+    )
     assert "(128, 64, 128)" in message and "(0, 0, 0)" in message
     assert info.value.kind == "colour_mask"
 
@@ -244,8 +252,9 @@ def test_missing_and_corrupt_masks_name_the_file(tmp_path: Path) -> None:
 
 
 def test_colour_mask_maps_to_indices_and_ignore(tmp_path: Path) -> None:
-    (tmp_path / "palette.yaml").write_text("classes:\n  road: [128, 64, 128]\n  sky: '#4682b4'\n"
-                                           "  car: [[0, 0, 142], [0, 0, 143]]\nignore: [[0, 0, 0]]\n")
+    (tmp_path / "palette.yaml").write_text(
+        "classes:\n  road: [128, 64, 128]\n  sky: '#4682b4'\n  car: [[0, 0, 142], [0, 0, 143]]\nignore: [[0, 0, 0]]\n"
+    )
     colour_map = load_colour_map(tmp_path / "palette.yaml")
     assert colour_map.classes == ("road", "sky", "car") and colour_map.ignore_index == 255
     assert colour_map.palette == [(128, 64, 128), (70, 130, 180), (0, 0, 142)]
@@ -275,12 +284,15 @@ def test_json_list_form(tmp_path: Path) -> None:
     assert colour_map.classes == ("bg", "fg") and colour_map.ignore_index is None
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("road: [128, 64]\n", r"class 'road'.*is not a colour"),
-    ("road: [1, 2, 3]\nsky: [1, 2, 3]\n", r"colour \(1, 2, 3\) is given to two classes"),
-    ("road: [1, 2, 3\n", "cannot parse palette mapping"),
-    ("{}\n", "defines no classes"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("road: [128, 64]\n", r"class 'road'.*is not a colour"),
+        ("road: [1, 2, 3]\nsky: [1, 2, 3]\n", r"colour \(1, 2, 3\) is given to two classes"),
+        ("road: [1, 2, 3\n", "cannot parse palette mapping"),
+        ("{}\n", "defines no classes"),
+    ],
+)
 def test_bad_mapping_file_names_the_file(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "palette.yaml"
     path.write_text(text)

@@ -11,8 +11,17 @@ import tifffile
 import torch
 from PIL import Image
 
-from segforge.data import (CamVidDataset, DatasetError, FolderDataset, ISBIDataset, compute_stats, create_dataset,
-                           default_palette, detect_layout, list_dataset_layouts)
+from segforge.data import (
+    CamVidDataset,
+    DatasetError,
+    FolderDataset,
+    ISBIDataset,
+    compute_stats,
+    create_dataset,
+    default_palette,
+    detect_layout,
+    list_dataset_layouts,
+)
 
 SHARED = Path(__file__).parents[2] / "shared" / "data"
 RNG = np.random.default_rng(0)
@@ -84,8 +93,9 @@ def _ade20k(root: Path) -> tuple[Path, np.ndarray]:
 
 def _isbi_volume(root: Path) -> tuple[Path, np.ndarray]:
     root.mkdir(parents=True)
-    tifffile.imwrite(root / "train-volume.tif", RNG.integers(0, 256, (3, 4, 5), dtype=np.uint8),
-                     photometric="minisblack")
+    tifffile.imwrite(
+        root / "train-volume.tif", RNG.integers(0, 256, (3, 4, 5), dtype=np.uint8), photometric="minisblack"
+    )
     labels = np.zeros((3, 4, 5), np.uint8)
     labels[:, :2] = 255  # cell interior on top, membrane below
     tifffile.imwrite(root / "train-labels.tif", labels, photometric="minisblack")
@@ -106,8 +116,14 @@ def _folder_layout(root: Path) -> tuple[Path, np.ndarray]:
     return _folder(root), LABELS
 
 
-LAYOUTS = {"voc": _voc, "cityscapes": _cityscapes, "camvid": _camvid, "ade20k": _ade20k, "isbi": _isbi_volume,
-           "folder": _folder_layout}
+LAYOUTS = {
+    "voc": _voc,
+    "cityscapes": _cityscapes,
+    "camvid": _camvid,
+    "ade20k": _ade20k,
+    "isbi": _isbi_volume,
+    "folder": _folder_layout,
+}
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
@@ -189,7 +205,8 @@ def test_colour_coded_folder(tmp_path: Path) -> None:
     _image(tmp_path / "images" / "a.png", 1, 3)
     (tmp_path / "masks").mkdir()
     Image.fromarray(np.array([[[70, 130, 180], [128, 64, 128], [70, 130, 180]]], np.uint8)).save(
-        tmp_path / "masks" / "a.png")
+        tmp_path / "masks" / "a.png"
+    )
     dataset = FolderDataset(tmp_path, colour_map=tmp_path / "palette.yaml")
     assert dataset.classes == ["road", "sky"] and dataset.palette == [(128, 64, 128), (70, 130, 180)]
     assert dataset[0][1].tolist() == [[1, 0, 1]]
@@ -204,8 +221,12 @@ def test_16_bit_and_5_band_tiff_images(tmp_path: Path) -> None:
     wide = np.full((4, 4), 65535, np.uint16)
     wide[0, 0] = 0
     tifffile.imwrite(tmp_path / "images" / "a.tif", wide)
-    tifffile.imwrite(tmp_path / "images" / "b.tif", RNG.integers(0, 65536, (5, 4, 4), dtype=np.uint16),
-                     photometric="minisblack", planarconfig="separate")
+    tifffile.imwrite(
+        tmp_path / "images" / "b.tif",
+        RNG.integers(0, 65536, (5, 4, 4), dtype=np.uint16),
+        photometric="minisblack",
+        planarconfig="separate",
+    )
     for name in "ab":
         _mask(tmp_path / "masks" / f"{name}.png", np.zeros((4, 4)))
     dataset = FolderDataset(tmp_path, num_classes=1)
@@ -226,8 +247,12 @@ def test_normalisation_and_transform_order(tmp_path: Path) -> None:
     raw = np.asarray(Image.open(root / "images" / "a.png"), np.float32) / 255
     np.testing.assert_allclose(image.numpy(), ((raw[:, ::-1] - 0.5) / 0.25).transpose(2, 0, 1), atol=1e-6)
     assert mask.tolist() == LABELS[:, ::-1].tolist()
-    assert seen == {"dtype": np.float32, "shape": (6, 8, 3), "max": pytest.approx(float(raw.max())),
-                    "mask_dtype": np.int64}  # the transform sees [0, 1] images, before normalisation
+    assert seen == {
+        "dtype": np.float32,
+        "shape": (6, 8, 3),
+        "max": pytest.approx(float(raw.max())),
+        "mask_dtype": np.int64,
+    }  # the transform sees [0, 1] images, before normalisation
 
 
 def test_compute_stats_equals_numpy_over_all_pixels(tmp_path: Path) -> None:
@@ -262,8 +287,11 @@ def test_missing_folder(tmp_path: Path) -> None:
 
 def test_missing_split_list(tmp_path: Path) -> None:
     root = _folder(tmp_path)
-    with pytest.raises(DatasetError, match=rf"split 'val' is neither a list {root / 'val.txt'} nor a folder "
-                                          rf".*splits found: none.*the split 'all'"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"split 'val' is neither a list {root / 'val.txt'} nor a folder "
+        rf".*splits found: none.*the split 'all'",
+    ):
         FolderDataset(root, "val")
 
 
@@ -271,10 +299,13 @@ def test_no_pairs(tmp_path: Path) -> None:
     _image(tmp_path / "images" / "a.png")
     _mask(tmp_path / "masks" / "a_mask.png", LABELS)
     (tmp_path / "masks" / "notes.txt").write_text("x")
-    with pytest.raises(DatasetError, match=rf"no image/mask pairs in {tmp_path}: .*images holds 1 file\(s\) "
-                       r"\(.png 1\), "
-                       r".*masks holds 2 file\(s\) \(.png 1, .txt 1\); not read: .txt .*images e.g. a.png; masks e.g. "
-                       r"a_mask.png\); name each mask like"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"no image/mask pairs in {tmp_path}: .*images holds 1 file\(s\) "
+        r"\(.png 1\), "
+        r".*masks holds 2 file\(s\) \(.png 1, .txt 1\); not read: .txt .*images e.g. a.png; masks e.g. "
+        r"a_mask.png\); name each mask like",
+    ):
         FolderDataset(tmp_path)
 
 

@@ -9,9 +9,18 @@ import pytest
 from PIL import Image
 
 from segforge.cli import main
-from segforge.data import (CamVidDataset, FolderDataset, SyntheticDataset, class_pixel_counts, class_weights,
-                           count_class_pixels, default_palette, diagnose, median_frequency_weights,
-                           write_synthetic_dataset)
+from segforge.data import (
+    CamVidDataset,
+    FolderDataset,
+    SyntheticDataset,
+    class_pixel_counts,
+    class_weights,
+    count_class_pixels,
+    default_palette,
+    diagnose,
+    median_frequency_weights,
+    write_synthetic_dataset,
+)
 
 SHARED = Path(__file__).parents[2] / "shared" / "data"
 # Measured on CamVid train (367 masks) with SegNet's convention; see the issue and CLASSES.md.
@@ -25,8 +34,9 @@ def _shared(name: str) -> Path:
     return path
 
 
-def _pair(root: Path, name: str, mask: np.ndarray, image_size: tuple[int, int] | None = None,
-          channels: int = 3) -> None:
+def _pair(
+    root: Path, name: str, mask: np.ndarray, image_size: tuple[int, int] | None = None, channels: int = 3
+) -> None:
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     h, w = image_size or mask.shape[:2]
@@ -210,8 +220,11 @@ def test_unknown_class_count_is_inferred_as_training_infers_it(tmp_path: Path) -
     _pair(tmp_path, "a", np.array([[0, 1, 2, 2]]))
     report = diagnose(tmp_path)
     assert report.problems == [] and report.num_classes == 3
-    assert any(note.startswith("classes: 3, inferred from the labels (the largest label is 2)") and
-               f"`segforge train --data {tmp_path} --num-classes 3`" in note for note in report.notes)
+    assert any(
+        note.startswith("classes: 3, inferred from the labels (the largest label is 2)")
+        and f"`segforge train --data {tmp_path} --num-classes 3`" in note
+        for note in report.notes
+    )
     assert report.weights is not None and len(report.weights) == 3
 
 
@@ -245,8 +258,10 @@ def test_cli_doctor_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert "layout detected from the folder structure: folder" in out
     assert "ERROR: [all] masks store a binary task as 0 and 255" in out
-    assert main(["doctor", "--data", str(tmp_path), "--num-classes", "2", "--label-map", "255=1",
-                 "--format", "folder"]) == 0
+    assert (
+        main(["doctor", "--data", str(tmp_path), "--num-classes", "2", "--label-map", "255=1", "--format", "folder"])
+        == 0
+    )
     assert "0 error(s), 0 warning(s)" in capsys.readouterr().out
 
 
@@ -263,7 +278,8 @@ def test_cli_doctor_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_cli_doctor_with_an_inline_palette(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _pair(tmp_path, "a", BINARY)
     Image.fromarray(np.where(BINARY[:, :, None] == 1, [70, 130, 180], [0, 0, 0]).astype(np.uint8)).save(
-        tmp_path / "masks" / "a.png")
+        tmp_path / "masks" / "a.png"
+    )
     assert main(["doctor", "--data", str(tmp_path), "--palette", "void=0,0,0;sky=70,130,180"]) == 0
     assert "sky" in capsys.readouterr().out
 

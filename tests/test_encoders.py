@@ -18,9 +18,14 @@ RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101"]
 NO_TORCHVISION_COUNTERPART = {"unet", "unet32", "unet16"}
 # ImageNet weights from registry packages, not torchvision: checked against those files in test_pretrained.py.
 PACKAGED_WEIGHTS = {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
-VGG_CLASSIFIER = {"classifier.0.weight": (4096, 25088), "classifier.0.bias": (4096,),
-                  "classifier.3.weight": (4096, 4096), "classifier.3.bias": (4096,),
-                  "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,)}
+VGG_CLASSIFIER = {
+    "classifier.0.weight": (4096, 25088),
+    "classifier.0.bias": (4096,),
+    "classifier.3.weight": (4096, 4096),
+    "classifier.3.bias": (4096,),
+    "classifier.6.weight": (1000, 4096),
+    "classifier.6.bias": (1000,),
+}
 # torchvision's ImageNet classifier of each encoder: the keys its state dicts carry and we drop.
 CLASSIFIERS: dict[str, dict[str, tuple[int, ...]]] = {
     "resnet18": {"fc.weight": (1000, 512), "fc.bias": (1000,)},
@@ -32,9 +37,15 @@ CLASSIFIERS: dict[str, dict[str, tuple[int, ...]]] = {
     "vgg16_bn": VGG_CLASSIFIER,
 }
 # Parameter totals published in torchvision's weight tables (features + classifier).
-TORCHVISION_TOTALS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
-                      "resnet101": 44_549_160, "mobilenet_v2": 3_504_872, "vgg16": 138_357_544,
-                      "vgg16_bn": 138_365_992}
+TORCHVISION_TOTALS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "mobilenet_v2": 3_504_872,
+    "vgg16": 138_357_544,
+    "vgg16_bn": 138_365_992,
+}
 
 
 def check_contract(encoder, x: torch.Tensor) -> None:
@@ -88,7 +99,10 @@ def test_dilations_follow_torchvision() -> None:
     assert (r50.layer4[0].conv2.dilation, r50.layer4[2].conv2.dilation) == ((2, 2), (4, 4))
     r18 = create_encoder("resnet18", output_stride=16)
     assert (r18.layer4[0].conv1.stride, r18.layer4[0].conv1.dilation, r18.layer4[0].conv2.dilation) == (
-        (1, 1), (1, 1), (2, 2))
+        (1, 1),
+        (1, 1),
+        (2, 2),
+    )
     assert r18.layer4[1].conv1.dilation == r18.layer4[1].conv2.dilation == (2, 2)
 
 
@@ -103,22 +117,25 @@ def test_parameter_count_matches_torchvision(name: str) -> None:
     assert sum(p.numel() for p in encoder.parameters()) + classifier == TORCHVISION_TOTALS[name]
 
 
-@pytest.mark.parametrize("name, key, shape", [
-    ("resnet18", "layer2.0.downsample.0.weight", (128, 64, 1, 1)),
-    ("resnet18", "layer4.1.conv2.weight", (512, 512, 3, 3)),
-    ("resnet50", "layer4.2.conv3.weight", (2048, 512, 1, 1)),
-    ("resnet50", "layer3.0.downsample.0.weight", (1024, 512, 1, 1)),
-    ("resnet50", "layer3.0.downsample.1.running_var", (1024,)),
-    ("resnet101", "layer3.22.bn3.weight", (1024,)),
-    ("mobilenet_v2", "features.0.0.weight", (32, 3, 3, 3)),
-    ("mobilenet_v2", "features.1.conv.1.weight", (16, 32, 1, 1)),
-    ("mobilenet_v2", "features.17.conv.2.weight", (320, 960, 1, 1)),
-    ("mobilenet_v2", "features.17.conv.0.0.weight", (960, 160, 1, 1)),
-    ("mobilenet_v2", "features.18.0.weight", (1280, 320, 1, 1)),
-    ("vgg16", "features.28.weight", (512, 512, 3, 3)),
-    ("vgg16_bn", "features.40.weight", (512, 512, 3, 3)),
-    ("vgg16_bn", "features.41.running_mean", (512,)),
-])
+@pytest.mark.parametrize(
+    "name, key, shape",
+    [
+        ("resnet18", "layer2.0.downsample.0.weight", (128, 64, 1, 1)),
+        ("resnet18", "layer4.1.conv2.weight", (512, 512, 3, 3)),
+        ("resnet50", "layer4.2.conv3.weight", (2048, 512, 1, 1)),
+        ("resnet50", "layer3.0.downsample.0.weight", (1024, 512, 1, 1)),
+        ("resnet50", "layer3.0.downsample.1.running_var", (1024,)),
+        ("resnet101", "layer3.22.bn3.weight", (1024,)),
+        ("mobilenet_v2", "features.0.0.weight", (32, 3, 3, 3)),
+        ("mobilenet_v2", "features.1.conv.1.weight", (16, 32, 1, 1)),
+        ("mobilenet_v2", "features.17.conv.2.weight", (320, 960, 1, 1)),
+        ("mobilenet_v2", "features.17.conv.0.0.weight", (960, 160, 1, 1)),
+        ("mobilenet_v2", "features.18.0.weight", (1280, 320, 1, 1)),
+        ("vgg16", "features.28.weight", (512, 512, 3, 3)),
+        ("vgg16_bn", "features.40.weight", (512, 512, 3, 3)),
+        ("vgg16_bn", "features.41.running_mean", (512,)),
+    ],
+)
 def test_torchvision_key_names(name: str, key: str, shape: tuple[int, ...]) -> None:
     assert tuple(create_encoder(name).state_dict()[key].shape) == shape
 
@@ -127,8 +144,10 @@ def torchvision_state_dict(name: str) -> dict[str, torch.Tensor]:
     """A state dict as torchvision would save it, with random (positive) values."""
     encoder = create_encoder(name)
     generator = torch.Generator().manual_seed(0)
-    state = {k: torch.rand(v.shape, generator=generator) if v.is_floating_point() else v.clone()
-             for k, v in encoder.state_dict().items()}
+    state = {
+        k: torch.rand(v.shape, generator=generator) if v.is_floating_point() else v.clone()
+        for k, v in encoder.state_dict().items()
+    }
     state.update({k: torch.rand(shape, generator=generator) for k, shape in CLASSIFIERS[name].items()})
     return state
 
@@ -257,6 +276,12 @@ def test_wrong_architecture(tmp_path) -> None:
     with pytest.raises(ValueError) as info:
         create_encoder("resnet50", weights=tmp_path / "resnet18.pth")
     message = str(info.value)
-    for expected in ("resnet18.pth", "do not fit encoder resnet50", "missing keys", "layer1.0.conv3.weight",
-                     "shape mismatch at", "pass the file that matches encoder 'resnet50'"):
+    for expected in (
+        "resnet18.pth",
+        "do not fit encoder resnet50",
+        "missing keys",
+        "layer1.0.conv3.weight",
+        "shape mismatch at",
+        "pass the file that matches encoder 'resnet50'",
+    ):
         assert expected in message

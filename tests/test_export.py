@@ -18,9 +18,20 @@ pytest.importorskip("onnxruntime", reason="the onnx engine needs onnxruntime (se
 # exporter's symbolic shape reasoning: 13-47 s each here (MobileNetV2's 50 layers the longest), the
 # VGG/ResNet-50 ones 3 GB too. The default run keeps one and the CLI's; CI runs them all.
 FAST = [("segnet_basic", None)]
-SLOW = [("pspnet", "resnet18"), ("unet", None), ("unet_padded", "mobilenet_v2"), ("fcn32s", None), ("fcn16s", None), ("fcn8s", None),
-        ("segnet", None), ("deconvnet", None), ("pspnet", None), ("unet_padded", None), ("unet_padded", "resnet18"),
-        ("unet_padded", "efficientnet_lite0")]  # TensorFlow's SAME padding, from the input's size
+SLOW = [
+    ("pspnet", "resnet18"),
+    ("unet", None),
+    ("unet_padded", "mobilenet_v2"),
+    ("fcn32s", None),
+    ("fcn16s", None),
+    ("fcn8s", None),
+    ("segnet", None),
+    ("deconvnet", None),
+    ("pspnet", None),
+    ("unet_padded", None),
+    ("unet_padded", "resnet18"),
+    ("unet_padded", "efficientnet_lite0"),
+]  # TensorFlow's SAME padding, from the input's size
 
 
 def _sizes(model) -> list[tuple[int, int, int, int]]:
@@ -95,11 +106,16 @@ def test_bad_onnx_files_get_errors_that_name_them(tmp_path) -> None:
     (tmp_path / "bad.onnx").write_bytes(b"not a protobuf")
     with pytest.raises(ValueError, match=r"bad.onnx is corrupt or not an ONNX file"):
         OnnxSegmenter(tmp_path / "bad.onnx")
-    plain = onnx.helper.make_model(onnx.helper.make_graph(
-        [onnx.helper.make_node("Identity", ["image"], ["logits"])], "g",
-        [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 1, 2, 2])],
-        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 1, 2, 2])]),
-        opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=10)
+    plain = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["image"], ["logits"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 1, 2, 2])],
+            [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 1, 2, 2])],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 17)],
+        ir_version=10,
+    )
     onnx.save(plain, tmp_path / "plain.onnx")
     with pytest.raises(ValueError, match=r"plain.onnx was not written by segforge export"):
         OnnxSegmenter(tmp_path / "plain.onnx")
@@ -130,9 +146,12 @@ def test_cli_export_then_predict_with_onnx_runtime_gives_the_pytorch_masks(tmp_p
     out = capsys.readouterr().out
     assert "input 2x1x64x64: max |Δlogit|" in out and "sides any" in out
     onnx_file = str(tmp_path / "m.onnx")
-    runs = {"torch": [str(checkpoint)], "onnx": [onnx_file, "--engine", "onnx"],
-            "onnx_tiles": [onnx_file, "--tile", "32", "--overlap", "0.5"],
-            "torch_tiles": [str(checkpoint), "--tile", "32", "--overlap", "0.5"]}
+    runs = {
+        "torch": [str(checkpoint)],
+        "onnx": [onnx_file, "--engine", "onnx"],
+        "onnx_tiles": [onnx_file, "--tile", "32", "--overlap", "0.5"],
+        "torch_tiles": [str(checkpoint), "--tile", "32", "--overlap", "0.5"],
+    }
     for name, args in runs.items():
         assert main(["predict", "--checkpoint", *args, str(tmp_path / "in"), "--out", str(tmp_path / name)]) == 0
     from PIL import Image
@@ -140,8 +159,21 @@ def test_cli_export_then_predict_with_onnx_runtime_gives_the_pytorch_masks(tmp_p
     masks = {name: np.asarray(Image.open(tmp_path / name / "a.png")) for name in runs}
     assert np.array_equal(masks["torch"], masks["onnx"]) and np.array_equal(masks["torch_tiles"], masks["onnx_tiles"])
     assert len(np.unique(masks["torch"])) > 1  # not a trivial all-one-class answer
-    assert main(["predict", "--checkpoint", str(checkpoint), "--engine", "onnx", str(tmp_path / "in"),
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "--engine",
+                "onnx",
+                str(tmp_path / "in"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "--engine onnx runs an exported model: export" in capsys.readouterr().err
 
 
@@ -161,9 +193,18 @@ def test_an_exported_original_unet_predicts_in_tiles_with_onnx_runtime(tmp_path,
     assert main(["export", "--checkpoint", str(checkpoint)]) == 0
     assert "sides 16k + 124" in capsys.readouterr().out
     onnx_model, _ = load_onnx(tmp_path / "u.onnx")
-    assert repr(onnx_model.geometry) == repr(model.geometry) and onnx_model.geometry.border(70, 101) == (92, 106, 92, 107)
+    assert repr(onnx_model.geometry) == repr(model.geometry) and onnx_model.geometry.border(70, 101) == (
+        92,
+        106,
+        92,
+        107,
+    )
     for name, args in {"torch": [str(checkpoint)], "onnx": [str(tmp_path / "u.onnx"), "--engine", "onnx"]}.items():
-        assert main(["predict", "--checkpoint", *args, str(tmp_path / "in"), "--tile", "32",
-                     "--out", str(tmp_path / name)]) == 0, capsys.readouterr().err
+        assert (
+            main(
+                ["predict", "--checkpoint", *args, str(tmp_path / "in"), "--tile", "32", "--out", str(tmp_path / name)]
+            )
+            == 0
+        ), capsys.readouterr().err
     masks = [np.asarray(Image.open(tmp_path / name / "a.png")) for name in ("torch", "onnx")]
     assert masks[0].shape == (70, 101) and np.array_equal(*masks)

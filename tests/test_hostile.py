@@ -12,21 +12,41 @@ from segforge.cli import build_parser
 from segforge.config import Config, config_from_dict, load_config
 
 COMMANDS = ["models", "doctor", "train", "evaluate", "predict", "export", "demo"]
-FLAGS = sorted({option for action in build_parser()._subparsers._group_actions[0].choices.values()
-                for act in action._actions for option in act.option_strings})
+FLAGS = sorted(
+    {
+        option
+        for action in build_parser()._subparsers._group_actions[0].choices.values()
+        for act in action._actions
+        for option in act.option_strings
+    }
+)
 SECTIONS = {f.name: [g.name for g in dataclasses.fields(getattr(Config(), f.name))] for f in dataclasses.fields(Config)}
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
-                   st.text(max_size=12), st.sampled_from(["auto", "none", "imagenet", "cuda:9", "1e309", "-0", "[1"]),
-                   st.lists(st.one_of(st.integers(-5, 300), st.floats(-2, 2)), max_size=4),
-                   st.dictionaries(st.integers(-3, 300), st.integers(-3, 300), max_size=3))
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(["auto", "none", "imagenet", "cuda:9", "1e309", "-0", "[1"]),
+    st.lists(st.one_of(st.integers(-5, 300), st.floats(-2, 2)), max_size=4),
+    st.dictionaries(st.integers(-3, 300), st.integers(-3, 300), max_size=3),
+)
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(command=st.sampled_from(COMMANDS),
-       args=st.lists(st.one_of(st.sampled_from(FLAGS), st.text(max_size=10),
-                               st.sampled_from(["0", "-1", "nan", "inf", "1e9", "x=y", "data.batch_size=0"])),
-                     max_size=8))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(
+    command=st.sampled_from(COMMANDS),
+    args=st.lists(
+        st.one_of(
+            st.sampled_from(FLAGS),
+            st.text(max_size=10),
+            st.sampled_from(["0", "-1", "nan", "inf", "1e9", "x=y", "data.batch_size=0"]),
+        ),
+        max_size=8,
+    ),
+)
 def test_random_command_lines_parse_or_exit_2(command: str, args: list[str], capsys) -> None:
     args = [a for a in args if a not in ("--help", "-h", "--version")]  # (those exit 0 by design)
     capsys.readouterr()
@@ -38,11 +58,18 @@ def test_random_command_lines_parse_or_exit_2(command: str, args: list[str], cap
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(sorted(SECTIONS)),
-                       st.one_of(VALUES, st.dictionaries(st.sampled_from(sorted({k for keys in SECTIONS.values()
-                                                                                  for k in keys})), VALUES,
-                                                         max_size=5)),
-                       max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(SECTIONS)),
+        st.one_of(
+            VALUES,
+            st.dictionaries(
+                st.sampled_from(sorted({k for keys in SECTIONS.values() for k in keys})), VALUES, max_size=5
+            ),
+        ),
+        max_size=4,
+    )
+)
 def test_random_configs_build_or_raise_one_value_error(values: dict) -> None:
     try:
         config = config_from_dict(values)

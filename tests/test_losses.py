@@ -80,8 +80,9 @@ def test_ce_binary_is_bce_with_logits_over_non_ignored_pixels() -> None:
     # weights (background, foreground): the weighted mean over pixels, as in the multi-class case
     w = torch.tensor([0.5, 3.0])[target[keep]]
     per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0][keep], target[keep].float(), reduction="none")
-    torch.testing.assert_close(cross_entropy_loss(logits, target, weight=[0.5, 3.0], ignore_index=IGNORE),
-                               (w * per_pixel).sum() / w.sum())
+    torch.testing.assert_close(
+        cross_entropy_loss(logits, target, weight=[0.5, 3.0], ignore_index=IGNORE), (w * per_pixel).sum() / w.sum()
+    )
 
 
 @pytest.mark.parametrize("num_classes", [1, 4])
@@ -127,8 +128,9 @@ def test_ce_accepts_other_integer_and_bool_targets() -> None:
 def test_validate_false_gives_the_same_numbers() -> None:
     logits, target = batch()
     for fn in (cross_entropy_loss, dice_loss):
-        torch.testing.assert_close(fn(logits, target, ignore_index=IGNORE, validate=False),
-                                   fn(logits, target, ignore_index=IGNORE))
+        torch.testing.assert_close(
+            fn(logits, target, ignore_index=IGNORE, validate=False), fn(logits, target, ignore_index=IGNORE)
+        )
 
 
 # --------------------------------------------------------------------------- Dice
@@ -196,8 +198,9 @@ def test_dice_gradcheck() -> None:
     target = torch.randint(0, 3, (2, 3, 3))
     target[0, 0, 0] = IGNORE
     # soft_dice computes in float32 at most; gradcheck only needs a consistent derivative
-    assert torch.autograd.gradcheck(lambda x: dice_loss(x.float(), target, ignore_index=IGNORE).double(), (logits,),
-                                    eps=1e-3, atol=1e-3, rtol=1e-2)
+    assert torch.autograd.gradcheck(
+        lambda x: dice_loss(x.float(), target, ignore_index=IGNORE).double(), (logits,), eps=1e-3, atol=1e-3, rtol=1e-2
+    )
 
 
 @settings(max_examples=25, deadline=None)
@@ -218,8 +221,10 @@ def test_weighted_sum_is_the_weighted_sum() -> None:
     ce, dice = CrossEntropyLoss(ignore_index=IGNORE), DiceLoss(ignore_index=IGNORE)
     combined = WeightedSum([(1.0, ce), (0.5, dice)])
     torch.testing.assert_close(combined(logits, target), ce(logits, target) + 0.5 * dice(logits, target))
-    assert [p.item() for p in combined.components(logits, target)] == [ce(logits, target).item(),
-                                                                       dice(logits, target).item()]
+    assert [p.item() for p in combined.components(logits, target)] == [
+        ce(logits, target).item(),
+        dice(logits, target).item(),
+    ]
 
 
 def test_auxiliary_loss_is_main_plus_0_4_aux() -> None:
@@ -230,11 +235,14 @@ def test_auxiliary_loss_is_main_plus_0_4_aux() -> None:
     expected = ce(logits, target) + 0.4 * ce(aux_logits, target)
     torch.testing.assert_close(wrapped(SegmentationOutput(logits, aux_logits), target), expected)
     torch.testing.assert_close(wrapped(logits, target), ce(logits, target))  # eval mode: a plain tensor
-    torch.testing.assert_close(auxiliary_loss(ce, (logits, aux_logits), target, aux_weight=1.0),
-                               ce(logits, target) + ce(aux_logits, target))
+    torch.testing.assert_close(
+        auxiliary_loss(ce, (logits, aux_logits), target, aux_weight=1.0), ce(logits, target) + ce(aux_logits, target)
+    )
     dice = DiceLoss(ignore_index=IGNORE)
-    torch.testing.assert_close(AuxiliaryLoss(ce, aux_weight=0.25, aux=dice)((logits, aux_logits), target),
-                               ce(logits, target) + 0.25 * dice(aux_logits, target))
+    torch.testing.assert_close(
+        AuxiliaryLoss(ce, aux_weight=0.25, aux=dice)((logits, aux_logits), target),
+        ce(logits, target) + 0.25 * dice(aux_logits, target),
+    )
 
 
 def test_create_loss_builds_each_name() -> None:
@@ -246,8 +254,15 @@ def test_create_loss_builds_each_name() -> None:
     torch.testing.assert_close(create_loss("dice", **options)(logits, target), dice)
     both = create_loss("ce+dice", class_weight=[1, 2, 3, 4], dice_weight=2.0, aux_weight=0.4, **options)
     aux = torch.randn_like(logits)
-    expected = ce + 2 * dice + 0.4 * (cross_entropy_loss(aux, target, weight=[1, 2, 3, 4], ignore_index=IGNORE)
-                                      + 2 * dice_loss(aux, target, ignore_index=IGNORE, mode="image"))
+    expected = (
+        ce
+        + 2 * dice
+        + 0.4
+        * (
+            cross_entropy_loss(aux, target, weight=[1, 2, 3, 4], ignore_index=IGNORE)
+            + 2 * dice_loss(aux, target, ignore_index=IGNORE, mode="image")
+        )
+    )
     torch.testing.assert_close(both(SegmentationOutput(logits, aux), target), expected)
 
 
@@ -263,14 +278,20 @@ def test_loss_weights_move_with_the_module() -> None:
 @pytest.mark.parametrize(
     ("logits_shape", "target", "message"),
     [
-        ((2, 3, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long),
-         r"target shape \(2, 4, 5\) does not match logits shape \(2, 3, 4, 4\).*F.interpolate"),
+        (
+            (2, 3, 4, 4),
+            torch.zeros(2, 4, 5, dtype=torch.long),
+            r"target shape \(2, 4, 5\) does not match logits shape \(2, 3, 4, 4\).*F.interpolate",
+        ),
         ((2, 3, 4, 4), torch.zeros(2, 1, 4, 4, dtype=torch.long), r"\(2, 1, 4, 4\).*target.squeeze\(1\)"),
         ((2, 3, 4, 4), torch.zeros(2, 4, 4), r"got dtype torch.float32; convert it with target.long\(\)"),
         ((2, 3, 4, 4), torch.full((2, 4, 4), 7), r"label 7 outside \[0, 3\).*set ignore_index=7.*check num_classes"),
         ((2, 3, 4, 4), torch.tensor([-1, 5, 9, 0]).repeat(2, 4, 1), r"labels -1, 5, 9 outside \[0, 3\).*remap"),
-        ((2, 1, 4, 4), torch.full((2, 4, 4), 255),
-         r"label 255 .*one output channel is binary.*0/255\? map 255→1.*or set ignore_index=255"),
+        (
+            (2, 1, 4, 4),
+            torch.full((2, 4, 4), 255),
+            r"label 255 .*one output channel is binary.*0/255\? map 255→1.*or set ignore_index=255",
+        ),
     ],
 )
 @pytest.mark.parametrize("loss_fn", [cross_entropy_loss, dice_loss], ids=["ce", "dice"])

@@ -28,9 +28,11 @@ IGNORE = 255
 
 # Rows: ground truth, columns: prediction.
 #            pred 0  1  2
-HAND = [[3, 1, 0],  # t_0 = 4
-        [1, 4, 1],  # t_1 = 6
-        [0, 2, 5]]  # t_2 = 7
+HAND = [
+    [3, 1, 0],  # t_0 = 4
+    [1, 4, 1],  # t_1 = 6
+    [0, 2, 5],
+]  # t_2 = 7
 #   predicted:  4  7  6        (column sums Σ_j n_ji)
 
 
@@ -182,8 +184,9 @@ def test_all_reduce_sums_over_processes(tmp_path: Path) -> None:
 
     if not dist.is_available():
         pytest.skip("torch.distributed is not available in this build")
-    mp.start_processes(_all_reduce_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
-                       start_method="spawn")
+    mp.start_processes(
+        _all_reduce_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn"
+    )
     expected = [[2, 0, 0], [1, 1, 0], [0, 0, 0]]
     assert [torch.load(tmp_path / f"{r}.pt").tolist() for r in range(2)] == [expected, expected]
 
@@ -208,8 +211,9 @@ def test_agrees_with_torchmetrics_when_every_class_is_present(ignore_index: int 
     def tm(metric_class, **kw):
         return metric_class(**options, **kw)(pred, target)
 
-    assert torch.equal(tm(classification.MulticlassConfusionMatrix),
-                       confusion_matrix(pred, target, num_classes, ignore_index))
+    assert torch.equal(
+        tm(classification.MulticlassConfusionMatrix), confusion_matrix(pred, target, num_classes, ignore_index)
+    )
     assert s["mean_iou"] == pytest.approx(tm(classification.MulticlassJaccardIndex, average="macro").item(), abs=1e-6)
     assert s["iou"] == pytest.approx(tm(classification.MulticlassJaccardIndex, average="none").tolist(), abs=1e-6)
     assert s["pixel_accuracy"] == pytest.approx(tm(classification.MulticlassAccuracy, average="micro").item(), abs=1e-6)

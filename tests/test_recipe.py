@@ -12,8 +12,8 @@ from PIL import Image
 
 from segforge.config import load_config
 from segforge.data import create_dataset
-from segforge.data.fingerprint import Fingerprint, fingerprint
 from segforge.data.class_weights import ClassPixels, median_frequency_weights
+from segforge.data.fingerprint import Fingerprint, fingerprint
 from segforge.training.budget import describe_seconds, fit_steps
 from segforge.training.recipe import eval_steps, plan, warmup_steps
 
@@ -21,12 +21,27 @@ from segforge.training.recipe import eval_steps, plan, warmup_steps
 def make_fingerprint(**changes) -> Fingerprint:
     """A two-class, single-channel, orientation-free dataset of 20 images of 512x512; ``changes`` override."""
     shares = changes.pop("class_share", (0.78, 0.22))
-    pixels = ClassPixels(np.array([int(s * 1e6) for s in shares]), np.full(len(shares), 10**6),
-                         np.full(len(shares), 20))
-    values = dict(images=20, median_size=(512, 512), min_size=(512, 512), channels=1, dtype="uint8",
-                  max_value=255.0, num_classes=len(shares), class_share=tuple(shares), ignored_share=0.0,
-                  mean=(0.5,), std=(0.2,), up_down=0.02, left_right=0.02, class_pixels=pixels,
-                  raw_values=tuple(range(len(shares))), classes=tuple(f"c{i}" for i in range(len(shares))))
+    pixels = ClassPixels(
+        np.array([int(s * 1e6) for s in shares]), np.full(len(shares), 10**6), np.full(len(shares), 20)
+    )
+    values = dict(
+        images=20,
+        median_size=(512, 512),
+        min_size=(512, 512),
+        channels=1,
+        dtype="uint8",
+        max_value=255.0,
+        num_classes=len(shares),
+        class_share=tuple(shares),
+        ignored_share=0.0,
+        mean=(0.5,),
+        std=(0.2,),
+        up_down=0.02,
+        left_right=0.02,
+        class_pixels=pixels,
+        raw_values=tuple(range(len(shares))),
+        classes=tuple(f"c{i}" for i in range(len(shares))),
+    )
     return Fingerprint(**(values | changes))
 
 
@@ -69,8 +84,10 @@ def test_crop_and_batch_follow_the_image_size() -> None:
 
 
 def test_what_the_user_set_is_kept_and_shown_as_theirs() -> None:
-    config, choices = planned(make_fingerprint(), **{"model.name": "segnet", "optimizer.lr": 0.02,
-                                                     "data.crop_size": 0, "data.augmentation": {}})
+    config, choices = planned(
+        make_fingerprint(),
+        **{"model.name": "segnet", "optimizer.lr": 0.02, "data.crop_size": 0, "data.augmentation": {}},
+    )
     assert (config.model.name, config.model.encoder, config.optimizer.lr) == ("segnet", None, 0.02)
     assert config.data.crop_size == 0 and config.data.augmentation == {}
     given = {c.key for c in choices if c.given}
@@ -94,10 +111,11 @@ def test_schedule_helpers_known_answers() -> None:
     assert eval_steps(3000) == 200 and eval_steps(10) == 1
     assert eval_steps(3000, validation_seconds=30, step_seconds=0.5) == 600  # validation at most a tenth
     # 100 s left after 10 s: 100 - 20 (final) = 80 s at 1 s per step plus 2 s per 10 steps of validation
-    assert fit_steps(110, elapsed=10, step=5, step_seconds=1.0, validation_seconds=2.0, eval_steps=10,
-                     final_seconds=20) == 5 + 66
-    assert fit_steps(10, elapsed=30, step=5, step_seconds=1.0, validation_seconds=0, eval_steps=1,
-                     final_seconds=0) == 5
+    assert (
+        fit_steps(110, elapsed=10, step=5, step_seconds=1.0, validation_seconds=2.0, eval_steps=10, final_seconds=20)
+        == 5 + 66
+    )
+    assert fit_steps(10, elapsed=30, step=5, step_seconds=1.0, validation_seconds=0, eval_steps=1, final_seconds=0) == 5
     assert [describe_seconds(s) for s in (42, 95, 4000)] == ["42 s", "1 min 35 s", "1 h 06 min"]
 
 
@@ -157,9 +175,12 @@ def test_fingerprint_of_a_folder_known_answers(tmp_path: Path) -> None:
 
 def test_fingerprint_stops_on_what_the_doctor_calls_an_error(tmp_path: Path) -> None:
     _write(tmp_path, "a", np.zeros((4, 4), np.uint8), np.array([[0, 255]] * 8, np.uint8).reshape(4, 4))
-    with pytest.raises(ValueError, match=r"the train data cannot be trained on as it is:\n- \[train\] masks store a "
-                                         r"binary task as 0 and 255.*\n  fix: .*`segforge train --data DATA_FOLDER "
-                                         r"--label-map 255=1`"):
+    with pytest.raises(
+        ValueError,
+        match=r"the train data cannot be trained on as it is:\n- \[train\] masks store a "
+        r"binary task as 0 and 255.*\n  fix: .*`segforge train --data DATA_FOLDER "
+        r"--label-map 255=1`",
+    ):
         fingerprint(create_dataset("folder", tmp_path, "all"), progress=False)
 
 
@@ -178,7 +199,10 @@ def test_rgb_images_start_from_installed_imagenet_weights_with_their_normalisati
     monkeypatch.setattr(pretrained, "available_offline", lambda encoder: encoder == "efficientnet_lite0")
     config, choices = planned(rgb)
     assert (config.model.name, config.model.encoder, config.model.encoder_weights) == (
-        "unet_padded", "efficientnet_lite0", "imagenet")
+        "unet_padded",
+        "efficientnet_lite0",
+        "imagenet",
+    )
     assert (config.data.mean, config.data.std) == pretrained.normalisation("efficientnet_lite0")
     reasons = {c.key: c.reason for c in choices}
     assert "ImageNet-pretrained" in reasons["model.encoder"]

@@ -29,8 +29,10 @@ def _faults(keep: str) -> tuple[str, int]:
     return applied, int(faults)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                    reason="mallopt is glibc's: elsewhere keep_freed_memory does nothing and says so")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="mallopt is glibc's: elsewhere keep_freed_memory does nothing and says so",
+)
 def test_freed_memory_is_reused_instead_of_faulted_in_again() -> None:
     applied, kept = _faults("1")
     opted_out, released = _faults("0")

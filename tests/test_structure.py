@@ -23,8 +23,13 @@ def _module_names() -> dict[str, Path]:
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """The segforge modules ``name`` imports, at the top or inside functions; not under ``TYPE_CHECKING``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    skipped = {id(node) for guard in ast.walk(tree) if isinstance(guard, ast.If) and "TYPE_CHECKING" in
-               ast.unparse(guard.test) for statement in guard.body for node in ast.walk(statement)}
+    skipped = {
+        id(node)
+        for guard in ast.walk(tree)
+        if isinstance(guard, ast.If) and "TYPE_CHECKING" in ast.unparse(guard.test)
+        for statement in guard.body
+        for node in ast.walk(statement)
+    }
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(tree):

@@ -58,17 +58,21 @@ def test_dataset_in_memory() -> None:
     assert len(dataset) == 4 and dataset.classes == ["background", "disk", "rectangle"]
     image, mask = dataset[3]
     assert image.shape == (1, 24, 40) and image.dtype == torch.float32 and mask.shape == (24, 40)
-    np.testing.assert_array_equal(mask.numpy(), synthetic_sample(3, size=(24, 40), num_classes=3, channels=1,
-                                                                 seed=5)[1])
+    np.testing.assert_array_equal(
+        mask.numpy(), synthetic_sample(3, size=(24, 40), num_classes=3, channels=1, seed=5)[1]
+    )
     with pytest.raises(IndexError, match="index 4 out of range"):
         dataset[4]
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"num_classes": 1}, "need num_classes >= 2"),
-    ({"channels": 0}, "channels >= 1"),
-    ({"size": 4}, "at least 8x8 pixels, got 4x4"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_classes": 1}, "need num_classes >= 2"),
+        ({"channels": 0}, "channels >= 1"),
+        ({"size": 4}, "at least 8x8 pixels, got 4x4"),
+    ],
+)
 def test_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SyntheticDataset(2, **kwargs)
@@ -76,8 +80,9 @@ def test_bad_arguments(kwargs: dict, message: str) -> None:
 
 @pytest.mark.parametrize("channels", [1, 3, 5])
 def test_written_folder_reads_back_identically(tmp_path: Path, channels: int) -> None:
-    root = write_synthetic_dataset(tmp_path, num_train=3, num_val=2, size=(20, 28), num_classes=4, channels=channels,
-                                   seed=9)
+    root = write_synthetic_dataset(
+        tmp_path, num_train=3, num_val=2, size=(20, 28), num_classes=4, channels=channels, seed=9
+    )
     train = create_dataset("auto", root, "train")
     assert isinstance(train, FolderDataset) and len(train) == 3 and len(FolderDataset(root, "val")) == 2
     assert train.classes == synthetic_classes(4)

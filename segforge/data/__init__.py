@@ -13,6 +13,13 @@ from segforge.data.ade20k import ADE20KDataset
 from segforge.data.base import SegmentationDataset, default_palette, scale_image
 from segforge.data.camvid import CamVidDataset
 from segforge.data.cityscapes import CityscapesDataset
+from segforge.data.class_weights import (
+    ClassPixels,
+    class_pixel_counts,
+    class_weights,
+    count_class_pixels,
+    median_frequency_weights,
+)
 from segforge.data.colour import ColourMap, load_colour_map
 from segforge.data.doctor import DoctorReport, Problem, SplitSummary, diagnose
 from segforge.data.folder import FolderDataset
@@ -20,11 +27,18 @@ from segforge.data.io import DatasetError, read_image, read_mask, read_volume
 from segforge.data.isbi import ISBIDataset
 from segforge.data.normalisation import combine_moments, compute_stats, image_moments
 from segforge.data.registry import DATASETS, create_dataset, detect_layout, list_dataset_layouts
-from segforge.data.class_weights import ClassPixels, class_pixel_counts, class_weights, count_class_pixels, \
-    median_frequency_weights
 from segforge.data.synthetic import SyntheticDataset, synthetic_sample, write_synthetic_dataset
-from segforge.data.transforms import Compose, ElasticDeformation, HorizontalFlip, PhotometricJitter, RandomCrop, \
-    RandomScale, Rotate, VerticalFlip, build_transforms
+from segforge.data.transforms import (
+    Compose,
+    ElasticDeformation,
+    HorizontalFlip,
+    PhotometricJitter,
+    RandomCrop,
+    RandomScale,
+    Rotate,
+    VerticalFlip,
+    build_transforms,
+)
 from segforge.data.voc import VOCDataset
 
 __all__ = [

@@ -64,8 +64,9 @@ def scale_image(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
-def to_tensor(image: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None, *,
-              name: str) -> torch.Tensor:
+def to_tensor(
+    image: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None, *, name: str
+) -> torch.Tensor:
     """``(H, W, C)`` float in [0, 1] → ``(C, H, W)`` float32 tensor, normalised by ``mean``/``std`` when given.
 
     Raises:
@@ -77,8 +78,10 @@ def to_tensor(image: np.ndarray, mean: Sequence[float] | None, std: Sequence[flo
     out = np.array(image.transpose(2, 0, 1), dtype=np.float32, order="C")
     if mean is not None and std is not None:
         if len(mean) != out.shape[0]:
-            raise ValueError(f"image {name} has {out.shape[0]} channels but mean/std have {len(mean)} values; "
-                             "give one mean and std per channel")
+            raise ValueError(
+                f"image {name} has {out.shape[0]} channels but mean/std have {len(mean)} values; "
+                "give one mean and std per channel"
+            )
         out -= np.asarray(mean, np.float32)[:, None, None]
         out *= (1 / np.asarray(std, np.float32))[:, None, None]
     return torch.from_numpy(out)
@@ -118,12 +121,21 @@ class SegmentationDataset(Dataset):
     #: how images and masks were paired when not by identical file stems (a line for the log), else None
     pairing: str | None = None
 
-    def __init__(self, samples: Sequence[Sample], *, classes: Sequence[str],
-                 palette: Sequence[Sequence[int]] | None = None, ignore_index: int | None = None,
-                 label_map: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
-                 colour_map: ColourMap | str | Path | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, transform: Transform | None = None,
-                 unpaired_images: Sequence[Path] = (), unpaired_masks: Sequence[Path] = ()) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        *,
+        classes: Sequence[str],
+        palette: Sequence[Sequence[int]] | None = None,
+        ignore_index: int | None = None,
+        label_map: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
+        colour_map: ColourMap | str | Path | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        transform: Transform | None = None,
+        unpaired_images: Sequence[Path] = (),
+        unpaired_masks: Sequence[Path] = (),
+    ) -> None:
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither (compute them with compute_stats(dataset))")
         if std is not None and any(s <= 0 for s in std):
@@ -171,9 +183,11 @@ class SegmentationDataset(Dataset):
         found = [index.get(name, index.get(Path(name).stem)) for name in names]
         missing = [name for name, i in zip(names, found, strict=True) if i is None]
         if missing:
-            raise DatasetError(f"{len(missing)} name(s) of the {what} are not samples of this dataset, e.g. "
-                               f"{', '.join(missing[:5])}; were images renamed or removed since it was written?",
-                               kind="missing")
+            raise DatasetError(
+                f"{len(missing)} name(s) of the {what} are not samples of this dataset, e.g. "
+                f"{', '.join(missing[:5])}; were images renamed or removed since it was written?",
+                kind="missing",
+            )
         return self.subset(found)
 
     def set_region_masks(self, folder: str | Path) -> None:
@@ -185,17 +199,28 @@ class SegmentationDataset(Dataset):
         """
         folder = Path(folder)
         if not folder.is_dir():
-            raise DatasetError(f"region mask folder {folder} does not exist; pass the folder of valid-region masks "
-                               "(one per image, same file stem, 0 = outside)", path=folder, kind="missing")
+            raise DatasetError(
+                f"region mask folder {folder} does not exist; pass the folder of valid-region masks "
+                "(one per image, same file stem, 0 = outside)",
+                path=folder,
+                kind="missing",
+            )
         images = list(dict.fromkeys(Path(image) for image, _ in self.samples))
         if not images or len(images) < len(self.samples):
-            raise DatasetError(f"the {self.layout} layout does not store one image file per sample, which region masks "
-                               "need (one region mask per image file)", path=folder, kind="unsupported")
+            raise DatasetError(
+                f"the {self.layout} layout does not store one image file per sample, which region masks "
+                "need (one region mask per image file)",
+                path=folder,
+                kind="unsupported",
+            )
         pairs, lonely, _ = pair_files(images, list_images(folder))
         if lonely:
-            raise DatasetError(f"{len(lonely)} image(s) have no region mask in {folder}, e.g. {lonely[0].name} "
-                               f"({count_extensions(folder)}); add one per image, named like the image",
-                               path=lonely[0], kind="missing")
+            raise DatasetError(
+                f"{len(lonely)} image(s) have no region mask in {folder}, e.g. {lonely[0].name} "
+                f"({count_extensions(folder)}); add one per image, named like the image",
+                path=lonely[0],
+                kind="missing",
+            )
         self.region_masks = dict(pairs)
 
     def load_region(self, index: int, shape: tuple[int, int]) -> np.ndarray | None:
@@ -209,10 +234,13 @@ class SegmentationDataset(Dataset):
         path = self.region_masks[Path(self.samples[index][0])]
         region = read_mask(path)
         if region.shape != tuple(shape):
-            raise DatasetError(f"region mask {path} is {region.shape[1]}x{region.shape[0]} but image "
-                               f"{self.describe(index)} is {shape[1]}x{shape[0]} (WxH); a region mask must have its "
-                               "image's size: re-export it (nearest-neighbour), or check that it belongs to this image",
-                               path=path, kind="size_mismatch")
+            raise DatasetError(
+                f"region mask {path} is {region.shape[1]}x{region.shape[0]} but image "
+                f"{self.describe(index)} is {shape[1]}x{shape[0]} (WxH); a region mask must have its "
+                "image's size: re-export it (nearest-neighbour), or check that it belongs to this image",
+                path=path,
+                kind="size_mismatch",
+            )
         return region != 0
 
     @property
@@ -238,9 +266,12 @@ class SegmentationDataset(Dataset):
             return raw
         if raw.size and (raw.min() < 0 or raw.max() >= len(self.label_map)):
             bad = raw.max() if raw.max() >= len(self.label_map) else raw.min()
-            raise DatasetError(f"mask {self.mask_name(index)} has value {bad}, which the {self.layout} label map "
-                               f"does not cover (0..{len(self.label_map) - 1}); fix the mask",
-                               path=self.mask_name(index), kind="label_range")
+            raise DatasetError(
+                f"mask {self.mask_name(index)} has value {bad}, which the {self.layout} label map "
+                f"does not cover (0..{len(self.label_map) - 1}); fix the mask",
+                path=self.mask_name(index),
+                kind="label_range",
+            )
         return self.label_map[raw]
 
     def labels(self, raw: np.ndarray, index: int) -> np.ndarray:
@@ -257,10 +288,13 @@ class SegmentationDataset(Dataset):
         if not valid.all():
             bad = np.unique(mask[~valid])[:8].tolist()
             top = (self.num_classes or 1) - 1
-            raise DatasetError(f"mask {self.mask_name(index)} has label values {bad} outside 0..{top} "
-                               f"that are not the ignore index ({self.ignore_index}); run `segforge doctor` on the "
-                               "dataset to see why (0/255 binary masks? colour masks?)",
-                               path=self.mask_name(index), kind="label_range")
+            raise DatasetError(
+                f"mask {self.mask_name(index)} has label values {bad} outside 0..{top} "
+                f"that are not the ignore index ({self.ignore_index}); run `segforge doctor` on the "
+                "dataset to see why (0/255 binary masks? colour masks?)",
+                path=self.mask_name(index),
+                kind="label_range",
+            )
         return mask
 
     def load_mask(self, index: int, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -277,16 +311,20 @@ class SegmentationDataset(Dataset):
                 raise ValueError(f"sample {self.describe(index)} has no mask and no shape to fill")
             return np.full(shape, self.unlabelled, dtype=np.int64)
         if shape is not None and raw.shape != tuple(shape):
-            raise DatasetError(f"mask {self.mask_name(index)} is {raw.shape[1]}x{raw.shape[0]} but image "
-                               f"{self.describe(index)} is {shape[1]}x{shape[0]} (WxH); masks must have "
-                               "their image's size: re-export the mask, or resize it with nearest-neighbour",
-                               path=self.mask_name(index), kind="size_mismatch")
+            raise DatasetError(
+                f"mask {self.mask_name(index)} is {raw.shape[1]}x{raw.shape[0]} but image "
+                f"{self.describe(index)} is {shape[1]}x{shape[0]} (WxH); masks must have "
+                "their image's size: re-export the mask, or resize it with nearest-neighbour",
+                path=self.mask_name(index),
+                kind="size_mismatch",
+            )
         mask = self.labels(raw, index)
         region = self.load_region(index, mask.shape)
         return mask if region is None else np.where(region, mask, self.unlabelled)
 
-    def sample(self, index: int, *, transform: Transform | None = None,
-               augment_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, index: int, *, transform: Transform | None = None, augment_seed: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample ``index`` as tensors, augmented by ``transform`` with the draws of ``(augment_seed, index)``
         when both are given (a seeded transform; see ``augment_seed``)."""
         image = self.load_image(index)
@@ -311,9 +349,15 @@ class SubsetDataset(SegmentationDataset):
 
     def __init__(self, parent: SegmentationDataset, indices: Sequence[int]) -> None:
         indices = [range(len(parent))[i] for i in indices]  # normalises negatives, raises IndexError
-        super().__init__([parent.samples[i] for i in indices] if parent.samples else [], classes=parent.classes,
-                         palette=parent.palette, ignore_index=parent.ignore_index, mean=parent.mean, std=parent.std,
-                         transform=parent.transform)
+        super().__init__(
+            [parent.samples[i] for i in indices] if parent.samples else [],
+            classes=parent.classes,
+            palette=parent.palette,
+            ignore_index=parent.ignore_index,
+            mean=parent.mean,
+            std=parent.std,
+            transform=parent.transform,
+        )
         self.parent, self.indices = parent, indices
         self.label_map, self.colour_map, self.layout = parent.label_map, parent.colour_map, parent.layout
         self.region_masks, self.pairing = parent.region_masks, parent.pairing

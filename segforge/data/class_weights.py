@@ -52,8 +52,9 @@ def median_frequency_weights(class_pixels: np.ndarray, present_pixels: np.ndarra
     class_pixels = np.asarray(class_pixels, dtype=np.float64)
     present_pixels = np.asarray(present_pixels, dtype=np.float64)
     if class_pixels.shape != present_pixels.shape or class_pixels.ndim != 1:
-        raise ValueError(f"class_pixels {class_pixels.shape} and present_pixels {present_pixels.shape} must both "
-                         "be (C,)")
+        raise ValueError(
+            f"class_pixels {class_pixels.shape} and present_pixels {present_pixels.shape} must both be (C,)"
+        )
     occurs = class_pixels > 0
     if not occurs.any():
         raise ValueError("no class occurs in the masks, so there are no frequencies to balance")
@@ -99,8 +100,9 @@ class ClassPixels:
         return median_frequency_weights(self.class_pixels, self.present_pixels)
 
 
-def count_class_pixels(dataset: SegmentationDataset, *, workers: int | None = None,
-                       progress: bool | None = None) -> ClassPixels:
+def count_class_pixels(
+    dataset: SegmentationDataset, *, workers: int | None = None, progress: bool | None = None
+) -> ClassPixels:
     """Reads every mask of ``dataset`` once (no images) and counts class pixels.
 
     Raises:
@@ -126,7 +128,8 @@ def count_class_pixels(dataset: SegmentationDataset, *, workers: int | None = No
     return result
 
 
-def class_weights(dataset: SegmentationDataset, *, workers: int | None = None,
-                  progress: bool | None = None) -> np.ndarray:
+def class_weights(
+    dataset: SegmentationDataset, *, workers: int | None = None, progress: bool | None = None
+) -> np.ndarray:
     """Median-frequency class weights of a (training) dataset: ``(C,)`` float64, for the loss's ``weight=``."""
     return count_class_pixels(dataset, workers=workers, progress=progress).weights()

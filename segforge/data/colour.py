@@ -88,9 +88,12 @@ class ColourMap:
             values, counts = np.unique(keys[~found], return_counts=True)
             top = np.argsort(-counts)[:8]
             listed = ", ".join(f"{unpack_rgb(values[i])} in {counts[i]} px" for i in top)
-            raise DatasetError(f"mask {path} has {len(values)} colour(s) not in {self.source}: {listed}; add them to "
-                               "the mapping (as a class, or under 'ignore:'), or fix the mask",
-                               path=path, kind="unexpected_colour")
+            raise DatasetError(
+                f"mask {path} has {len(values)} colour(s) not in {self.source}: {listed}; add them to "
+                "the mapping (as a class, or under 'ignore:'), or fix the mask",
+                path=path,
+                kind="unexpected_colour",
+            )
         return sorted_labels[position]
 
 
@@ -102,8 +105,11 @@ def _parse_colour(value: Any, where: str) -> tuple[int, int, int]:
                 return (int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16))
             except ValueError:
                 pass
-    elif isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, int) and 0 <= v <= 255
-                                                                      for v in value):
+    elif (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(v, int) and 0 <= v <= 255 for v in value)
+    ):
         return (int(value[0]), int(value[1]), int(value[2]))
     raise ValueError(f"{where}: {value!r} is not a colour; write [r, g, b] with integers 0..255 or '#rrggbb'")
 
@@ -152,8 +158,13 @@ def colour_map_from_data(data: Any, *, source: str = "the palette mapping") -> C
     for colour, label in zip(colours, labels, strict=True):
         if seen.setdefault(colour, label) != label:
             raise ValueError(f"{source}: colour {colour} is given to two classes; each colour must mean one class")
-    return ColourMap(tuple(classes), np.array(colours, dtype=np.uint8).reshape(-1, 3),
-                     np.array(labels, dtype=np.int64), ignore_index, source)
+    return ColourMap(
+        tuple(classes),
+        np.array(colours, dtype=np.uint8).reshape(-1, 3),
+        np.array(labels, dtype=np.int64),
+        ignore_index,
+        source,
+    )
 
 
 def parse_inline(text: str) -> ColourMap:
@@ -179,8 +190,11 @@ def load_colour_map(source: str | Path) -> ColourMap:
     if not path.is_file():
         if isinstance(source, str) and "=" in source:
             return parse_inline(source)
-        raise DatasetError(f"palette mapping {path} does not exist; write a YAML file with one 'name: [r, g, b]' "
-                           "line per class", path=path, kind="missing")
+        raise DatasetError(
+            f"palette mapping {path} does not exist; write a YAML file with one 'name: [r, g, b]' line per class",
+            path=path,
+            kind="missing",
+        )
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".json":

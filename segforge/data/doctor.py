@@ -20,11 +20,11 @@ from typing import Literal
 import numpy as np
 
 from segforge.data.base import SegmentationDataset
+from segforge.data.class_weights import ClassPixels
 from segforge.data.colour import ColourMap
 from segforge.data.io import DatasetError, map_files
-from segforge.data.registry import DATASETS, create_dataset, detect_layout
-from segforge.data.class_weights import ClassPixels
 from segforge.data.normalisation import image_moments
+from segforge.data.registry import DATASETS, create_dataset, detect_layout
 
 #: the fix for each kind of DatasetError, when the doctor reports a group of them; ``{palette}`` is a command
 FIXES = {
@@ -32,7 +32,7 @@ FIXES = {
     "unreadable": "re-export the files (or remove them and their masks)",
     "unsupported": "convert the files to a supported mode (see the message)",
     "colour_mask": "write a palette file, one 'name: [r, g, b]' line per class, and pass it, e.g. `{palette}` "
-                   "(colour_map= in Python)",
+    "(colour_map= in Python)",
     "unexpected_colour": "add the colours to the palette mapping (as classes, or under 'ignore:'), or repaint them",
     "label_range": "fix the masks, or the label map",
     "no_pairs": "name each mask like its image (a.jpg <-> a.png)",
@@ -175,12 +175,26 @@ def _luminance(palette: Sequence[Sequence[int]]) -> set[int]:
     return {v + d for v in levels for d in (-1, 0, 1)}
 
 
-def _scan(dataset: SegmentationDataset, summary: SplitSummary, report: DoctorReport, *, num_classes: int | None,
-          workers: int | None, progress: bool | None) -> None:
+def _scan(
+    dataset: SegmentationDataset,
+    summary: SplitSummary,
+    report: DoctorReport,
+    *,
+    num_classes: int | None,
+    workers: int | None,
+    progress: bool | None,
+) -> None:
     """Reads every sample of one split and appends its problems to the report."""
     tag = f"[{summary.name}] "
-    checks = list(map_files(lambda i: _inspect(dataset, i), len(dataset), desc=f"doctor {summary.name}",
-                            workers=workers, progress=progress))
+    checks = list(
+        map_files(
+            lambda i: _inspect(dataset, i),
+            len(dataset),
+            desc=f"doctor {summary.name}",
+            workers=workers,
+            progress=progress,
+        )
+    )
     summary.scanned = True
     by_kind: dict[str, list[DatasetError]] = {}
     mismatched = []
@@ -190,8 +204,11 @@ def _scan(dataset: SegmentationDataset, summary: SplitSummary, report: DoctorRep
         if check.image_shape is not None:
             summary.sizes[(check.image_shape[1], check.image_shape[0])] += 1
             summary.channels[(check.image_shape[2], check.image_dtype)] += 1
-        if check.image_shape is not None and check.mask_shape is not None and \
-                tuple(check.image_shape[:2]) != tuple(check.mask_shape):
+        if (
+            check.image_shape is not None
+            and check.mask_shape is not None
+            and tuple(check.image_shape[:2]) != tuple(check.mask_shape)
+        ):
             mismatched.append(Path(dataset.mask_name(index)))
         if check.moments is not None:
             summary.moments.append(check.moments)
@@ -205,45 +222,70 @@ def _scan(dataset: SegmentationDataset, summary: SplitSummary, report: DoctorRep
             summary.raw_left.update(dict(zip(values, check.left.tolist(), strict=True)))
     for kind, errors in by_kind.items():
         files = [e.path for e in errors if e.path is not None]
-        report.problems.append(Problem("error", f"{tag}{len(errors)} file(s) cannot be used: {errors[0]}",
-                                       _fix(kind, report), files))
+        report.problems.append(
+            Problem("error", f"{tag}{len(errors)} file(s) cannot be used: {errors[0]}", _fix(kind, report), files)
+        )
     if mismatched:
-        report.problems.append(Problem("error", f"{tag}{len(mismatched)} mask(s) differ in size from their image",
-                                       "re-export each mask at its image's size (resize masks with nearest-neighbour, "
-                                       "never bilinear)", mismatched))
+        report.problems.append(
+            Problem(
+                "error",
+                f"{tag}{len(mismatched)} mask(s) differ in size from their image",
+                "re-export each mask at its image's size (resize masks with nearest-neighbour, never bilinear)",
+                mismatched,
+            )
+        )
     if len(summary.channels) > 1:
         found = ", ".join(f"{c} x {d} in {n}" for (c, d), n in sorted(summary.channels.items()))
-        report.problems.append(Problem("error", f"{tag}images differ in channels or pixel type ({found}); a batch "
-                                       "needs one", "convert all images to one mode (e.g. all RGB)"))
+        report.problems.append(
+            Problem(
+                "error",
+                f"{tag}images differ in channels or pixel type ({found}); a batch needs one",
+                "convert all images to one mode (e.g. all RGB)",
+            )
+        )
     if not summary.labelled:
         report.notes.append(f"{tag}no masks: only the images were checked")
         return
     _check_labels(dataset, summary, report, checks, num_classes=num_classes)
 
 
-def _check_labels(dataset: SegmentationDataset, summary: SplitSummary, report: DoctorReport, checks: list[_Check],
-                  *, num_classes: int | None) -> None:
+def _check_labels(
+    dataset: SegmentationDataset,
+    summary: SplitSummary,
+    report: DoctorReport,
+    checks: list[_Check],
+    *,
+    num_classes: int | None,
+) -> None:
     """Label values: 0/255 binary masks, grey-converted colour masks, values out of range, absent classes."""
     tag, raw = f"[{summary.name}] ", summary.raw_values
     lut, ignore = dataset.label_map, dataset.ignore_index
     binary_255 = set(raw) == {0, 255} and lut is None
     if binary_255:
-        report.problems.append(Problem(
-            "error", f"{tag}masks store a binary task as 0 and 255: 255 is not class 1 (it is out of range, or "
-            "silently ignored when 255 is the ignore index), so the foreground would never be learned",
-            f"map 255 to 1 on every command, e.g. `{report.command('train', '--label-map', '255=1')}` "
-            "(label_map={255: 1} in Python), or re-save the masks with values 0/1"))
+        report.problems.append(
+            Problem(
+                "error",
+                f"{tag}masks store a binary task as 0 and 255: 255 is not class 1 (it is out of range, or "
+                "silently ignored when 255 is the ignore index), so the foreground would never be learned",
+                f"map 255 to 1 on every command, e.g. `{report.command('train', '--label-map', '255=1')}` "
+                "(label_map={255: 1} in Python), or re-save the masks with values 0/1",
+            )
+        )
     elif lut is not None and set(raw) <= {0, 255} and max(raw, default=0) < len(lut):
-        mapped = ", ".join(f"{v} -> {lut[v]}" + (f" ({dataset.classes[lut[v]]})" if 0 <= lut[v] < len(dataset.classes)
-                                                  else "") for v in sorted(raw))
+        mapped = ", ".join(
+            f"{v} -> {lut[v]}" + (f" ({dataset.classes[lut[v]]})" if 0 <= lut[v] < len(dataset.classes) else "")
+            for v in sorted(raw)
+        )
         report.notes.append(f"{tag}masks store 0/255; the {dataset.layout} label map turns them into labels ({mapped})")
     if num_classes is None:
         valid = [lut[v] if lut is not None and v < len(lut) else v for v in raw]
         largest = max([v for v in valid if v != ignore and v >= 0], default=0)
         num_classes = 2 if binary_255 else largest + 1
         basis = "0/255 masks: a binary task" if binary_255 else f"the largest label is {largest}"
-        report.notes.append(f"classes: {num_classes}, inferred from the labels ({basis}), as segforge train infers "
-                            f"them; to set them: `{report.command('train', '--num-classes', str(num_classes))}`")
+        report.notes.append(
+            f"classes: {num_classes}, inferred from the labels ({basis}), as segforge train infers "
+            f"them; to set them: `{report.command('train', '--num-classes', str(num_classes))}`"
+        )
     report.num_classes = num_classes
     pixels = ClassPixels.zeros(num_classes)
     uncovered, out_of_range = Counter(), Counter()
@@ -269,34 +311,55 @@ def _check_labels(dataset: SegmentationDataset, summary: SplitSummary, report: D
     summary.pixels = pixels
     summary.labels_ok = not (binary_255 or uncovered or out_of_range)
     if uncovered:
-        report.problems.append(Problem("error", f"{tag}mask values {_listing(uncovered)} are not covered by the "
-                                       f"{dataset.layout} label map (0..{len(lut) - 1})",
-                                       "these masks are not in this layout's encoding: fix or remove them",
-                                       uncovered_files))
+        report.problems.append(
+            Problem(
+                "error",
+                f"{tag}mask values {_listing(uncovered)} are not covered by the "
+                f"{dataset.layout} label map (0..{len(lut) - 1})",
+                "these masks are not in this layout's encoding: fix or remove them",
+                uncovered_files,
+            )
+        )
     if out_of_range:
         greys = _luminance(dataset.palette) - set(range(num_classes))
         from_colour = sum(n for v, n in out_of_range.items() if v in greys) > 0.5 * sum(out_of_range.values())
         if from_colour and len([v for v in out_of_range if v in greys]) >= 2:
-            report.problems.append(Problem("error", f"{tag}masks look like colour masks converted to grey: their "
-                                           f"values {_listing(out_of_range)} are the grey levels of the class colours",
-                                           "use the original RGB masks with a palette file (one 'name: [r, g, b]' line "
-                                           f"per class), e.g. `{report.command('train', '--palette', 'colours.yaml')}`",
-                                           out_files))
+            report.problems.append(
+                Problem(
+                    "error",
+                    f"{tag}masks look like colour masks converted to grey: their "
+                    f"values {_listing(out_of_range)} are the grey levels of the class colours",
+                    "use the original RGB masks with a palette file (one 'name: [r, g, b]' line "
+                    f"per class), e.g. `{report.command('train', '--palette', 'colours.yaml')}`",
+                    out_files,
+                )
+            )
         else:
             largest, commonest = max(out_of_range), max(out_of_range, key=out_of_range.get)
-            report.problems.append(Problem(
-                "error", f"{tag}label values {_listing(out_of_range)} are >= the number of classes ({num_classes}) and "
-                f"are not the ignore index ({ignore})",
-                f"give the class count, e.g. `{report.command('train', '--num-classes', str(largest + 1))}`, or mark "
-                f"the value of unlabelled pixels, e.g. `{report.command('train', '--ignore-index', str(commonest))}`, "
-                "or fix the masks", out_files))
-    absent = [dataset.classes[c] if c < len(dataset.classes) else str(c)
-              for c in np.flatnonzero(pixels.class_pixels == 0)]
+            report.problems.append(
+                Problem(
+                    "error",
+                    f"{tag}label values {_listing(out_of_range)} are >= the number of classes ({num_classes}) and "
+                    f"are not the ignore index ({ignore})",
+                    f"give the class count, e.g. `{report.command('train', '--num-classes', str(largest + 1))}`, "
+                    "or mark the value of unlabelled pixels, e.g. "
+                    f"`{report.command('train', '--ignore-index', str(commonest))}`, or fix the masks",
+                    out_files,
+                )
+            )
+    absent = [
+        dataset.classes[c] if c < len(dataset.classes) else str(c) for c in np.flatnonzero(pixels.class_pixels == 0)
+    ]
     if absent and not binary_255:  # with 0/255 masks class 1 is absent for that reason, already reported
-        report.problems.append(Problem("warning", f"{tag}{len(absent)} class(es) never occur: {', '.join(absent[:12])}"
-                                       f"{', ...' if len(absent) > 12 else ''}",
-                                       "check the class list and the masks; a class never seen in training cannot be "
-                                       "learned (its median-frequency weight is set to 1)"))
+        report.problems.append(
+            Problem(
+                "warning",
+                f"{tag}{len(absent)} class(es) never occur: {', '.join(absent[:12])}"
+                f"{', ...' if len(absent) > 12 else ''}",
+                "check the class list and the masks; a class never seen in training cannot be "
+                "learned (its median-frequency weight is set to 1)",
+            )
+        )
 
 
 def _check_label_map(report: DoctorReport, label_map: Mapping[int, int]) -> None:
@@ -304,10 +367,14 @@ def _check_label_map(report: DoctorReport, label_map: Mapping[int, int]) -> None
     found = {value for s in report.splits.values() if s.scanned for value in s.raw_values}
     unused = sorted(set(label_map) - found)
     if found and unused:
-        report.problems.append(Problem(
-            "warning", f"the label map names value(s) {unused} that no mask holds (the masks hold "
-            f"{sorted(found)[:12]}{' ...' if len(found) > 12 else ''})",
-            "check the label map against the mask values listed above; map the values the masks hold"))
+        report.problems.append(
+            Problem(
+                "warning",
+                f"the label map names value(s) {unused} that no mask holds (the masks hold "
+                f"{sorted(found)[:12]}{' ...' if len(found) > 12 else ''})",
+                "check the label map against the mask values listed above; map the values the masks hold",
+            )
+        )
 
 
 def _fix(kind: str, report: DoctorReport) -> str:
@@ -320,11 +387,17 @@ def _listing(counter: Mapping[int, int], limit: int = 8) -> str:
     return shown + (f" and {len(counter) - limit} more" if len(counter) > limit else "")
 
 
-def data_options(*, layout: str = "auto", num_classes: int | None = None, ignore_index: int | None = None,
-                 colour_map: ColourMap | str | Path | None = None,
-                 label_map: Mapping[int, int] | Sequence[int] | None = None,
-                 region_masks: str | Path | None = None, image_dir: str | None = None,
-                 mask_dir: str | None = None) -> list[tuple[str, str]]:
+def data_options(
+    *,
+    layout: str = "auto",
+    num_classes: int | None = None,
+    ignore_index: int | None = None,
+    colour_map: ColourMap | str | Path | None = None,
+    label_map: Mapping[int, int] | Sequence[int] | None = None,
+    region_masks: str | Path | None = None,
+    image_dir: str | None = None,
+    mask_dir: str | None = None,
+) -> list[tuple[str, str]]:
     """The command-line flags that describe data read with these options (for the fixes' command lines)."""
     options = [("--format", layout)] if layout != "auto" else []
     if num_classes is not None:
@@ -344,8 +417,15 @@ def data_options(*, layout: str = "auto", num_classes: int | None = None, ignore
     return options
 
 
-def check_split(report: DoctorReport, dataset: SegmentationDataset, name: str, *, scan: bool = True,
-                workers: int | None = None, progress: bool | None = None) -> SplitSummary:
+def check_split(
+    report: DoctorReport,
+    dataset: SegmentationDataset,
+    name: str,
+    *,
+    scan: bool = True,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> SplitSummary:
     """Adds one split of a dataset to ``report``: its unpaired files and, with ``scan``, what reading every
     sample finds (sizes, channels, label values, class pixels, problems). Training checks its data with it."""
     report.classes, report.ignore_index = dataset.classes, dataset.ignore_index
@@ -353,23 +433,44 @@ def check_split(report: DoctorReport, dataset: SegmentationDataset, name: str, *
     if dataset.pairing and dataset.pairing not in report.notes:
         report.notes.append(dataset.pairing)
     if dataset.unpaired_images:
-        report.problems.append(Problem("error", f"[{name}] {len(dataset.unpaired_images)} image(s) have no mask",
-                                       "add the masks (same file stem as the image), remove the images, or list "
-                                       "only paired images in the split file", dataset.unpaired_images))
+        report.problems.append(
+            Problem(
+                "error",
+                f"[{name}] {len(dataset.unpaired_images)} image(s) have no mask",
+                "add the masks (same file stem as the image), remove the images, or list "
+                "only paired images in the split file",
+                dataset.unpaired_images,
+            )
+        )
     if dataset.unpaired_masks:
-        report.problems.append(Problem("warning", f"[{name}] {len(dataset.unpaired_masks)} mask(s) have no image "
-                                       "(they are not used)", "add their images or delete them",
-                                       dataset.unpaired_masks))
+        report.problems.append(
+            Problem(
+                "warning",
+                f"[{name}] {len(dataset.unpaired_masks)} mask(s) have no image (they are not used)",
+                "add their images or delete them",
+                dataset.unpaired_masks,
+            )
+        )
     if scan:
         _scan(dataset, summary, report, num_classes=dataset.num_classes, workers=workers, progress=progress)
     return summary
 
 
-def diagnose(root: str | Path, *, layout: str = "auto", split: str | None = None, num_classes: int | None = None,
-             ignore_index: int | None = None, colour_map: ColourMap | str | Path | None = None,
-             label_map: Mapping[int, int] | None = None, region_masks: str | Path | None = None,
-             image_dir: str | None = None, mask_dir: str | None = None, workers: int | None = None,
-             progress: bool | None = None) -> DoctorReport:
+def diagnose(
+    root: str | Path,
+    *,
+    layout: str = "auto",
+    split: str | None = None,
+    num_classes: int | None = None,
+    ignore_index: int | None = None,
+    colour_map: ColourMap | str | Path | None = None,
+    label_map: Mapping[int, int] | None = None,
+    region_masks: str | Path | None = None,
+    image_dir: str | None = None,
+    mask_dir: str | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> DoctorReport:
     """Reads a dataset once and reports its contents and problems.
 
     Args:
@@ -389,10 +490,19 @@ def diagnose(root: str | Path, *, layout: str = "auto", split: str | None = None
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"data folder {root} does not exist; pass the folder that holds the dataset", path=root,
-                           kind="missing")
-    options = data_options(layout=layout, num_classes=num_classes, ignore_index=ignore_index, colour_map=colour_map,
-                           label_map=label_map, region_masks=region_masks, image_dir=image_dir, mask_dir=mask_dir)
+        raise DatasetError(
+            f"data folder {root} does not exist; pass the folder that holds the dataset", path=root, kind="missing"
+        )
+    options = data_options(
+        layout=layout,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        colour_map=colour_map,
+        label_map=label_map,
+        region_masks=region_masks,
+        image_dir=image_dir,
+        mask_dir=mask_dir,
+    )
     detected = layout == "auto"
     layout = detect_layout(root, named_folders=bool(image_dir or mask_dir)) if detected else layout
     cls = DATASETS.get(layout)
@@ -405,18 +515,30 @@ def diagnose(root: str | Path, *, layout: str = "auto", split: str | None = None
     for name in names:
         label = name or "all"
         try:
-            dataset = create_dataset(layout, root, name, num_classes=num_classes, ignore_index=ignore_index,
-                                     colour_map=colour_map, label_map=label_map, strict=False,
-                                     region_masks=region_masks, image_dir=image_dir, mask_dir=mask_dir)
+            dataset = create_dataset(
+                layout,
+                root,
+                name,
+                num_classes=num_classes,
+                ignore_index=ignore_index,
+                colour_map=colour_map,
+                label_map=label_map,
+                strict=False,
+                region_masks=region_masks,
+                image_dir=image_dir,
+                mask_dir=mask_dir,
+            )
         except DatasetError as err:
-            report.problems.append(Problem("error", f"[{label}] {err}", _fix(err.kind, report),
-                                           [err.path] if err.path else []))
+            report.problems.append(
+                Problem("error", f"[{label}] {err}", _fix(err.kind, report), [err.path] if err.path else [])
+            )
             continue
         check_split(report, dataset, label, scan=split is None or name == split, workers=workers, progress=progress)
     if isinstance(label_map, Mapping):
         _check_label_map(report, label_map)
-    labelled = [s for s in report.splits.values()
-                if s.pixels is not None and s.pixels.class_pixels.any() and s.labels_ok]
+    labelled = [
+        s for s in report.splits.values() if s.pixels is not None and s.pixels.class_pixels.any() and s.labels_ok
+    ]
     chosen = next((s for s in labelled if s.name in _TRAIN_NAMES), labelled[0] if labelled else None)
     if chosen is not None:
         report.weights, report.weights_split = chosen.pixels.weights(), chosen.name
@@ -431,8 +553,11 @@ def _class_name(report: DoctorReport, index: int) -> str:
 
 def _format(report: DoctorReport) -> str:
     lines = [f"segforge doctor: {report.root}", f"layout: {report.layout}"]
-    classes = f"{len(report.classes)} ({', '.join(report.classes[:12])}{', ...' if len(report.classes) > 12 else ''})" \
-        if report.classes else "not given"
+    classes = (
+        f"{len(report.classes)} ({', '.join(report.classes[:12])}{', ...' if len(report.classes) > 12 else ''})"
+        if report.classes
+        else "not given"
+    )
     lines.append(f"classes: {classes}; ignore index: {report.ignore_index}")
     lines += [f"note: {n}" for n in report.notes]
     lines.append("")
@@ -455,8 +580,10 @@ def _format(report: DoctorReport) -> str:
     chosen = report.splits.get(report.weights_split or "")
     if chosen is not None and chosen.pixels is not None and report.weights is not None:
         p = chosen.pixels
-        lines.append(f"\nclasses in {chosen.name} (frequency = pixels / pixels of the images that contain the class; "
-                     "weight = median frequency / frequency, as SegNet):")
+        lines.append(
+            f"\nclasses in {chosen.name} (frequency = pixels / pixels of the images that contain the class; "
+            "weight = median frequency / frequency, as SegNet):"
+        )
         lines.append(f"  {'class':<22}{'pixels':>8}{'images':>8}{'frequency':>11}{'weight':>9}")
         for c, weight in enumerate(report.weights):
             share = p.class_pixels[c] / max(p.total_pixels, 1)
@@ -475,6 +602,8 @@ def _format(report: DoctorReport) -> str:
             shown = ", ".join(str(f) for f in problem.files[:5])
             lines.append(f"  files: {shown}{f' (+{len(problem.files) - 5} more)' if len(problem.files) > 5 else ''}")
     errors, warnings = len(report.errors), len(report.problems) - len(report.errors)
-    lines.append(f"\n{errors} error(s), {warnings} warning(s)" +
-                 (": training on this data as it is would be wrong" if errors else ""))
+    lines.append(
+        f"\n{errors} error(s), {warnings} warning(s)"
+        + (": training on this data as it is would be wrong" if errors else "")
+    )
     return "\n".join(lines)

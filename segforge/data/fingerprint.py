@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from segforge.data.base import SegmentationDataset
-from segforge.data.doctor import DoctorReport, SplitSummary, check_split
 from segforge.data.class_weights import ClassPixels
+from segforge.data.doctor import DoctorReport, SplitSummary, check_split
 from segforge.data.normalisation import combine_moments
 
 
@@ -62,12 +62,18 @@ class Fingerprint:
         """A few lines for the log."""
         h, w = self.median_size
         shares = ", ".join(f"{name} {share:.1%}" for name, share in zip(self.classes[:12], self.class_share))
-        return [(f"{self.images} labelled images, median {w}x{h} (WxH), smallest side {min(self.min_size)} px, "
-                 f"{self.channels} channel(s) of {self.dtype} (largest value {self.max_value:g})"),
-                f"{self.num_classes} classes by share of pixels: {shares}{', ...' if self.num_classes > 12 else ''}"
-                + (f"; {self.ignored_share:.1%} of pixels unlabelled" if self.ignored_share else ""),
-                (f"class layout: top vs bottom differ by {self.up_down:.2f}, left vs right by {self.left_right:.2f} "
-                 "(0 = the same classes everywhere)")]
+        return [
+            (
+                f"{self.images} labelled images, median {w}x{h} (WxH), smallest side {min(self.min_size)} px, "
+                f"{self.channels} channel(s) of {self.dtype} (largest value {self.max_value:g})"
+            ),
+            f"{self.num_classes} classes by share of pixels: {shares}{', ...' if self.num_classes > 12 else ''}"
+            + (f"; {self.ignored_share:.1%} of pixels unlabelled" if self.ignored_share else ""),
+            (
+                f"class layout: top vs bottom differ by {self.up_down:.2f}, left vs right by {self.left_right:.2f} "
+                "(0 = the same classes everywhere)"
+            ),
+        ]
 
 
 def _half_difference(summary: SplitSummary, half: dict[int, int], to_class, num_classes: int) -> float:
@@ -83,8 +89,14 @@ def _half_difference(summary: SplitSummary, half: dict[int, int], to_class, num_
     return float(0.5 * np.abs(first / first.sum() - second / second.sum()).sum())
 
 
-def fingerprint(dataset: SegmentationDataset, *, report: DoctorReport | None = None, name: str = "train",
-                workers: int | None = None, progress: bool | None = None) -> Fingerprint:
+def fingerprint(
+    dataset: SegmentationDataset,
+    *,
+    report: DoctorReport | None = None,
+    name: str = "train",
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> Fingerprint:
     """Reads every sample of ``dataset`` once and summarises it.
 
     Args:
@@ -100,12 +112,16 @@ def fingerprint(dataset: SegmentationDataset, *, report: DoctorReport | None = N
         report = DoctorReport(Path("DATA_FOLDER"), dataset.layout, False, [], None)
     summary = check_split(report, dataset, name, workers=workers, progress=progress)
     if report.errors:
-        problems = "\n".join(f"- {p.message}\n  fix: {p.fix}" + (f"\n  files: {', '.join(map(str, p.files[:3]))}"
-                                                                  if p.files else "") for p in report.errors)
+        problems = "\n".join(
+            f"- {p.message}\n  fix: {p.fix}" + (f"\n  files: {', '.join(map(str, p.files[:3]))}" if p.files else "")
+            for p in report.errors
+        )
         raise ValueError(f"the {name} data cannot be trained on as it is:\n{problems}")
     if summary.pixels is None or not summary.pixels.class_pixels.any():
-        raise ValueError(f"the {name} split has no labelled pixels: every mask is empty, unlabelled or outside the "
-                         "region masks; check the masks (segforge doctor shows their values)")
+        raise ValueError(
+            f"the {name} split has no labelled pixels: every mask is empty, unlabelled or outside the "
+            "region masks; check the masks (segforge doctor shows their values)"
+        )
     num_classes, lut, ignore = report.num_classes, dataset.label_map, dataset.ignore_index
 
     def to_class(value: int) -> int | None:
@@ -119,11 +135,20 @@ def fingerprint(dataset: SegmentationDataset, *, report: DoctorReport | None = N
     mean, std = combine_moments(summary.moments, describe=dataset.describe)
     labelled = pixels.class_pixels.sum()
     return Fingerprint(
-        images=summary.labelled, median_size=(heights[len(heights) // 2], widths[len(widths) // 2]),
-        min_size=(heights[0], widths[0]), channels=int(channels), dtype=dtype, max_value=float(summary.max_value),
-        num_classes=int(num_classes), class_share=tuple(float(c) / labelled for c in pixels.class_pixels),
-        ignored_share=float(1 - labelled / max(pixels.total_pixels, 1)), mean=mean, std=std,
+        images=summary.labelled,
+        median_size=(heights[len(heights) // 2], widths[len(widths) // 2]),
+        min_size=(heights[0], widths[0]),
+        channels=int(channels),
+        dtype=dtype,
+        max_value=float(summary.max_value),
+        num_classes=int(num_classes),
+        class_share=tuple(float(c) / labelled for c in pixels.class_pixels),
+        ignored_share=float(1 - labelled / max(pixels.total_pixels, 1)),
+        mean=mean,
+        std=std,
         up_down=_half_difference(summary, summary.raw_top, to_class, num_classes),
-        left_right=_half_difference(summary, summary.raw_left, to_class, num_classes), class_pixels=pixels,
+        left_right=_half_difference(summary, summary.raw_left, to_class, num_classes),
+        class_pixels=pixels,
         raw_values=tuple(int(v) for v in sorted(summary.raw_values)),
-        classes=tuple(dataset.classes[c] if c < len(dataset.classes) else f"class_{c}" for c in range(num_classes)))
+        classes=tuple(dataset.classes[c] if c < len(dataset.classes) else f"class_{c}" for c in range(num_classes)),
+    )

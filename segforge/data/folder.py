@@ -50,16 +50,23 @@ def pair_folders(
     """
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
-            raise DatasetError(f"{layout} folder {folder} does not exist; expected {expects}", path=folder,
-                               kind="missing")
+            raise DatasetError(
+                f"{layout} folder {folder} does not exist; expected {expects}", path=folder, kind="missing"
+            )
     pairs, lonely_images, lonely_masks = pair_files(list_images(images_dir), list_images(masks_dir))
     if not pairs:
-        raise DatasetError(f"no image/{masks_name} pairs in {images_dir} and {masks_dir}: file stems must match",
-                           path=images_dir, kind="no_pairs")
+        raise DatasetError(
+            f"no image/{masks_name} pairs in {images_dir} and {masks_dir}: file stems must match",
+            path=images_dir,
+            kind="no_pairs",
+        )
     if lonely_images and strict:
-        raise DatasetError(f"{len(lonely_images)} images in {images_dir} have no {masks_name} in {masks_dir}, e.g. "
-                           f"{lonely_images[0].name}; restore the {masks_name}s or remove the images",
-                           path=lonely_images[0], kind="unpaired")
+        raise DatasetError(
+            f"{len(lonely_images)} images in {images_dir} have no {masks_name} in {masks_dir}, e.g. "
+            f"{lonely_images[0].name}; restore the {masks_name}s or remove the images",
+            path=lonely_images[0],
+            kind="unpaired",
+        )
     return pairs, lonely_images, lonely_masks
 
 
@@ -103,47 +110,75 @@ class FolderDataset(SegmentationDataset):
     layout = "folder"
     expects = "images/ and masks/ folders (file stems match)"
 
-    def __init__(self, root: str | Path, split: str | None = None, *, classes: Sequence[str] | None = None,
-                 num_classes: int | None = None, ignore_index: int | None = None,
-                 colour_map: ColourMap | str | Path | None = None,
-                 label_map: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
-                 image_dir: str | None = None, mask_dir: str | None = None,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 transform: Transform | None = None, strict: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = None,
+        *,
+        classes: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        ignore_index: int | None = None,
+        colour_map: ColourMap | str | Path | None = None,
+        label_map: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
+        image_dir: str | None = None,
+        mask_dir: str | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        transform: Transform | None = None,
+        strict: bool = True,
+    ) -> None:
         root = Path(root)
         if not root.is_dir():
-            raise DatasetError(f"data folder {root} does not exist; pass the folder that holds images/ and masks/",
-                               path=root, kind="missing")
+            raise DatasetError(
+                f"data folder {root} does not exist; pass the folder that holds images/ and masks/",
+                path=root,
+                kind="missing",
+            )
         images_dir = root / image_dir if image_dir else first_dir(root, IMAGE_DIRS)
         masks_dir = root / mask_dir if mask_dir else first_dir(root, MASK_DIRS)
         for found, names, what in ((images_dir, IMAGE_DIRS, "image"), (masks_dir, MASK_DIRS, "mask")):
             if found is None or not found.is_dir():
                 where = found if found is not None else root / names[0]
-                raise DatasetError(f"{what} folder {where} does not exist; put the {what}s in {root / names[0]} "
-                                   f"(or one of {list(names[1:])}), or name the folder with --{what}-dir "
-                                   f"({what}_dir= in Python)",
-                                   path=where, kind="missing")
+                raise DatasetError(
+                    f"{what} folder {where} does not exist; put the {what}s in {root / names[0]} "
+                    f"(or one of {list(names[1:])}), or name the folder with --{what}-dir "
+                    f"({what}_dir= in Python)",
+                    path=where,
+                    kind="missing",
+                )
         wanted = None
         if split is not None and split != "all":
             if (images_dir / split).is_dir():
                 images_dir, masks_dir = images_dir / split, masks_dir / split
                 if not masks_dir.is_dir():
-                    raise DatasetError(f"mask folder {masks_dir} does not exist, though {images_dir} does; create "
-                                       "it with the masks of that split", path=masks_dir, kind="missing")
+                    raise DatasetError(
+                        f"mask folder {masks_dir} does not exist, though {images_dir} does; create "
+                        "it with the masks of that split",
+                        path=masks_dir,
+                        kind="missing",
+                    )
             elif (root / f"{split}.txt").is_file():
                 wanted = read_split_list(root / f"{split}.txt")
             else:
-                raise DatasetError(f"split {split!r} is neither a list {root / f'{split}.txt'} nor a folder "
-                                   f"{images_dir / split}/ (splits found: {', '.join(self.splits(root)) or 'none'}); "
-                                   "write one image stem per line in a list, or name every pair with the split "
-                                   "'all' (slices work: 'all[:16]')", path=root / f"{split}.txt", kind="missing")
+                raise DatasetError(
+                    f"split {split!r} is neither a list {root / f'{split}.txt'} nor a folder "
+                    f"{images_dir / split}/ (splits found: {', '.join(self.splits(root)) or 'none'}); "
+                    "write one image stem per line in a list, or name every pair with the split "
+                    "'all' (slices work: 'all[:16]')",
+                    path=root / f"{split}.txt",
+                    kind="missing",
+                )
         images, masks = list_images(images_dir), list_images(masks_dir)
         pairs, lonely_images, lonely_masks = pair_files(images, masks)
         if not pairs:
-            raise DatasetError(f"no image/mask pairs in {root}: {images_dir} holds {count_extensions(images_dir)}, "
-                               f"{masks_dir} holds {count_extensions(masks_dir)}, and no mask is named like an image "
-                               f"(images e.g. {_examples(images)}; masks e.g. {_examples(masks)}); name each mask "
-                               "like its image (a.jpg <-> a.png)", path=root, kind="no_pairs")
+            raise DatasetError(
+                f"no image/mask pairs in {root}: {images_dir} holds {count_extensions(images_dir)}, "
+                f"{masks_dir} holds {count_extensions(masks_dir)}, and no mask is named like an image "
+                f"(images e.g. {_examples(images)}; masks e.g. {_examples(masks)}); name each mask "
+                "like its image (a.jpg <-> a.png)",
+                path=root,
+                kind="no_pairs",
+            )
         if wanted is not None:
             by_stem = {image.stem: (image, mask) for image, mask in pairs}
             lonely = {image.stem: image for image in lonely_images}
@@ -151,15 +186,22 @@ class FolderDataset(SegmentationDataset):
             pairs = [by_stem[name] for name in wanted if name in by_stem]
             lonely_images, lonely_masks = missing, []  # masks of other splits are not lonely
             if not pairs:
-                raise DatasetError(f"no image of split {split!r} has a mask: its list names {len(wanted)} stem(s), "
-                                   f"e.g. {', '.join(wanted[:3])}, and {images_dir} holds "
-                                   f"{count_extensions(images_dir)}", path=root, kind="no_pairs")
+                raise DatasetError(
+                    f"no image of split {split!r} has a mask: its list names {len(wanted)} stem(s), "
+                    f"e.g. {', '.join(wanted[:3])}, and {images_dir} holds "
+                    f"{count_extensions(images_dir)}",
+                    path=root,
+                    kind="no_pairs",
+                )
         if lonely_images and strict:
             shown = ", ".join(p.name for p in lonely_images[:5])
-            raise DatasetError(f"{len(lonely_images)} images in {images_dir} have no mask in {masks_dir} ({shown}"
-                               f"{', ...' if len(lonely_images) > 5 else ''}); add their masks, remove them, or list "
-                               "only paired stems in a split file (`segforge doctor` lists them all)",
-                               path=lonely_images[0], kind="unpaired")
+            raise DatasetError(
+                f"{len(lonely_images)} images in {images_dir} have no mask in {masks_dir} ({shown}"
+                f"{', ...' if len(lonely_images) > 5 else ''}); add their masks, remove them, or list "
+                "only paired stems in a split file (`segforge doctor` lists them all)",
+                path=lonely_images[0],
+                kind="unpaired",
+            )
         self.pairing = pairing_note(pairs)
         if isinstance(colour_map, (str, Path)):
             colour_map = load_colour_map(colour_map)
@@ -174,9 +216,19 @@ class FolderDataset(SegmentationDataset):
             raise ValueError(f"num_classes={num_classes} but {len(classes)} class names are given; make them agree")
         if ignore_index is None and colour_map is not None:
             ignore_index = colour_map.ignore_index
-        super().__init__(pairs, classes=classes or [], palette=palette, ignore_index=ignore_index,
-                         label_map=label_map, colour_map=colour_map, mean=mean, std=std, transform=transform,
-                         unpaired_images=lonely_images, unpaired_masks=lonely_masks)
+        super().__init__(
+            pairs,
+            classes=classes or [],
+            palette=palette,
+            ignore_index=ignore_index,
+            label_map=label_map,
+            colour_map=colour_map,
+            mean=mean,
+            std=std,
+            transform=transform,
+            unpaired_images=lonely_images,
+            unpaired_masks=lonely_masks,
+        )
 
     @staticmethod
     def detect(root: Path) -> bool:

@@ -39,8 +39,7 @@ from segforge.data.colour import ColourMap, pack_rgb, unpack_rgb
 from segforge.data.errors import DatasetError
 
 #: what ``read_image``/``read_mask`` take: every raster format Pillow or tifffile reads that datasets use
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm",
-                    ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".webp")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 DEFAULT_MAX_IMAGE_MB = 4096  # one decoded image; more is refused before anything is allocated
 MAX_IMAGE_ENV = "SEGFORGE_MAX_IMAGE_MB"
@@ -54,8 +53,11 @@ def is_image_file(path: Path) -> bool:
 
 def _check_exists(path: Path, what: str) -> None:
     if not path.is_file():
-        raise DatasetError(f"{what} {path} does not exist; check the path (or remove it from the split list)",
-                           path=path, kind="missing")
+        raise DatasetError(
+            f"{what} {path} does not exist; check the path (or remove it from the split list)",
+            path=path,
+            kind="missing",
+        )
 
 
 def max_image_bytes() -> int:
@@ -80,7 +82,9 @@ def check_decoded_size(path: Path, what: str, shape: tuple[int, ...], itemsize: 
             f"the {max_image_bytes() / 2**20:,.0f} MB limit on one image: predict large TIFFs tile by tile with "
             "segforge predict --tile 1024 --stream; cut large training images into tiles; or raise the limit "
             f"(--max-image-mb, data.max_image_mb, or {MAX_IMAGE_ENV}) if this machine has the memory",
-            path=path, kind="unsupported")
+            path=path,
+            kind="unsupported",
+        )
 
 
 def _open_pil(path: Path, what: str) -> Image.Image:
@@ -90,18 +94,29 @@ def _open_pil(path: Path, what: str) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
         bands = len(image.getbands())
-        check_decoded_size(path, what, (image.height, image.width, bands), 2 if image.mode.startswith("I;16") else
-                           4 if image.mode in ("I", "F") else 1)
+        check_decoded_size(
+            path,
+            what,
+            (image.height, image.width, bands),
+            2 if image.mode.startswith("I;16") else 4 if image.mode in ("I", "F") else 1,
+        )
         image.load()
     except Image.DecompressionBombError as err:
-        raise DatasetError(f"{what} {path} is larger than Pillow reads in one piece ({err}); save it as a tiled TIFF "
-                           "and predict it with segforge predict --tile 1024 --stream, or cut it into tiles",
-                           path=path, kind="unsupported") from None
+        raise DatasetError(
+            f"{what} {path} is larger than Pillow reads in one piece ({err}); save it as a tiled TIFF "
+            "and predict it with segforge predict --tile 1024 --stream, or cut it into tiles",
+            path=path,
+            kind="unsupported",
+        ) from None
     except DatasetError:
         raise
     except (OSError, SyntaxError, ValueError) as err:
-        raise DatasetError(f"cannot read {what} {path}: {err}; the file is corrupt or not an image — "
-                           "re-export it or remove it from the dataset", path=path, kind="unreadable") from None
+        raise DatasetError(
+            f"cannot read {what} {path}: {err}; the file is corrupt or not an image — "
+            "re-export it or remove it from the dataset",
+            path=path,
+            kind="unreadable",
+        ) from None
     return image
 
 
@@ -122,8 +137,12 @@ def _read_tiff(path: Path, what: str) -> tuple[np.ndarray, str]:
                 warnings.simplefilter("ignore")  # Pillow warns about the same corruption it then raises on
                 return np.asarray(_open_pil(path, what)), ""
         except DatasetError:
-            raise DatasetError(f"cannot read {what} {path}: {err}; the file is corrupt or not a TIFF — "
-                               "re-export it or remove it from the dataset", path=path, kind="unreadable") from None
+            raise DatasetError(
+                f"cannot read {what} {path}: {err}; the file is corrupt or not a TIFF — "
+                "re-export it or remove it from the dataset",
+                path=path,
+                kind="unreadable",
+            ) from None
 
 
 def pixel_dtype(array: np.ndarray, path: Path | str, what: str) -> np.ndarray:
@@ -132,17 +151,24 @@ def pixel_dtype(array: np.ndarray, path: Path | str, what: str) -> np.ndarray:
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = ~np.isfinite(array)
         where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise DatasetError(f"{what} {path} holds {int(bad.sum()):,} non-finite pixel value(s) (NaN or infinity; the "
-                           f"first at index {where}): no model can learn from or predict them; replace them (e.g. "
-                           "numpy.nan_to_num) or mask them out", path=path, kind="unsupported")
+        raise DatasetError(
+            f"{what} {path} holds {int(bad.sum()):,} non-finite pixel value(s) (NaN or infinity; the "
+            f"first at index {where}): no model can learn from or predict them; replace them (e.g. "
+            "numpy.nan_to_num) or mask them out",
+            path=path,
+            kind="unsupported",
+        )
     if array.dtype in (np.uint8, np.uint16, np.float32):
         return array
     if array.dtype == np.bool_:
         return array.astype(np.uint8) * 255
     if array.dtype.kind in "iuf":
         return array.astype(np.float32)
-    raise DatasetError(f"{what} {path} has unsupported pixel type {array.dtype}; save it as uint8, uint16 or "
-                       "float32", path=path, kind="unsupported")
+    raise DatasetError(
+        f"{what} {path} has unsupported pixel type {array.dtype}; save it as uint8, uint16 or float32",
+        path=path,
+        kind="unsupported",
+    )
 
 
 def _channels_last(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
@@ -151,9 +177,12 @@ def _channels_last(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
     if squeezed.ndim == 2:
         return squeezed[:, :, None]
     if squeezed.ndim != 3:
-        raise DatasetError(f"image {path} holds a {array.ndim}-D stack {array.shape}; read_image takes one image "
-                           "per file: save one image per file, or use the ISBI layout for a volume of slices",
-                           path=path, kind="unsupported")
+        raise DatasetError(
+            f"image {path} holds a {array.ndim}-D stack {array.shape}; read_image takes one image "
+            "per file: save one image per file, or use the ISBI layout for a volume of slices",
+            path=path,
+            kind="unsupported",
+        )
     axes = axes if len(axes) == 3 else ""
     if axes.endswith(("S", "C")) or (not axes.startswith(("S", "C")) and squeezed.shape[2] < squeezed.shape[0]):
         return squeezed
@@ -189,13 +218,20 @@ def _pil_image_array(image: Image.Image, path: Path) -> np.ndarray:
     if mode == "I":
         values = np.asarray(image)
         if values.size and (values.min() < 0 or values.max() > 65535):
-            raise DatasetError(f"image {path} is 32-bit with values outside 0..65535; save it as a float32 TIFF",
-                               path=path, kind="unsupported")
+            raise DatasetError(
+                f"image {path} is 32-bit with values outside 0..65535; save it as a float32 TIFF",
+                path=path,
+                kind="unsupported",
+            )
         return values.astype(np.uint16)[:, :, None]
     if mode == "F":
         return np.asarray(image, dtype=np.float32)[:, :, None]
-    raise DatasetError(f"image {path} has unsupported mode {mode!r}; convert it to grey (L), RGB, 16-bit grey or "
-                       "float32, e.g. Image.open(p).convert('RGB').save(p)", path=path, kind="unsupported")
+    raise DatasetError(
+        f"image {path} has unsupported mode {mode!r}; convert it to grey (L), RGB, 16-bit grey or "
+        "float32, e.g. Image.open(p).convert('RGB').save(p)",
+        path=path,
+        kind="unsupported",
+    )
 
 
 def _png_bit_depth(path: Path) -> tuple[int, int] | None:
@@ -213,8 +249,9 @@ def _read_png_48(path: Path) -> np.ndarray:
 
     array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if array is None or array.ndim != 3 or array.dtype != np.uint16:
-        raise DatasetError(f"cannot read image {path} as 16-bit RGB; the file is corrupt — re-export it",
-                           path=path, kind="unreadable")
+        raise DatasetError(
+            f"cannot read image {path} as 16-bit RGB; the file is corrupt — re-export it", path=path, kind="unreadable"
+        )
     return np.ascontiguousarray(array[:, :, 2::-1])  # BGR(A) → RGB
 
 
@@ -257,8 +294,9 @@ def read_volume(path: str | Path) -> np.ndarray:
     if array.ndim == 2 or (array.ndim == 3 and axes.endswith("S")):
         return array[None]
     if array.ndim not in (3, 4):
-        raise DatasetError(f"volume {path} has shape {array.shape}; expected pages of 2-D slices", path=path,
-                           kind="unsupported")
+        raise DatasetError(
+            f"volume {path} has shape {array.shape}; expected pages of 2-D slices", path=path, kind="unsupported"
+        )
     return array
 
 
@@ -274,20 +312,30 @@ def _mask_from_rgb(rgb: np.ndarray, path: Path, colour_map: ColourMap | None) ->
         return colour_map.to_index(rgb, path=path)
     if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
         return rgb[..., 0].astype(np.int64)  # a grey mask saved as RGB
-    raise DatasetError(f"mask {path} is RGB: colour-coded masks need a palette mapping (--palette file.yaml, or "
-                       f"colour_map= in Python) that says which colour is which class; it holds "
-                       f"{_unique_colours(rgb)}", path=path, kind="colour_mask")
+    raise DatasetError(
+        f"mask {path} is RGB: colour-coded masks need a palette mapping (--palette file.yaml, or "
+        f"colour_map= in Python) that says which colour is which class; it holds "
+        f"{_unique_colours(rgb)}",
+        path=path,
+        kind="colour_mask",
+    )
 
 
 def _integer_mask(values: np.ndarray, path: Path) -> np.ndarray:
     if values.dtype.kind == "f":
         if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
-            raise DatasetError(f"mask {path} holds fractional values; store class indices as integers "
-                               "(a mask resized with bilinear interpolation? resize masks with nearest)",
-                               path=path, kind="unsupported")
+            raise DatasetError(
+                f"mask {path} holds fractional values; store class indices as integers "
+                "(a mask resized with bilinear interpolation? resize masks with nearest)",
+                path=path,
+                kind="unsupported",
+            )
     elif values.dtype.kind not in "iub":
-        raise DatasetError(f"mask {path} has unsupported pixel type {values.dtype}; store class indices as "
-                           "uint8 or uint16", path=path, kind="unsupported")
+        raise DatasetError(
+            f"mask {path} has unsupported pixel type {values.dtype}; store class indices as uint8 or uint16",
+            path=path,
+            kind="unsupported",
+        )
     return values.astype(np.int64)
 
 
@@ -315,8 +363,11 @@ def read_mask(path: str | Path, colour_map: ColourMap | None = None) -> np.ndarr
         if values.ndim == 3 and values.shape[-1] in (3, 4):
             return _mask_from_rgb(values[..., :3].astype(np.uint8), path, colour_map)
         if values.ndim != 2:
-            raise DatasetError(f"mask {path} has shape {values.shape}; a mask is one 2-D page of class indices",
-                               path=path, kind="unsupported")
+            raise DatasetError(
+                f"mask {path} has shape {values.shape}; a mask is one 2-D page of class indices",
+                path=path,
+                kind="unsupported",
+            )
         if colour_map is not None:
             return _mask_from_rgb(np.repeat(values.astype(np.uint8)[..., None], 3, axis=-1), path, colour_map)
         return _integer_mask(values, path)
@@ -332,12 +383,22 @@ def read_mask(path: str | Path, colour_map: ColourMap | None = None) -> np.ndarr
             return np.asarray(image)[..., 0].astype(np.int64)
         if mode in ("1", "L", "P", "I", "F") or mode.startswith("I;16"):
             return _integer_mask(np.asarray(image), path)
-        raise DatasetError(f"mask {path} has unsupported mode {mode!r}; save masks as grey (L), palette (P) or "
-                           "16-bit PNGs holding class indices", path=path, kind="unsupported")
+        raise DatasetError(
+            f"mask {path} has unsupported mode {mode!r}; save masks as grey (L), palette (P) or "
+            "16-bit PNGs holding class indices",
+            path=path,
+            kind="unsupported",
+        )
 
 
-def map_files(function: Callable[[int], _T], count: int, *, desc: str = "reading",
-              workers: int | None = None, progress: bool | None = None) -> Iterable[_T]:
+def map_files(
+    function: Callable[[int], _T],
+    count: int,
+    *,
+    desc: str = "reading",
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> Iterable[_T]:
     """Yields ``function(i)`` for i in ``range(count)`` in order, decoding files on a thread pool.
 
     Pillow and numpy release the GIL while decoding, so threads scale on the file reads. A tqdm
@@ -370,8 +431,9 @@ def count_extensions(folder: Path) -> str:
     """What ``folder`` holds, for messages: ``"20 files (.tif 20)"``, naming the files it cannot read."""
     if not folder.is_dir():
         return "missing"
-    counts = Counter(p.suffix.lower() or "(no extension)" for p in folder.iterdir()
-                     if p.is_file() and not p.name.startswith("."))
+    counts = Counter(
+        p.suffix.lower() or "(no extension)" for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+    )
     if not counts:
         return "no files"
     shown = ", ".join(f"{ext} {n}" for ext, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))

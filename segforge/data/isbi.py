@@ -33,8 +33,11 @@ _IMAGE_DIRS, _LABEL_DIRS = ("image", "images"), ("label", "labels")
 def isbi_label_map(foreground: Literal["membrane", "cell"] = "membrane") -> np.ndarray:
     """``(256,)`` lookup of the 0/255 labels: below 128 is membrane, 128 and above is cell interior."""
     membrane = np.arange(256) < 128
-    return np.where(membrane, 1, 0).astype(np.int64) if foreground == "membrane" else \
-        np.where(membrane, 0, 1).astype(np.int64)
+    return (
+        np.where(membrane, 1, 0).astype(np.int64)
+        if foreground == "membrane"
+        else np.where(membrane, 0, 1).astype(np.int64)
+    )
 
 
 @DATASETS.register("isbi")
@@ -55,9 +58,17 @@ class ISBIDataset(SegmentationDataset):
     layout = "isbi"
     expects = "train/image/ + train/label/ slices, or train-volume.tif (+ train-labels.tif)"
 
-    def __init__(self, root: str | Path, split: str = "train", *,
-                 foreground: Literal["membrane", "cell"] = "membrane", mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, transform: Transform | None = None, strict: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        foreground: Literal["membrane", "cell"] = "membrane",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        transform: Transform | None = None,
+        strict: bool = True,
+    ) -> None:
         if foreground not in ("membrane", "cell"):
             raise ValueError(f"foreground must be 'membrane' or 'cell', got {foreground!r}")
         root = Path(root)
@@ -81,20 +92,37 @@ class ISBIDataset(SegmentationDataset):
             samples = [(volume, labels if labels.is_file() else None)] * depth
             self.slices = list(range(depth))
         else:
-            raise DatasetError(f"no ISBI 2012 data for split {split!r} in {root}: expected {root / split / 'image'}/ "
-                               f"or {volume}", path=root / split, kind="missing")
+            raise DatasetError(
+                f"no ISBI 2012 data for split {split!r} in {root}: expected {root / split / 'image'}/ or {volume}",
+                path=root / split,
+                kind="missing",
+            )
         if not samples:
             raise DatasetError(f"no ISBI slices in {images_dir}", path=images_dir, kind="no_pairs")
         if unpaired and strict:
-            raise DatasetError(f"{len(unpaired)} ISBI slices have no label, e.g. {unpaired[0]}; restore the label file "
-                               "or remove the slice",
-                               path=unpaired[0], kind="unpaired")
+            raise DatasetError(
+                f"{len(unpaired)} ISBI slices have no label, e.g. {unpaired[0]}; restore the label file "
+                "or remove the slice",
+                path=unpaired[0],
+                kind="unpaired",
+            )
         white, black = (255, 255, 255), (0, 0, 0)  # drawn as the data shows them: cells white, membranes black
-        classes, palette = (("cell", "membrane"), (white, black)) if foreground == "membrane" else \
-            (("membrane", "cell"), (black, white))
-        super().__init__(samples, classes=classes, palette=palette,
-                         label_map=isbi_label_map(foreground), mean=mean, std=std, transform=transform,
-                         unpaired_images=unpaired, unpaired_masks=lonely)
+        classes, palette = (
+            (("cell", "membrane"), (white, black))
+            if foreground == "membrane"
+            else (("membrane", "cell"), (black, white))
+        )
+        super().__init__(
+            samples,
+            classes=classes,
+            palette=palette,
+            label_map=isbi_label_map(foreground),
+            mean=mean,
+            std=std,
+            transform=transform,
+            unpaired_images=unpaired,
+            unpaired_masks=lonely,
+        )
 
     def __getstate__(self) -> dict:
         # DataLoader workers started with "spawn" pickle the dataset: a lock cannot be pickled, and
@@ -132,18 +160,25 @@ class ISBIDataset(SegmentationDataset):
             return super().load_raw_mask(index)
         page = self._volume(self.samples[index][1])[index]
         if page.ndim != 2:
-            raise DatasetError(f"label volume {self.samples[index][1]} has {page.shape[-1]}-channel pages; ISBI labels "
-                               "are grey 0/255", path=self.samples[index][1], kind="unsupported")
+            raise DatasetError(
+                f"label volume {self.samples[index][1]} has {page.shape[-1]}-channel pages; ISBI labels are grey 0/255",
+                path=self.samples[index][1],
+                kind="unsupported",
+            )
         return page.astype(np.int64)
 
     @staticmethod
     def detect(root: Path) -> bool:
         return any(root.glob("*-volume.tif")) or any(
-            first_dir(root / s, _IMAGE_DIRS) is not None and first_dir(root / s, _LABEL_DIRS) is not None for s in ("train",))
+            first_dir(root / s, _IMAGE_DIRS) is not None and first_dir(root / s, _LABEL_DIRS) is not None
+            for s in ("train",)
+        )
 
     @staticmethod
     def splits(root: Path) -> list[str]:
         root = Path(root)
         found = {p.name[: -len("-volume.tif")] for p in root.glob("*-volume.tif")}
-        found |= {p.name for p in root.iterdir() if p.is_dir() and first_dir(p, _IMAGE_DIRS)} if root.is_dir() else set()
+        found |= (
+            {p.name for p in root.iterdir() if p.is_dir() and first_dir(p, _IMAGE_DIRS)} if root.is_dir() else set()
+        )
         return sorted(found)

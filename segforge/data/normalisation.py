@@ -16,6 +16,7 @@ import numpy as np
 from segforge.data.base import SegmentationDataset, scale_image
 from segforge.data.io import map_files
 
+
 def image_moments(image: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     """``(pixels, per-channel mean, per-channel sum of squared deviations)`` of one stored ``(H, W, C)``
     image as ``scale_image`` scales it, in float64: what ``combine_moments`` merges into a dataset's
@@ -39,8 +40,9 @@ def image_moments(image: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return len(flat), mean, ((values - mean) ** 2).sum(axis=0)
 
 
-def combine_moments(moments: Iterable[tuple[int, np.ndarray, np.ndarray]], *,
-                    describe: Callable[[int], str] = str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def combine_moments(
+    moments: Iterable[tuple[int, np.ndarray, np.ndarray]], *, describe: Callable[[int], str] = str
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Merges per-image moments pairwise (Chan et al.: exact and stable in float64 however many images).
 
     Returns:
@@ -55,11 +57,13 @@ def combine_moments(moments: Iterable[tuple[int, np.ndarray, np.ndarray]], *,
             total, mean, m2 = n, image_mean, image_m2
             continue
         if len(image_mean) != len(mean):
-            raise ValueError(f"image {describe(index)} has {len(image_mean)} channels, the first image has "
-                             f"{len(mean)}; convert the images to one mode")
+            raise ValueError(
+                f"image {describe(index)} has {len(image_mean)} channels, the first image has "
+                f"{len(mean)}; convert the images to one mode"
+            )
         delta = image_mean - mean
         mean = mean + delta * n / max(total + n, 1)
-        m2 = m2 + image_m2 + delta ** 2 * total * n / max(total + n, 1)
+        m2 = m2 + image_m2 + delta**2 * total * n / max(total + n, 1)
         total += n
     if mean is None:
         raise ValueError("cannot compute normalisation statistics of an empty dataset")
@@ -67,8 +71,13 @@ def combine_moments(moments: Iterable[tuple[int, np.ndarray, np.ndarray]], *,
     return tuple(float(v) for v in mean), tuple(float(max(v, 1e-12)) for v in std)
 
 
-def compute_stats(dataset: SegmentationDataset, *, max_samples: int | None = None, workers: int | None = None,
-                  progress: bool | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def compute_stats(
+    dataset: SegmentationDataset,
+    *,
+    max_samples: int | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and standard deviation of the [0, 1]-scaled images, streamed over the files.
 
     Args:
@@ -82,6 +91,7 @@ def compute_stats(dataset: SegmentationDataset, *, max_samples: int | None = Non
         ValueError: the dataset is empty or its images differ in channel count.
     """
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
-    moments = map_files(lambda i: image_moments(dataset.load_image(i)), count, desc="statistics",
-                        workers=workers, progress=progress)
+    moments = map_files(
+        lambda i: image_moments(dataset.load_image(i)), count, desc="statistics", workers=workers, progress=progress
+    )
     return combine_moments(moments, describe=dataset.describe)

@@ -20,8 +20,12 @@ def stems(paths: Sequence[Path]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in paths:
         if path.stem in found:
-            raise DatasetError(f"{found[path.stem]} and {path} share the stem {path.stem!r}, so the mask pairing is "
-                               "ambiguous; remove or rename one of them", path=path, kind="layout")
+            raise DatasetError(
+                f"{found[path.stem]} and {path} share the stem {path.stem!r}, so the mask pairing is "
+                "ambiguous; remove or rename one of them",
+                path=path,
+                kind="layout",
+            )
         found[path.stem] = path
     return found
 
@@ -44,7 +48,7 @@ def differing_parts(paths: Sequence[Path]) -> dict[str, Path] | None:
         suffix = suffix[1:]
     if len(prefix) + len(suffix) >= min(map(len, names)):
         return None
-    keys = [n[len(prefix):len(n) - len(suffix)] for n in names]
+    keys = [n[len(prefix) : len(n) - len(suffix)] for n in names]
     return dict(zip(keys, paths, strict=True)) if len(set(keys)) == len(keys) else None
 
 
@@ -77,5 +81,7 @@ def pairing_note(pairs: Sequence[tuple[Path, Path]]) -> str | None:
     if not renamed:
         return None
     image, mask = renamed[0]
-    return (f"files paired by the part of their names that differs, e.g. {image.name} <-> {mask.name} "
-            f"({len(renamed)} of {len(pairs)} pairs)")
+    return (
+        f"files paired by the part of their names that differs, e.g. {image.name} <-> {mask.name} "
+        f"({len(renamed)} of {len(pairs)} pairs)"
+    )

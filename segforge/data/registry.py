@@ -37,26 +37,41 @@ def detect_layout(root: str | Path, *, named_folders: bool = False) -> str:
 
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"data folder {root} does not exist; pass the folder that holds the dataset",
-                           path=root, kind="missing")
+        raise DatasetError(
+            f"data folder {root} does not exist; pass the folder that holds the dataset", path=root, kind="missing"
+        )
     if named_folders:
         return "folder"
     for name in DETECTION_ORDER:
         if DATASETS.get(name).detect(root):
             return name
     expected = "; ".join(f"{name}: {DATASETS.get(name).expects}" for name in DETECTION_ORDER)
-    raise DatasetError(f"cannot tell the layout of {root}. Expected one of — {expected}. Rearrange the folder, or "
-                       "pass the layout explicitly (--format)", path=root, kind="layout")
+    raise DatasetError(
+        f"cannot tell the layout of {root}. Expected one of — {expected}. Rearrange the folder, or "
+        "pass the layout explicitly (--format)",
+        path=root,
+        kind="layout",
+    )
 
 
-def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
-                   num_classes: int | None = None, classes: Sequence[str] | None = None,
-                   ignore_index: int | None = None, colour_map: ColourMap | str | Path | None = None,
-                   label_map: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
-                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                   transform: Transform | None = None, strict: bool = True,
-                   region_masks: str | Path | None = None, image_dir: str | None = None,
-                   mask_dir: str | None = None) -> SegmentationDataset:
+def create_dataset(
+    kind: Layout,
+    root: str | Path,
+    split: str | None = None,
+    *,
+    num_classes: int | None = None,
+    classes: Sequence[str] | None = None,
+    ignore_index: int | None = None,
+    colour_map: ColourMap | str | Path | None = None,
+    label_map: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    transform: Transform | None = None,
+    strict: bool = True,
+    region_masks: str | Path | None = None,
+    image_dir: str | None = None,
+    mask_dir: str | None = None,
+) -> SegmentationDataset:
     """Builds the dataset stored at ``root`` in layout ``kind``.
 
     Args:
@@ -82,9 +97,20 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
         ValueError: unknown kind (the message lists the choices), options that contradict the layout,
             and every ``DatasetError`` of the layout (missing folders, no pairs, ...).
     """
-    options = {"num_classes": num_classes, "classes": classes, "ignore_index": ignore_index, "colour_map": colour_map,
-               "label_map": label_map, "mean": mean, "std": std, "transform": transform, "strict": strict,
-               "region_masks": region_masks, "image_dir": image_dir, "mask_dir": mask_dir}
+    options = {
+        "num_classes": num_classes,
+        "classes": classes,
+        "ignore_index": ignore_index,
+        "colour_map": colour_map,
+        "label_map": label_map,
+        "mean": mean,
+        "std": std,
+        "transform": transform,
+        "strict": strict,
+        "region_masks": region_masks,
+        "image_dir": image_dir,
+        "mask_dir": mask_dir,
+    }
     if split is not None and split.endswith(".txt") and Path(split).is_file():  # e.g. a run's splits/val.txt
         from segforge.data.splits import read_split_file
 
@@ -106,19 +132,35 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
     if split is not None:
         common["split"] = split
     if kind == "folder":
-        dataset = cls(root, num_classes=num_classes, classes=classes, ignore_index=ignore_index,
-                      colour_map=colour_map, label_map=label_map, image_dir=image_dir, mask_dir=mask_dir, **common)
+        dataset = cls(
+            root,
+            num_classes=num_classes,
+            classes=classes,
+            ignore_index=ignore_index,
+            colour_map=colour_map,
+            label_map=label_map,
+            image_dir=image_dir,
+            mask_dir=mask_dir,
+            **common,
+        )
         if region_masks is not None:
             dataset.set_region_masks(region_masks)
         return dataset
     if split == "all":
-        raise ValueError(f"the split 'all' names every pair of a plain folder; the {kind} layout has the splits "
-                         f"{cls.splits(root)}")
-    for option, value in (("colour_map", colour_map), ("label_map", label_map), ("image_dir", image_dir),
-                          ("mask_dir", mask_dir)):
+        raise ValueError(
+            f"the split 'all' names every pair of a plain folder; the {kind} layout has the splits {cls.splits(root)}"
+        )
+    for option, value in (
+        ("colour_map", colour_map),
+        ("label_map", label_map),
+        ("image_dir", image_dir),
+        ("mask_dir", mask_dir),
+    ):
         if value is not None:
-            raise ValueError(f"{option} applies to the folder layout only; the {kind} layout defines its labels "
-                             "(use --format folder to give your own)")
+            raise ValueError(
+                f"{option} applies to the folder layout only; the {kind} layout defines its labels "
+                "(use --format folder to give your own)"
+            )
     dataset = cls(root, **common)
     _check_fixed_labels(kind, dataset, num_classes, classes, ignore_index)
     if region_masks is not None:
@@ -126,14 +168,23 @@ def create_dataset(kind: Layout, root: str | Path, split: str | None = None, *,
     return dataset
 
 
-def _check_fixed_labels(kind: str, dataset: SegmentationDataset, num_classes: int | None,
-                        classes: Sequence[str] | None, ignore_index: int | None) -> None:
+def _check_fixed_labels(
+    kind: str,
+    dataset: SegmentationDataset,
+    num_classes: int | None,
+    classes: Sequence[str] | None,
+    ignore_index: int | None,
+) -> None:
     """A layout that defines its classes accepts class options only when they agree with it."""
     if num_classes is not None and num_classes != dataset.num_classes:
-        raise ValueError(f"the {kind} layout has {dataset.num_classes} classes, not {num_classes}; drop "
-                         "--num-classes or use --format folder")
+        raise ValueError(
+            f"the {kind} layout has {dataset.num_classes} classes, not {num_classes}; drop "
+            "--num-classes or use --format folder"
+        )
     if classes is not None and list(classes) != dataset.classes:
         raise ValueError(f"the {kind} layout has its own class names {dataset.classes}; drop classes=")
     if ignore_index is not None and ignore_index != dataset.ignore_index:
-        raise ValueError(f"the {kind} layout's ignore index is {dataset.ignore_index}, not {ignore_index}; "
-                         "drop --ignore-index or use --format folder")
+        raise ValueError(
+            f"the {kind} layout's ignore index is {dataset.ignore_index}, not {ignore_index}; "
+            "drop --ignore-index or use --format folder"
+        )

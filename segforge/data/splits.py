@@ -37,8 +37,9 @@ def default_splits(layout_splits: Sequence[str], *, every_pair: bool) -> tuple[s
     train = next((name for name in TRAIN_NAMES if name in layout_splits), None)
     if train is None:
         if not every_pair:
-            raise ValueError(f"the dataset has no training split (splits found: {list(layout_splits)}); name one "
-                             "with --train-split")
+            raise ValueError(
+                f"the dataset has no training split (splits found: {list(layout_splits)}); name one with --train-split"
+            )
         train = "all"
     val = next((name for name in VAL_NAMES if name in layout_splits), None)
     return train, val
@@ -54,16 +55,19 @@ def holdout(count: int, fraction: float, seed: int) -> tuple[list[int], list[int
     if not 0 < fraction < 1:
         raise ValueError(f"data.val_fraction must be between 0 and 1, got {fraction}")
     if count < 2:
-        raise ValueError(f"cannot hold out a validation image from {count} labelled image(s): add images, or train "
-                         "without validation (--val-split none; the last checkpoint is then the result)")
+        raise ValueError(
+            f"cannot hold out a validation image from {count} labelled image(s): add images, or train "
+            "without validation (--val-split none; the last checkpoint is then the result)"
+        )
     size = min(max(1, round(fraction * count)), count - 1)
     chosen = np.random.default_rng(seed).permutation(count)[:size]
     held = set(chosen.tolist())
     return [i for i in range(count) if i not in held], sorted(held)
 
 
-def write_split_list(path: Path, dataset: SegmentationDataset, indices: Sequence[int], *, split: str,
-                     note: str) -> Path:
+def write_split_list(
+    path: Path, dataset: SegmentationDataset, indices: Sequence[int], *, split: str, note: str
+) -> Path:
     """Writes the names of ``dataset``'s samples ``indices`` under a header naming their ``split``."""
     lines = [f"# {note}", f"{_HEADER}{split}", *(dataset.sample_name(i) for i in indices)]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,9 +84,10 @@ def read_split_file(path: Path) -> tuple[str | None, list[str]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(f"cannot read split list {path}: {err}", path=path, kind="unreadable") from None
-    split = next((line[len(_HEADER):].strip() for line in lines if line.startswith(_HEADER)), None)
+    split = next((line[len(_HEADER) :].strip() for line in lines if line.startswith(_HEADER)), None)
     names = [line.split()[0] for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not names:
-        raise DatasetError(f"split list {path} names no samples; write one image name (file stem) per line",
-                           path=path, kind="missing")
+        raise DatasetError(
+            f"split list {path} names no samples; write one image name (file stem) per line", path=path, kind="missing"
+        )
     return split, names

@@ -23,8 +23,9 @@ SHAPES = ("disk", "rectangle", "triangle", "ring")
 
 def synthetic_classes(num_classes: int) -> list[str]:
     """``["background", "disk", "rectangle", "triangle", "ring", "disk_2", ...]``."""
-    return ["background"] + [SHAPES[(k - 1) % 4] + ("" if k <= 4 else f"_{(k - 1) // 4 + 1}")
-                             for k in range(1, num_classes)]
+    return ["background"] + [
+        SHAPES[(k - 1) % 4] + ("" if k <= 4 else f"_{(k - 1) // 4 + 1}") for k in range(1, num_classes)
+    ]
 
 
 def class_signatures(num_classes: int, channels: int) -> np.ndarray:
@@ -60,8 +61,10 @@ def _shape(kind: str, dy: np.ndarray, dx: np.ndarray, radius: float, angle: floa
         v = -dx * np.sin(angle) + dy * np.cos(angle)
         return (np.abs(u) <= radius) & (np.abs(v) <= radius * aspect)
     corners = [(radius * np.sin(angle + a), radius * np.cos(angle + a)) for a in (0, 2 * np.pi / 3, 4 * np.pi / 3)]
-    sides = [(dx - x1) * (y2 - y1) - (dy - y1) * (x2 - x1)  # which side of each edge a pixel lies
-             for (y1, x1), (y2, x2) in zip(corners, corners[1:] + corners[:1], strict=True)]
+    sides = [
+        (dx - x1) * (y2 - y1) - (dy - y1) * (x2 - x1)  # which side of each edge a pixel lies
+        for (y1, x1), (y2, x2) in zip(corners, corners[1:] + corners[:1], strict=True)
+    ]
     return ((sides[0] >= 0) & (sides[1] >= 0) & (sides[2] >= 0)) | ((sides[0] <= 0) & (sides[1] <= 0) & (sides[2] <= 0))
 
 
@@ -72,8 +75,16 @@ def _size(size: int | Sequence[int]) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def synthetic_sample(index: int, *, size: int | Sequence[int] = 64, num_classes: int = 4, channels: int = 3,
-                     seed: int = 0, max_shapes: int = 6, noise: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_sample(
+    index: int,
+    *,
+    size: int | Sequence[int] = 64,
+    num_classes: int = 4,
+    channels: int = 3,
+    seed: int = 0,
+    max_shapes: int = 6,
+    noise: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic image and its mask, a pure function of ``(seed, index)``.
 
     Args:
@@ -93,8 +104,9 @@ def synthetic_sample(index: int, *, size: int | Sequence[int] = 64, num_classes:
     """
     height, width = _size(size)
     if num_classes < 2 or channels < 1 or max_shapes < 1:
-        raise ValueError(f"need num_classes >= 2, channels >= 1, max_shapes >= 1; got {num_classes}, {channels}, "
-                         f"{max_shapes}")
+        raise ValueError(
+            f"need num_classes >= 2, channels >= 1, max_shapes >= 1; got {num_classes}, {channels}, {max_shapes}"
+        )
     rng = np.random.default_rng([seed, index])
     dy, dx = np.mgrid[0:height, 0:width].astype(np.float64)
     mask = np.zeros((height, width), dtype=np.int64)
@@ -122,9 +134,18 @@ class SyntheticDataset(SegmentationDataset):
 
     layout = "synthetic"
 
-    def __init__(self, num_samples: int = 32, *, size: int | Sequence[int] = 64, num_classes: int = 4,
-                 channels: int = 3, seed: int = 0, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, transform: Transform | None = None) -> None:
+    def __init__(
+        self,
+        num_samples: int = 32,
+        *,
+        size: int | Sequence[int] = 64,
+        num_classes: int = 4,
+        channels: int = 3,
+        seed: int = 0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        transform: Transform | None = None,
+    ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
         synthetic_sample(0, size=size, num_classes=num_classes, channels=channels, seed=seed)  # validates arguments
@@ -141,8 +162,9 @@ class SyntheticDataset(SegmentationDataset):
         last = self._last
         if last is not None and last[0] == index:
             return last[1]
-        sample = synthetic_sample(index, size=self.size, num_classes=len(self.classes), channels=self.channels,
-                                  seed=self.seed)
+        sample = synthetic_sample(
+            index, size=self.size, num_classes=len(self.classes), channels=self.channels, seed=self.seed
+        )
         self._last = (index, sample)
         return sample
 
@@ -158,9 +180,16 @@ class SyntheticDataset(SegmentationDataset):
         return self._sample(index)[1]
 
 
-def write_synthetic_dataset(root: str | Path, *, num_train: int = 16, num_val: int = 4,
-                            size: int | Sequence[int] = 64, num_classes: int = 4, channels: int = 3,
-                            seed: int = 0) -> Path:
+def write_synthetic_dataset(
+    root: str | Path,
+    *,
+    num_train: int = 16,
+    num_val: int = 4,
+    size: int | Sequence[int] = 64,
+    num_classes: int = 4,
+    channels: int = 3,
+    seed: int = 0,
+) -> Path:
     """Writes a synthetic dataset in the folder layout, ready for ``FolderDataset`` and ``segforge doctor``.
 
     Writes ``root/images/0000.png`` (``.tif`` when channels is not 1 or 3), ``root/masks/0000.png``

@@ -60,13 +60,17 @@ class _Randomness:
 
 def _check_pair(image: np.ndarray, mask: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3:
-        raise ValueError(f"image must be an (H, W, C) array, got {getattr(image, 'shape', type(image))}; "
-                         "add a channel axis to a grayscale image with image[..., None]")
+        raise ValueError(
+            f"image must be an (H, W, C) array, got {getattr(image, 'shape', type(image))}; "
+            "add a channel axis to a grayscale image with image[..., None]"
+        )
     if image.dtype != np.float32:
         raise TypeError(f"image must be float32 in [0, 1], got {image.dtype}; use image.astype(np.float32) / 255")
     if not isinstance(mask, np.ndarray) or mask.shape != image.shape[:2] or not np.issubdtype(mask.dtype, np.integer):
-        raise ValueError(f"mask must be an integer (H, W) array matching image {image.shape}, "
-                         f"got {getattr(mask, 'dtype', type(mask))} {getattr(mask, 'shape', '')}")
+        raise ValueError(
+            f"mask must be an integer (H, W) array matching image {image.shape}, "
+            f"got {getattr(mask, 'dtype', type(mask))} {getattr(mask, 'shape', '')}"
+        )
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -236,8 +240,16 @@ class RandomCrop(Transform):
     of its mask pixels is not ``ignore_index``; if no draw gets there, the best draw is returned.
     """
 
-    def __init__(self, height: int, width: int, *, ignore_index: int, min_valid_fraction: float = 0.0,
-                 max_tries: int = 10, seed: SeedLike = None) -> None:
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        *,
+        ignore_index: int,
+        min_valid_fraction: float = 0.0,
+        max_tries: int = 10,
+        seed: SeedLike = None,
+    ) -> None:
         super().__init__(1.0, seed)
         if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
             raise ValueError(f"crop height and width must be positive ints, got {height!r} x {width!r}")
@@ -274,8 +286,16 @@ class PhotometricJitter(Transform):
     (``x ** g``).
     """
 
-    def __init__(self, brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2,
-                 gamma: float = 0.0, p: float = 0.8, *, seed: SeedLike = None) -> None:
+    def __init__(
+        self,
+        brightness: float = 0.2,
+        contrast: float = 0.2,
+        saturation: float = 0.2,
+        gamma: float = 0.0,
+        p: float = 0.8,
+        *,
+        seed: SeedLike = None,
+    ) -> None:
         super().__init__(p, seed)
         for name, value in [("brightness", brightness), ("contrast", contrast), ("saturation", saturation)]:
             _check_range(name, value, 0.0, 1.0)
@@ -321,8 +341,9 @@ def cubic_interpolation_matrix(n_out: int, n_grid: int) -> np.ndarray:
     return weights
 
 
-def elastic_displacement(height: int, width: int, *, grid: tuple[int, int], sigma: float,
-                         rng: np.random.Generator) -> np.ndarray:
+def elastic_displacement(
+    height: int, width: int, *, grid: tuple[int, int], sigma: float, rng: np.random.Generator
+) -> np.ndarray:
     """The U-Net paper's displacement field: N(0, sigma^2) vectors on a coarse grid, bicubically interpolated.
 
     Returns:
@@ -339,8 +360,15 @@ class ElasticDeformation(Transform):
     ``elastic_displacement``; points that land outside are 0 (image) and ``ignore_index`` (mask).
     """
 
-    def __init__(self, grid: tuple[int, int] = (3, 3), sigma: float = 10.0, p: float = 0.5, *,
-                 ignore_index: int, seed: SeedLike = None) -> None:
+    def __init__(
+        self,
+        grid: tuple[int, int] = (3, 3),
+        sigma: float = 10.0,
+        p: float = 0.5,
+        *,
+        ignore_index: int,
+        seed: SeedLike = None,
+    ) -> None:
         super().__init__(p, seed)
         if len(grid) != 2 or min(grid) < 2:
             raise ValueError(f"grid must be (rows, cols) with at least 2 points per axis, got {grid}")
@@ -370,8 +398,9 @@ AUGMENTATIONS: dict[str, type[Transform]] = {
 DEFAULT_AUGMENTATION: dict[str, dict] = {"hflip": {}, "scale": {}, "jitter": {}}
 
 
-def build_transforms(config: dict | None, *, ignore_index: int, crop_size: int | tuple[int, int] | None = None,
-                     seed: SeedLike = None) -> Compose:
+def build_transforms(
+    config: dict | None, *, ignore_index: int, crop_size: int | tuple[int, int] | None = None, seed: SeedLike = None
+) -> Compose:
     """Builds the training pipeline from a plain dict (e.g. the ``augmentation:`` section of a YAML file).
 
     Example: ``build_transforms({"hflip": {"p": 0.5}, "rotate": {}}, ignore_index=255, crop_size=256)``.

@@ -21,9 +21,29 @@ from segforge.data.base import SegmentationDataset, Transform, default_palette
 from segforge.data.io import DatasetError
 from segforge.data.registry import DATASETS
 
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 def _voc_root(root: Path) -> Path | None:
@@ -50,19 +70,31 @@ class VOCDataset(SegmentationDataset):
     layout = "voc"
     expects = "JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/ (maybe under VOCdevkit/VOC2012)"
 
-    def __init__(self, root: str | Path, split: str = "train", *, mask_dir: str = "SegmentationClass",
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 transform: Transform | None = None, strict: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        mask_dir: str = "SegmentationClass",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        transform: Transform | None = None,
+        strict: bool = True,
+    ) -> None:
         root = Path(root)
         base = _voc_root(root)
         if base is None:
-            raise DatasetError(f"no PASCAL VOC folders under {root}: expected {root}/JPEGImages and "
-                               f"{root}/ImageSets/Segmentation (or under VOC2012/ or VOCdevkit/VOC2012/)",
-                               path=root, kind="missing")
+            raise DatasetError(
+                f"no PASCAL VOC folders under {root}: expected {root}/JPEGImages and "
+                f"{root}/ImageSets/Segmentation (or under VOC2012/ or VOCdevkit/VOC2012/)",
+                path=root,
+                kind="missing",
+            )
         listing = base / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not listing.is_file():
-            raise DatasetError(f"split list {listing} does not exist; choose from {self.splits(root)}",
-                               path=listing, kind="missing")
+            raise DatasetError(
+                f"split list {listing} does not exist; choose from {self.splits(root)}", path=listing, kind="missing"
+            )
         samples, unpaired = [], []
         for name in listing.read_text().split():
             image, mask = base / "JPEGImages" / f"{name}.jpg", base / mask_dir / f"{name}.png"
@@ -71,12 +103,24 @@ class VOCDataset(SegmentationDataset):
             else:
                 unpaired.append(mask if image.is_file() else image)
         if unpaired and strict:
-            raise DatasetError(f"{len(unpaired)} files listed in {listing} are missing, e.g. {unpaired[0]}; restore "
-                               "them or remove their names from the list", path=unpaired[0], kind="unpaired")
+            raise DatasetError(
+                f"{len(unpaired)} files listed in {listing} are missing, e.g. {unpaired[0]}; restore "
+                "them or remove their names from the list",
+                path=unpaired[0],
+                kind="unpaired",
+            )
         if not samples:
             raise DatasetError(f"no image/mask pairs for the names in {listing}", path=listing, kind="no_pairs")
-        super().__init__(samples, classes=VOC_CLASSES, palette=default_palette(21), ignore_index=255,
-                         mean=mean, std=std, transform=transform, unpaired_images=unpaired)
+        super().__init__(
+            samples,
+            classes=VOC_CLASSES,
+            palette=default_palette(21),
+            ignore_index=255,
+            mean=mean,
+            std=std,
+            transform=transform,
+            unpaired_images=unpaired,
+        )
 
     @staticmethod
     def detect(root: Path) -> bool:

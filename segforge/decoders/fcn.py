@@ -35,7 +35,9 @@ class FCNDecoder(nn.Module):
         for _ in range(skips):
             reduction //= 2
             if reduction not in reductions:
-                raise ValueError(f"FCN needs an encoder map at reduction {reduction}; this encoder has {tuple(reductions)}")
+                raise ValueError(
+                    f"FCN needs an encoder map at reduction {reduction}; this encoder has {tuple(reductions)}"
+                )
             index = list(reductions).index(reduction)
             score = nn.Conv2d(encoder_channels[index], num_classes, 1)
             # "initialized to zero ... so that the net starts with unmodified predictions" (FCN, 4.2)

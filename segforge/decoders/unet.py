@@ -65,7 +65,9 @@ class UNetDecoder(nn.Module):
         blocks = []
         for skip_channels, skip_reduction in zip(reversed(encoder_channels[:-1]), reversed(reductions[:-1])):
             scale = reduction // skip_reduction
-            blocks.append(UpBlock(channels, skip_channels, skip_channels, scale=scale, padding=padding, batch_norm=batch_norm))
+            blocks.append(
+                UpBlock(channels, skip_channels, skip_channels, scale=scale, padding=padding, batch_norm=batch_norm)
+            )
             channels, reduction = skip_channels, skip_reduction
         self.num_skips = len(blocks)
         while reduction > 1:

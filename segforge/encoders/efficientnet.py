@@ -34,8 +34,11 @@ LITE_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
     (1, 3, 1, 6, 320),
 )
 # name: (width multiplier, depth multiplier, ImageNet resolution)
-LITE_SCALING = {"efficientnet_lite0": (1.0, 1.0, 224), "efficientnet_lite1": (1.0, 1.1, 240),
-                "efficientnet_lite2": (1.1, 1.2, 260)}
+LITE_SCALING = {
+    "efficientnet_lite0": (1.0, 1.0, 224),
+    "efficientnet_lite1": (1.0, 1.1, 240),
+    "efficientnet_lite2": (1.1, 1.2, 260),
+}
 STEM, HEAD = 32, 1280
 BN_EPS = 1e-3  # TensorFlow's batch-norm epsilon: the weights were trained with it
 TAPPED_STAGES = (0, 1, 2, 4)  # the last stage at reductions 2, 4, 8 and 16; the head gives 32
@@ -58,13 +61,29 @@ class SameConv2d(nn.Conv2d):
     input's size, with integer arithmetic that an export keeps symbolic.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-                 dilation: int = 1, groups: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+    ) -> None:
         if stride not in (1, 2):
             raise ValueError(f"SameConv2d supports strides 1 and 2, got {stride}")
         padding = (kernel_size - 1) * dilation // 2 if stride == 1 else 0
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         dilation=dilation, groups=groups, bias=False)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=False,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride[0] == 1:
@@ -82,8 +101,16 @@ class MBConv(nn.Module):
     ``dilation`` is the depthwise convolution's (output stride 16/8).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, kernel_size: int, stride: int, expand_ratio: int,
-                 dilation: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int,
+        stride: int,
+        expand_ratio: int,
+        dilation: int = 1,
+    ) -> None:
         super().__init__()
         hidden = in_channels * expand_ratio
         self.expand = expand_ratio != 1
@@ -137,8 +164,16 @@ class EfficientNetLiteEncoder(Encoder):
                 # The stride becomes dilation of this stage's later blocks and of every stage after it.
                 dilation, stride = dilation * 2, 1
             for repeat in range(repeats):
-                blocks.append(MBConv(channels, out, kernel_size=kernel, stride=stride if repeat == 0 else 1,
-                                     expand_ratio=expand, dilation=block_dilation if repeat == 0 else dilation))
+                blocks.append(
+                    MBConv(
+                        channels,
+                        out,
+                        kernel_size=kernel,
+                        stride=stride if repeat == 0 else 1,
+                        expand_ratio=expand,
+                        dilation=block_dilation if repeat == 0 else dilation,
+                    )
+                )
                 channels = out
             reduction *= stride
             if index in TAPPED_STAGES:
@@ -170,21 +205,27 @@ def _lite(name: str, *, in_channels: int, output_stride: int, return_indices: bo
 
 
 @ENCODERS.register("efficientnet_lite0")
-def efficientnet_lite0(*, in_channels: int = 3, output_stride: int = 32,
-                       return_indices: bool = False) -> EfficientNetLiteEncoder:
-    return _lite("efficientnet_lite0", in_channels=in_channels, output_stride=output_stride,
-                 return_indices=return_indices)
+def efficientnet_lite0(
+    *, in_channels: int = 3, output_stride: int = 32, return_indices: bool = False
+) -> EfficientNetLiteEncoder:
+    return _lite(
+        "efficientnet_lite0", in_channels=in_channels, output_stride=output_stride, return_indices=return_indices
+    )
 
 
 @ENCODERS.register("efficientnet_lite1")
-def efficientnet_lite1(*, in_channels: int = 3, output_stride: int = 32,
-                       return_indices: bool = False) -> EfficientNetLiteEncoder:
-    return _lite("efficientnet_lite1", in_channels=in_channels, output_stride=output_stride,
-                 return_indices=return_indices)
+def efficientnet_lite1(
+    *, in_channels: int = 3, output_stride: int = 32, return_indices: bool = False
+) -> EfficientNetLiteEncoder:
+    return _lite(
+        "efficientnet_lite1", in_channels=in_channels, output_stride=output_stride, return_indices=return_indices
+    )
 
 
 @ENCODERS.register("efficientnet_lite2")
-def efficientnet_lite2(*, in_channels: int = 3, output_stride: int = 32,
-                       return_indices: bool = False) -> EfficientNetLiteEncoder:
-    return _lite("efficientnet_lite2", in_channels=in_channels, output_stride=output_stride,
-                 return_indices=return_indices)
+def efficientnet_lite2(
+    *, in_channels: int = 3, output_stride: int = 32, return_indices: bool = False
+) -> EfficientNetLiteEncoder:
+    return _lite(
+        "efficientnet_lite2", in_channels=in_channels, output_stride=output_stride, return_indices=return_indices
+    )

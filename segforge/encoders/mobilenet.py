@@ -33,11 +33,19 @@ class ConvBNReLU6(nn.Sequential):
     A Sequential, so its keys are ``.0.weight`` (conv) and ``.1.*`` (batch norm) as torchvision's.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *,
-                 stride: int = 1, groups: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 1, groups: int = 1
+    ) -> None:
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=(kernel_size - 1) // 2,
-                      groups=groups, bias=False),
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=(kernel_size - 1) // 2,
+                groups=groups,
+                bias=False,
+            ),
             nn.BatchNorm2d(out_channels),
             nn.ReLU6(inplace=True),
         )

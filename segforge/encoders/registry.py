@@ -7,8 +7,9 @@ from segforge.registry import Registry
 ENCODERS: Registry = Registry("encoder")
 
 
-def check_options(name: str, *, output_stride: int, return_indices: bool,
-                  dilatable: bool = False, poolable: bool = False) -> None:
+def check_options(
+    name: str, *, output_stride: int, return_indices: bool, dilatable: bool = False, poolable: bool = False
+) -> None:
     """Rejects builder options an encoder does not support, saying which encoders do."""
     if output_stride not in (8, 16, 32):
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")

@@ -38,8 +38,16 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, planes: int, *, stride: int = 1, dilation: int = 1,
-                 next_dilation: int | None = None, downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        next_dilation: int | None = None,
+        downsample: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_channels, planes, stride=stride, dilation=dilation)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -64,8 +72,16 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, *, stride: int = 1, dilation: int = 1,
-                 next_dilation: int | None = None, downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        next_dilation: int | None = None,
+        downsample: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.conv1 = conv1x1(in_channels, planes)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -98,8 +114,15 @@ class ResNetEncoder(Encoder):
     first_conv_key = "conv1.weight"
     classifier_prefixes = ("fc.",)
 
-    def __init__(self, *, block: type[BasicBlock | Bottleneck], layers: tuple[int, int, int, int],
-                 in_channels: int = 3, output_stride: int = 32, name: str = "resnet") -> None:
+    def __init__(
+        self,
+        *,
+        block: type[BasicBlock | Bottleneck],
+        layers: tuple[int, int, int, int],
+        in_channels: int = 3,
+        output_stride: int = 32,
+        name: str = "resnet",
+    ) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
@@ -122,8 +145,9 @@ class ResNetEncoder(Encoder):
 
         init_like_torchvision(self)
 
-    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, *,
-                    stride: int, dilate: bool) -> nn.Sequential:
+    def _make_layer(
+        self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, *, stride: int, dilate: bool
+    ) -> nn.Sequential:
         previous_dilation = self._dilation
         if dilate:
             # The stride this layer would have had becomes dilation of everything after it.
@@ -136,8 +160,16 @@ class ResNetEncoder(Encoder):
                 conv1x1(self._channels, out_channels, stride=stride), nn.BatchNorm2d(out_channels)
             )
         # The first block's input-side 3x3 sits where the stride was, so it keeps the old dilation.
-        layers = [block(self._channels, planes, stride=stride, dilation=previous_dilation,
-                        next_dilation=self._dilation, downsample=downsample)]
+        layers = [
+            block(
+                self._channels,
+                planes,
+                stride=stride,
+                dilation=previous_dilation,
+                next_dilation=self._dilation,
+                downsample=downsample,
+            )
+        ]
         self._channels = out_channels
         layers += [block(out_channels, planes, dilation=self._dilation) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
@@ -151,31 +183,62 @@ class ResNetEncoder(Encoder):
         return [stem, c2, c3, c4, c5]
 
 
-def _resnet(name: str, block: type[BasicBlock | Bottleneck], layers: tuple[int, int, int, int], *,
-            in_channels: int, output_stride: int, return_indices: bool) -> ResNetEncoder:
+def _resnet(
+    name: str,
+    block: type[BasicBlock | Bottleneck],
+    layers: tuple[int, int, int, int],
+    *,
+    in_channels: int,
+    output_stride: int,
+    return_indices: bool,
+) -> ResNetEncoder:
     check_options(name, output_stride=output_stride, return_indices=return_indices, dilatable=True)
     return ResNetEncoder(block=block, layers=layers, in_channels=in_channels, output_stride=output_stride, name=name)
 
 
 @ENCODERS.register("resnet18")
 def resnet18(*, in_channels: int = 3, output_stride: int = 32, return_indices: bool = False) -> ResNetEncoder:
-    return _resnet("resnet18", BasicBlock, (2, 2, 2, 2), in_channels=in_channels,
-                   output_stride=output_stride, return_indices=return_indices)
+    return _resnet(
+        "resnet18",
+        BasicBlock,
+        (2, 2, 2, 2),
+        in_channels=in_channels,
+        output_stride=output_stride,
+        return_indices=return_indices,
+    )
 
 
 @ENCODERS.register("resnet34")
 def resnet34(*, in_channels: int = 3, output_stride: int = 32, return_indices: bool = False) -> ResNetEncoder:
-    return _resnet("resnet34", BasicBlock, (3, 4, 6, 3), in_channels=in_channels,
-                   output_stride=output_stride, return_indices=return_indices)
+    return _resnet(
+        "resnet34",
+        BasicBlock,
+        (3, 4, 6, 3),
+        in_channels=in_channels,
+        output_stride=output_stride,
+        return_indices=return_indices,
+    )
 
 
 @ENCODERS.register("resnet50")
 def resnet50(*, in_channels: int = 3, output_stride: int = 32, return_indices: bool = False) -> ResNetEncoder:
-    return _resnet("resnet50", Bottleneck, (3, 4, 6, 3), in_channels=in_channels,
-                   output_stride=output_stride, return_indices=return_indices)
+    return _resnet(
+        "resnet50",
+        Bottleneck,
+        (3, 4, 6, 3),
+        in_channels=in_channels,
+        output_stride=output_stride,
+        return_indices=return_indices,
+    )
 
 
 @ENCODERS.register("resnet101")
 def resnet101(*, in_channels: int = 3, output_stride: int = 32, return_indices: bool = False) -> ResNetEncoder:
-    return _resnet("resnet101", Bottleneck, (3, 4, 23, 3), in_channels=in_channels,
-                   output_stride=output_stride, return_indices=return_indices)
+    return _resnet(
+        "resnet101",
+        Bottleneck,
+        (3, 4, 23, 3),
+        in_channels=in_channels,
+        output_stride=output_stride,
+        return_indices=return_indices,
+    )

@@ -16,7 +16,24 @@ from segforge.encoders.registry import ENCODERS, check_options
 
 # Output channels of each 3x3 convolution, "M" a 2x2 max pooling: torchvision's configuration "D".
 VGG16_LAYOUT: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
 )
 
 

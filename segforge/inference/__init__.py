@@ -19,6 +19,21 @@ from segforge.inference.probabilities import predict_probabilities, probabilitie
 from segforge.inference.streaming import TiffRows, predict_tiff
 from segforge.inference.tiling import TilePlan, plan_tiles, predict_tiled, tiled_map
 
-__all__ = ["Prediction", "TiffRows", "TilePlan", "check_fits", "expand_inputs", "forward_peak_bytes", "plan_tiles",
-           "predict", "predict_files", "predict_probabilities", "predict_tiff", "predict_tiled", "prepare_image",
-           "probabilities", "raw_values", "tiled_map"]
+__all__ = [
+    "Prediction",
+    "TiffRows",
+    "TilePlan",
+    "check_fits",
+    "expand_inputs",
+    "forward_peak_bytes",
+    "plan_tiles",
+    "predict",
+    "predict_files",
+    "predict_probabilities",
+    "predict_tiff",
+    "predict_tiled",
+    "prepare_image",
+    "probabilities",
+    "raw_values",
+    "tiled_map",
+]

@@ -26,7 +26,6 @@ from segforge.inference.tiling import predict_tiled
 from segforge.metrics import logits_to_labels
 from segforge.plots import overlay_panel, save_index_png, save_png
 
-
 WILDCARDS = "*?["
 
 
@@ -37,8 +36,7 @@ def _matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
     if pattern[0] == "**":
         return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
     hidden = parts and parts[0].startswith(".") and not pattern[0].startswith(".")
-    return bool(parts) and not hidden and fnmatch.fnmatchcase(parts[0], pattern[0]) and \
-        _matches(parts[1:], pattern[1:])
+    return bool(parts) and not hidden and fnmatch.fnmatchcase(parts[0], pattern[0]) and _matches(parts[1:], pattern[1:])
 
 
 def glob_files(pattern: str) -> list[Path]:
@@ -72,8 +70,9 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         if any(ch in text for ch in WILDCARDS):
             matches = glob_files(text)
             if not matches:
-                raise ValueError(f"no files match {text!r}; check the pattern (quote it so the shell does not "
-                                 "expand it)")
+                raise ValueError(
+                    f"no files match {text!r}; check the pattern (quote it so the shell does not expand it)"
+                )
             paths += matches
         elif Path(text).is_dir():
             found = list_images(Path(text))
@@ -94,8 +93,10 @@ def prepare_image(path: Path, info: dict, in_channels: int) -> tuple[np.ndarray,
     """Reads ``path`` → (display image (H, W, C) in [0, 1], normalised tensor (1, C, H, W))."""
     image = scale_image(read_image(path))
     if image.shape[-1] != in_channels:
-        raise ValueError(f"image {path} has {image.shape[-1]} channel(s) but the model expects {in_channels}; "
-                         "convert the image, or use a model trained on such images")
+        raise ValueError(
+            f"image {path} has {image.shape[-1]} channel(s) but the model expects {in_channels}; "
+            "convert the image, or use a model trained on such images"
+        )
     return image, to_tensor(image, info.get("mean"), info.get("std"), name=str(path))[None]
 
 
@@ -115,11 +116,24 @@ def _save_npy(path: str, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], out: str | Path, *,
-                  device: torch.device | str = "cpu", flip: bool = False, scales: Sequence[float] = (1.0,),
-                  overlays: bool = True, probabilities: bool = False, progress: bool | None = None,
-                  tile: int | None = None, overlap: float = 0.25, tile_batch: int = 4,
-                  blend: str = "gaussian", label_map: Mapping[int, int] | None = None) -> list[Path]:
+def predict_files(
+    model: nn.Module,
+    info: dict,
+    inputs: Iterable[str | Path],
+    out: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    overlays: bool = True,
+    probabilities: bool = False,
+    progress: bool | None = None,
+    tile: int | None = None,
+    overlap: float = 0.25,
+    tile_batch: int = 4,
+    blend: str = "gaussian",
+    label_map: Mapping[int, int] | None = None,
+) -> list[Path]:
     """Writes ``out/<stem>.png`` (palette index mask), ``out/<stem>_overlay.png`` and, when asked,
     ``out/<stem>_probs.npy`` (float16 ``(K, H, W)``) for every input image. Returns the mask paths.
 
@@ -158,11 +172,22 @@ def predict_files(model: nn.Module, info: dict, inputs: Iterable[str | Path], ou
             with out_of_memory_hint(f"image {path}"):
                 probs = predict_probabilities(model, x.to(device), flip=flip, scales=scales)[0].cpu()
         else:
-            probs = predict_tiled(model, x[0], tile=tile, overlap=overlap, batch=tile_batch, blend=blend, flip=flip,
-                                  scales=scales, device=device, progress=False)
+            probs = predict_tiled(
+                model,
+                x[0],
+                tile=tile,
+                overlap=overlap,
+                batch=tile_batch,
+                blend=blend,
+                flip=flip,
+                scales=scales,
+                device=device,
+                progress=False,
+            )
         labels = logits_to_labels(probs[None])[0].numpy()  # K >= 2 probabilities: the most likely class
-        written.append(save_index_png(labels if stored is None else stored[labels], mask_palette,
-                                      out / f"{path.stem}.png"))
+        written.append(
+            save_index_png(labels if stored is None else stored[labels], mask_palette, out / f"{path.stem}.png")
+        )
         if overlays:
             save_png(overlay_panel(display, None, labels, palette), out / f"{path.stem}_overlay.png")
         if probabilities:

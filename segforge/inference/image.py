@@ -43,15 +43,26 @@ def _as_tensor(image: np.ndarray | str | Path, info: dict, in_channels: int) -> 
         array = array[:, :, None]
     name = f"array {tuple(np.shape(image))}"
     if array.ndim != 3 or array.shape[-1] != in_channels:
-        raise ValueError(f"image {name} does not fit the model's {in_channels} channel(s): give (H, W) for one "
-                         f"channel or (H, W, C) with C = {in_channels}, channels last, as an image file stores them")
+        raise ValueError(
+            f"image {name} does not fit the model's {in_channels} channel(s): give (H, W) for one "
+            f"channel or (H, W, C) with C = {in_channels}, channels last, as an image file stores them"
+        )
     return to_tensor(scale_image(pixel_dtype(array, name, "image")), info.get("mean"), info.get("std"), name=name)
 
 
-def predict(model: nn.Module, image: np.ndarray | str | Path, *, info: dict | None = None,
-            device: torch.device | str | None = None, tile: int | None = None, overlap: float = 0.25,
-            tile_batch: int = 4, blend: str = "gaussian", flip: bool = False,
-            scales: Sequence[float] = (1.0,)) -> Prediction:
+def predict(
+    model: nn.Module,
+    image: np.ndarray | str | Path,
+    *,
+    info: dict | None = None,
+    device: torch.device | str | None = None,
+    tile: int | None = None,
+    overlap: float = 0.25,
+    tile_batch: int = 4,
+    blend: str = "gaussian",
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+) -> Prediction:
     """The mask and class probabilities of one image.
 
     Args:
@@ -75,8 +86,18 @@ def predict(model: nn.Module, image: np.ndarray | str | Path, *, info: dict | No
     model.eval()
     what = f"image {image}" if isinstance(image, (str, Path)) else "the image"
     if tile is not None:
-        probs = predict_tiled(model, x, tile=tile, overlap=overlap, batch=tile_batch, blend=blend, flip=flip,
-                              scales=scales, device=device, progress=False)
+        probs = predict_tiled(
+            model,
+            x,
+            tile=tile,
+            overlap=overlap,
+            batch=tile_batch,
+            blend=blend,
+            flip=flip,
+            scales=scales,
+            device=device,
+            progress=False,
+        )
     else:
         check_fits(model, (1, *x.shape), device, what, scale=max(scales))
         with out_of_memory_hint(what):

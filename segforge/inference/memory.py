@@ -26,8 +26,9 @@ from segforge.models.geometry import geometry_of
 
 PROBE_SIDE = 512  # the size at which a model's memory per pixel is measured once
 _PER_PIXEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> bytes per pixel at PROBE_SIDE
-TILE_ADVICE = ("predict it in tiles, e.g. segforge predict --tile 1024 (add --stream for a TIFF larger than "
-               "memory), or resize it")
+TILE_ADVICE = (
+    "predict it in tiles, e.g. segforge predict --tile 1024 (add --stream for a TIFF larger than memory), or resize it"
+)
 
 
 class _LiveBytes(TorchDispatchMode):
@@ -62,15 +63,15 @@ def forward_peak_bytes(model: nn.Module, shape: tuple[int, ...], dtype: torch.dt
     their shapes (``torch.func.functional_call``): nothing is allocated or computed."""
     net = getattr(model, "module", model)  # DistributedDataParallel
     net = getattr(net, "architecture", net)  # an ONNX model: the exported PyTorch network (segforge.export)
-    weights = {name: torch.empty_like(t, device="meta") for name, t in
-               [*net.named_parameters(), *net.named_buffers()]}
+    weights = {name: torch.empty_like(t, device="meta") for name, t in [*net.named_parameters(), *net.named_buffers()]}
     top, bottom, left, right = geometry_of(net).border(*shape[-2:])
     x = torch.empty(shape, dtype=dtype, device="meta")
     counter = _LiveBytes()
     with torch.no_grad(), counter:
         if top or bottom or left or right:  # the mirrored copy (geometry.mirror_pad) is a new tensor: counted
-            x = torch.empty((*shape[:-2], shape[-2] + top + bottom, shape[-1] + left + right), dtype=dtype,
-                            device="meta")
+            x = torch.empty(
+                (*shape[:-2], shape[-2] + top + bottom, shape[-1] + left + right), dtype=dtype, device="meta"
+            )
         torch.func.functional_call(net, weights, (x,))
     return counter.peak
 
@@ -104,8 +105,15 @@ def _gb(size: int) -> str:
     return f"{size / 2**30:,.1f} GB"
 
 
-def check_fits(model: nn.Module, shape: tuple[int, ...], device: torch.device | str, what: str, *,
-               scale: float = 1.0, advice: str = TILE_ADVICE) -> None:
+def check_fits(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    device: torch.device | str,
+    what: str,
+    *,
+    scale: float = 1.0,
+    advice: str = TILE_ADVICE,
+) -> None:
     """Refuses, before any memory is taken, to run ``what`` (``"image a.png"``) of ``shape`` through ``model``
     in one piece when the forward pass needs more memory than ``device`` has available.
 
@@ -127,9 +135,11 @@ def check_fits(model: nn.Module, shape: tuple[int, ...], device: torch.device | 
         return
     need = forward_peak_bytes(model, (*shape[:-2], height, width))
     if need > have:
-        raise ValueError(f"{what} is {shape[-2]}x{shape[-1]} pixels: running the network on it in one piece "
-                         f"needs at least {_gb(need)} and {torch.device(device)} has {_gb(have)} available; "
-                         f"{advice}")
+        raise ValueError(
+            f"{what} is {shape[-2]}x{shape[-1]} pixels: running the network on it in one piece "
+            f"needs at least {_gb(need)} and {torch.device(device)} has {_gb(have)} available; "
+            f"{advice}"
+        )
 
 
 @contextlib.contextmanager
@@ -139,10 +149,13 @@ def out_of_memory_hint(what: str, advice: str = TILE_ADVICE) -> Iterator[None]:
     try:
         yield
     except torch.OutOfMemoryError:
-        raise ValueError(f"{what}: the device ran out of memory running the network on it in one piece; "
-                         f"{advice}") from None
+        raise ValueError(
+            f"{what}: the device ran out of memory running the network on it in one piece; {advice}"
+        ) from None
     except RuntimeError as err:
         if "can't allocate memory" not in str(err) and "not enough memory" not in str(err):
             raise
-        raise ValueError(f"{what}: the machine ran out of memory running the network on it in one piece "
-                         f"({str(err).splitlines()[0][:160]}); {advice}") from None
+        raise ValueError(
+            f"{what}: the machine ran out of memory running the network on it in one piece "
+            f"({str(err).splitlines()[0][:160]}); {advice}"
+        ) from None

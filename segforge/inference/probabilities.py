@@ -21,8 +21,9 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_probabilities(model: nn.Module, images: torch.Tensor, *, flip: bool = False,
-                          scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+def predict_probabilities(
+    model: nn.Module, images: torch.Tensor, *, flip: bool = False, scales: Sequence[float] = (1.0,)
+) -> torch.Tensor:
     """Class probabilities ``(N, K, H, W)`` for ``images: (N, C, H, W)``, averaged over the TTA views.
 
     Args:
@@ -33,8 +34,13 @@ def predict_probabilities(model: nn.Module, images: torch.Tensor, *, flip: bool 
     height, width = images.shape[-2:]
     total, views = None, 0
     for scale in scales:
-        scaled = images if scale == 1.0 else F.interpolate(
-            images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+        scaled = (
+            images
+            if scale == 1.0
+            else F.interpolate(
+                images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False
+            )
+        )
         for flipped in (False, True) if flip else (False,):
             x = scaled.flip(-1) if flipped else scaled
             probs = probabilities(full_size_forward(model, x).float())

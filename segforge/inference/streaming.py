@@ -17,6 +17,7 @@ from torch import nn
 
 from segforge.inference.tiling import plan_network, row_steps, tile_blocks
 
+
 class TiffRows:
     """Reads rows of a TIFF's first page without decoding the whole image, scaled and normalised like
     the training images; the last band read is kept for the next tiles.
@@ -36,8 +37,10 @@ class TiffRows:
         page = self._tif.pages.first
         if (page.planarconfig == 2 and page.samplesperpixel > 1) or len(page.chunked) > 3:
             self._tif.close()
-            raise ValueError(f"{self.path} stores its channels in separate planes (or is a volume): streaming reads "
-                             "interleaved 2D TIFFs; rewrite it with tifffile.imwrite(path, image, planarconfig='contig')")
+            raise ValueError(
+                f"{self.path} stores its channels in separate planes (or is a volume): streaming reads "
+                "interleaved 2D TIFFs; rewrite it with tifffile.imwrite(path, image, planarconfig='contig')"
+            )
         self._page, self.dtype = page, np.dtype(self._tif.byteorder + page.dtype.char)
         self.height, self.width = page.shape[:2]
         self.channels = page.shape[2] if len(page.shape) == 3 else 1
@@ -67,11 +70,13 @@ class TiffRows:
                 try:
                     segment = page.decode(fh.read(page.databytecounts[index]), index, jpegtables=page.jpegtables)[0]
                 except Exception as err:  # a codec tifffile lacks (imagecodecs) or a damaged chunk
-                    raise ValueError(f"cannot decode {self.path} (chunk {index}: {err}); for LZW/JPEG/... TIFFs "
-                                     "pip install imagecodecs, or rewrite it uncompressed") from err
+                    raise ValueError(
+                        f"cannot decode {self.path} (chunk {index}: {err}); for LZW/JPEG/... TIFFs "
+                        "pip install imagecodecs, or rewrite it uncompressed"
+                    ) from err
                 y, x = row * chunk_h - top, col * chunk_w
                 h, w = min(chunk_h, bottom - top - y), min(chunk_w, self.width - x)
-                band[y:y + h, x:x + w] = segment.reshape(segment.shape[-3:])[:h, :w]
+                band[y : y + h, x : x + w] = segment.reshape(segment.shape[-3:])[:h, :w]
         return top, bottom, band
 
     def __call__(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
@@ -85,13 +90,26 @@ class TiffRows:
             else:
                 self._band = self._decode_rows(y0, y1)
         top, _, band = self._band
-        return to_tensor(scale_image(band[y0 - top:y1 - top, x0:x1]), self.mean, self.std, name=str(self.path))
+        return to_tensor(scale_image(band[y0 - top : y1 - top, x0:x1]), self.mean, self.std, name=str(self.path))
 
 
-def predict_tiff(model: nn.Module, info: dict, source: str | Path, target: str | Path, *, tile: int = 512,
-                 overlap: float = 0.25, batch: int = 4, blend: str = "gaussian", flip: bool = False,
-                 scales: Sequence[float] = (1.0,), device: torch.device | str | None = None,
-                 progress: bool | None = None, block: int = 256, label_values: np.ndarray | None = None) -> Path:
+def predict_tiff(
+    model: nn.Module,
+    info: dict,
+    source: str | Path,
+    target: str | Path,
+    *,
+    tile: int = 512,
+    overlap: float = 0.25,
+    batch: int = 4,
+    blend: str = "gaussian",
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    device: torch.device | str | None = None,
+    progress: bool | None = None,
+    block: int = 256,
+    label_values: np.ndarray | None = None,
+) -> Path:
     """Streams a large TIFF (uncompressed, compressed, stripped or tiled) through ``model``: reads it by
     rows, writes class indices as a tiled, deflate-compressed TIFF of ``block``-pixel tiles. Memory is
     bounded by the tile (see ``tile_blocks``), whatever the image height; the labels equal those of
@@ -99,46 +117,89 @@ def predict_tiff(model: nn.Module, info: dict, source: str | Path, target: str |
     ``segforge.predict.raw_values``) writes each label as that value instead."""
     reader = TiffRows(source, info, model.in_channels)
     try:
-        return _stream(model, reader, target, tile=tile, overlap=overlap, batch=batch, blend=blend, flip=flip,
-                       scales=scales, device=device, progress=progress, block=block, label_values=label_values)
+        return _stream(
+            model,
+            reader,
+            target,
+            tile=tile,
+            overlap=overlap,
+            batch=batch,
+            blend=blend,
+            flip=flip,
+            scales=scales,
+            device=device,
+            progress=progress,
+            block=block,
+            label_values=label_values,
+        )
     finally:
         reader.close()
 
 
-def _stream(model: nn.Module, reader: TiffRows, target: str | Path, *, tile: int, overlap: float, batch: int,
-            blend: str, flip: bool, scales: Sequence[float], device: torch.device | str | None,
-            progress: bool | None, block: int, label_values: np.ndarray | None) -> Path:
+def _stream(
+    model: nn.Module,
+    reader: TiffRows,
+    target: str | Path,
+    *,
+    tile: int,
+    overlap: float,
+    batch: int,
+    blend: str,
+    flip: bool,
+    scales: Sequence[float],
+    device: torch.device | str | None,
+    progress: bool | None,
+    block: int,
+    label_values: np.ndarray | None,
+) -> Path:
     import tifffile
 
     from segforge.files import atomic_write
 
-    plan, fn, num_classes = plan_network(model, reader.height, reader.width, tile=tile, overlap=overlap, blend=blend,
-                                     flip=flip, scales=scales, device=device)
+    plan, fn, num_classes = plan_network(
+        model,
+        reader.height,
+        reader.width,
+        tile=tile,
+        overlap=overlap,
+        blend=blend,
+        flip=flip,
+        scales=scales,
+        device=device,
+    )
     largest = num_classes - 1 if label_values is None else int(label_values.max())
     dtype = np.uint8 if largest < 256 else np.uint16
 
     def blocks() -> Iterator[np.ndarray]:
         # finished label rows wait here until a whole row of TIFF blocks can be written
         pending, count = np.empty((block + max(row_steps(plan)), reader.width), dtype), 0
-        for y0, y1, x0, x1, values in tile_blocks(fn, reader, plan, num_outputs=num_classes, batch=batch,
-                                                  progress=progress):
+        for y0, y1, x0, x1, values in tile_blocks(
+            fn, reader, plan, num_outputs=num_classes, batch=batch, progress=progress
+        ):
             labels = values.argmax(0).numpy()
-            pending[count:count + y1 - y0, x0:x1] = labels if label_values is None else label_values[labels]
+            pending[count : count + y1 - y0, x0:x1] = labels if label_values is None else label_values[labels]
             if x1 < reader.width:
                 continue
             count += y1 - y0
             while count >= block or (y1 == reader.height and count):
                 rows = min(block, count)
                 for x in range(0, reader.width, block):  # copies: tifffile may compress them later
-                    yield pending[:rows, x:x + block].copy()  # it zero-pads incomplete edge blocks
-                pending[:count - rows] = pending[rows:count]
+                    yield pending[:rows, x : x + block].copy()  # it zero-pads incomplete edge blocks
+                pending[: count - rows] = pending[rows:count]
                 count -= rows
 
     def write(tmp: str) -> None:
         # With several threads tifffile gathers `buffersize` bytes of blocks before compressing them
         # (512 MiB by default: every block of a 16384² image); one row of blocks bounds it.
         row_of_blocks = -(-reader.width // block) * block * block * np.dtype(dtype).itemsize
-        tifffile.imwrite(tmp, data=blocks(), shape=(reader.height, reader.width), dtype=dtype, tile=(block, block),
-                         compression="zlib", buffersize=row_of_blocks)
+        tifffile.imwrite(
+            tmp,
+            data=blocks(),
+            shape=(reader.height, reader.width),
+            dtype=dtype,
+            tile=(block, block),
+            compression="zlib",
+            buffersize=row_of_blocks,
+        )
 
     return atomic_write(Path(target), write)

@@ -77,8 +77,15 @@ def _weights(height: int, width: int, blend: str) -> torch.Tensor:
     return (weights / weights.max()).clamp_min(1e-3).float()
 
 
-def plan_tiles(height: int, width: int, *, tile: int = 512, overlap: float = 0.25, blend: str = "gaussian",
-               model: nn.Module | None = None) -> TilePlan:
+def plan_tiles(
+    height: int,
+    width: int,
+    *,
+    tile: int = 512,
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    model: nn.Module | None = None,
+) -> TilePlan:
     """The tiles for an ``height x width`` image.
 
     Args:
@@ -107,8 +114,16 @@ def plan_tiles(height: int, width: int, *, tile: int = 512, overlap: float = 0.2
     multiple = geometry.tile_period  # shifts by the network stride keep its pooling grid aligned
     stride = max(1, round(tile * (1 - overlap)))
     stride = max(multiple, stride - stride % multiple) if stride >= multiple else stride
-    return TilePlan(height, width, (wh, ww), (wh, ww), 0, _starts(height, wh, stride), _starts(width, ww, stride),
-                    _weights(wh, ww, blend))
+    return TilePlan(
+        height,
+        width,
+        (wh, ww),
+        (wh, ww),
+        0,
+        _starts(height, wh, stride),
+        _starts(width, ww, stride),
+        _weights(wh, ww, blend),
+    )
 
 
 def _read_window(read: Reader, plan: TilePlan, y: int, x: int) -> torch.Tensor:
@@ -130,8 +145,9 @@ def row_steps(plan: TilePlan) -> list[int]:
     return [min(end - y, plan.height - y) for y, end in zip(plan.ys, ends)]
 
 
-def tile_blocks(fn: TileFn, read: Reader, plan: TilePlan, *, num_outputs: int, batch: int = 4,
-                progress: bool | None = None) -> Iterator[tuple[int, int, int, int, torch.Tensor]]:
+def tile_blocks(
+    fn: TileFn, read: Reader, plan: TilePlan, *, num_outputs: int, batch: int = 4, progress: bool | None = None
+) -> Iterator[tuple[int, int, int, int, torch.Tensor]]:
     """Runs ``fn`` over the tiles of ``plan`` and yields ``(y0, y1, x0, x1, values (K, y1 - y0, x1 - x0))``:
     blended blocks, each pixel once, row of tiles by row of tiles and left to right within a row (a row
     is complete when ``x1`` is the image width). ``values`` is a view, valid until the next block.
@@ -151,8 +167,9 @@ def tile_blocks(fn: TileFn, read: Reader, plan: TilePlan, *, num_outputs: int, b
     carry, next_carry = torch.zeros(num_outputs, carried, plan.width), torch.zeros(num_outputs, carried, plan.width)
     carry_total, next_total = torch.zeros(carried, plan.width), torch.zeros(carried, plan.width)
     weights = plan.weights
-    bar = tqdm(total=plan.num_tiles, desc="tiles", unit="tile", disable=None if progress is None else not progress,
-               leave=False)
+    bar = tqdm(
+        total=plan.num_tiles, desc="tiles", unit="tile", disable=None if progress is None else not progress, leave=False
+    )
     rows_in = 0  # rows of the current row of tiles that earlier rows of tiles wrote to (in `carry`)
     for row, y in enumerate(plan.ys):
         step, last_row = steps[row], row + 1 == len(plan.ys)
@@ -167,8 +184,8 @@ def tile_blocks(fn: TileFn, read: Reader, plan: TilePlan, *, num_outputs: int, b
                 work[:, :rows_in, :m] += carry[:, :rows_in, base:stop]
                 total[:rows_in, :m] += carry_total[:rows_in, base:stop]
                 if not last_row:
-                    next_carry[:, :oh - step, base:stop] = work[:, step:, :m]
-                    next_total[:oh - step, base:stop] = total[step:, :m]
+                    next_carry[:, : oh - step, base:stop] = work[:, step:, :m]
+                    next_total[: oh - step, base:stop] = total[step:, :m]
                 yield y, y + step, base, stop, work[:, :step, :m].div_(total[:step, :m])
             rest = filled - n
             spare[:, :, :rest], spare_total[:, :rest] = work[:, :, n:filled], total[:, n:filled]
@@ -178,14 +195,14 @@ def tile_blocks(fn: TileFn, read: Reader, plan: TilePlan, *, num_outputs: int, b
 
         origins = list(plan.xs)
         for first in range(0, len(origins), batch):
-            chunk = origins[first:first + batch]
+            chunk = origins[first : first + batch]
             if chunk[-1] + ow - base > span:  # no room: hand on the columns no tile of this chunk reaches
                 yield from flush(chunk[0])
             inputs = torch.stack([_read_window(read, plan, y, x) for x in chunk])
             outputs = fn(inputs)[..., :oh, :ow].float().cpu()
             for x, out in zip(chunk, outputs):
-                work[:, :, x - base:x - base + ow].addcmul_(out, weights)
-                total[:, x - base:x - base + ow] += weights
+                work[:, :, x - base : x - base + ow].addcmul_(out, weights)
+                total[:, x - base : x - base + ow] += weights
             filled = chunk[-1] + ow - base
             bar.update(len(chunk))
         yield from flush(reach)
@@ -194,17 +211,23 @@ def tile_blocks(fn: TileFn, read: Reader, plan: TilePlan, *, num_outputs: int, b
     bar.close()
 
 
-def _network_fn(model: nn.Module, plan: TilePlan, device: torch.device, *, flip: bool,
-                scales: Sequence[float]) -> TileFn:
+def _network_fn(
+    model: nn.Module, plan: TilePlan, device: torch.device, *, flip: bool, scales: Sequence[float]
+) -> TileFn:
     """Class probabilities of a batch of tiles, averaged over flips and scales."""
     if plan.border == 0:
+
         def padded(x: torch.Tensor) -> torch.Tensor:
-            return predict_probabilities(model, x.to(device).contiguous(memory_format=torch.channels_last),
-                                         flip=flip, scales=scales)
+            return predict_probabilities(
+                model, x.to(device).contiguous(memory_format=torch.channels_last), flip=flip, scales=scales
+            )
+
         return padded
     if tuple(scales) != (1.0,):
-        raise ValueError("multi-scale test-time augmentation does not fit overlap-tile inference (a valid-"
-                         "convolution network's border does not scale); use flip only")
+        raise ValueError(
+            "multi-scale test-time augmentation does not fit overlap-tile inference (a valid-"
+            "convolution network's border does not scale); use flip only"
+        )
 
     @torch.inference_mode()
     def valid(x: torch.Tensor) -> torch.Tensor:
@@ -213,11 +236,22 @@ def _network_fn(model: nn.Module, plan: TilePlan, device: torch.device, *, flip:
         if flip:  # the border is the same on both sides, so the mirrored tile's output mirrors back in place
             probs = (probs + probabilities(model(x.flip(-1)).float()).flip(-1)) / 2
         return probs
+
     return valid
 
 
-def plan_network(model: nn.Module, height: int, width: int, *, tile: int, overlap: float, blend: str, flip: bool,
-             scales: Sequence[float], device: torch.device | str | None) -> tuple[TilePlan, TileFn, int]:
+def plan_network(
+    model: nn.Module,
+    height: int,
+    width: int,
+    *,
+    tile: int,
+    overlap: float,
+    blend: str,
+    flip: bool,
+    scales: Sequence[float],
+    device: torch.device | str | None,
+) -> tuple[TilePlan, TileFn, int]:
     """The plan, the per-tile function and the number of classes for ``model`` on an image."""
     if device is None:  # an ONNX Runtime model (segforge.export.OnnxSegmenter) has no parameters: CPU
         device = next(model.parameters(), torch.empty(0)).device
@@ -227,31 +261,53 @@ def plan_network(model: nn.Module, height: int, width: int, *, tile: int, overla
     return plan, _network_fn(model, plan, device, flip=flip, scales=scales), max(model.num_classes, 2)
 
 
-def _stitch(fn: TileFn, image: torch.Tensor, plan: TilePlan, num_outputs: int, *, batch: int,
-            progress: bool | None) -> torch.Tensor:
+def _stitch(
+    fn: TileFn, image: torch.Tensor, plan: TilePlan, num_outputs: int, *, batch: int, progress: bool | None
+) -> torch.Tensor:
     """The blended ``(num_outputs, H, W)`` result of ``fn`` over an image held in memory."""
     out = torch.empty(num_outputs, *image.shape[1:])
-    for y0, y1, x0, x1, values in tile_blocks(fn, lambda a, b, c, d: image[:, a:b, c:d], plan,
-                                              num_outputs=num_outputs, batch=batch, progress=progress):
+    for y0, y1, x0, x1, values in tile_blocks(
+        fn, lambda a, b, c, d: image[:, a:b, c:d], plan, num_outputs=num_outputs, batch=batch, progress=progress
+    ):
         out[:, y0:y1, x0:x1] = values
     return out
 
 
-def predict_tiled(model: nn.Module, image: torch.Tensor, *, tile: int = 512, overlap: float = 0.25,
-                  batch: int = 4, blend: str = "gaussian", flip: bool = False, scales: Sequence[float] = (1.0,),
-                  device: torch.device | str | None = None, progress: bool | None = None) -> torch.Tensor:
+def predict_tiled(
+    model: nn.Module,
+    image: torch.Tensor,
+    *,
+    tile: int = 512,
+    overlap: float = 0.25,
+    batch: int = 4,
+    blend: str = "gaussian",
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    device: torch.device | str | None = None,
+    progress: bool | None = None,
+) -> torch.Tensor:
     """Class probabilities ``(K, H, W)`` of an image ``(C, H, W)`` (normalised like the training data),
     computed tile by tile. See the module docstring; ``flip``/``scales`` are test-time augmentation
     applied to every tile."""
     if image.ndim != 3:
         raise ValueError(f"predict_tiled takes one image (C, H, W), got shape {tuple(image.shape)}")
-    plan, fn, num_classes = plan_network(model, image.shape[1], image.shape[2], tile=tile, overlap=overlap, blend=blend,
-                                     flip=flip, scales=scales, device=device)
+    plan, fn, num_classes = plan_network(
+        model,
+        image.shape[1],
+        image.shape[2],
+        tile=tile,
+        overlap=overlap,
+        blend=blend,
+        flip=flip,
+        scales=scales,
+        device=device,
+    )
     return _stitch(fn, image, plan, num_classes, batch=batch, progress=progress)
 
 
-def tiled_map(fn: TileFn, image: torch.Tensor, *, tile: int, overlap: float = 0.25, batch: int = 4,
-              blend: str = "gaussian") -> torch.Tensor:
+def tiled_map(
+    fn: TileFn, image: torch.Tensor, *, tile: int, overlap: float = 0.25, batch: int = 4, blend: str = "gaussian"
+) -> torch.Tensor:
     """Any same-size function of ``(N, C, h, w)`` tiles, over an image ``(C, H, W)``, blended: the
     tiler without a network (its invariants are tested this way)."""
     plan = plan_tiles(image.shape[1], image.shape[2], tile=tile, overlap=overlap, blend=blend)

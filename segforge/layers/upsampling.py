@@ -70,8 +70,7 @@ def _check_4d(x: Tensor) -> None:
 def _refuse_indices(indices: Tensor | None, op: str) -> None:
     if indices is not None:
         raise ValueError(
-            f"{op} does not use pooling indices, but indices were given; "
-            "pass indices only to MaxUnpool (or drop them)"
+            f"{op} does not use pooling indices, but indices were given; pass indices only to MaxUnpool (or drop them)"
         )
 
 
@@ -293,9 +292,7 @@ class NearestUpsample(nn.Module):
         super().__init__()
         self.scale = _check_positive_int(scale, "scale")
 
-    def forward(
-        self, x: Tensor, indices: Tensor | None = None, output_size: Sequence[int] | None = None
-    ) -> Tensor:
+    def forward(self, x: Tensor, indices: Tensor | None = None, output_size: Sequence[int] | None = None) -> Tensor:
         _refuse_indices(indices, type(self).__name__)
         return nearest_upsample(x, self.scale, output_size)
 
@@ -310,9 +307,7 @@ class BedOfNailsUpsample(nn.Module):
         super().__init__()
         self.scale = _check_positive_int(scale, "scale")
 
-    def forward(
-        self, x: Tensor, indices: Tensor | None = None, output_size: Sequence[int] | None = None
-    ) -> Tensor:
+    def forward(self, x: Tensor, indices: Tensor | None = None, output_size: Sequence[int] | None = None) -> Tensor:
         _refuse_indices(indices, type(self).__name__)
         return bed_of_nails_upsample(x, self.scale, output_size)
 
@@ -328,9 +323,7 @@ class BilinearUpsample(nn.Module):
         self.scale = _check_positive_int(scale, "scale")
         self.align_corners = align_corners
 
-    def forward(
-        self, x: Tensor, indices: Tensor | None = None, output_size: Sequence[int] | None = None
-    ) -> Tensor:
+    def forward(self, x: Tensor, indices: Tensor | None = None, output_size: Sequence[int] | None = None) -> Tensor:
         _refuse_indices(indices, type(self).__name__)
         return bilinear_upsample(x, self.scale, self.align_corners, output_size)
 
@@ -346,9 +339,7 @@ class MaxUnpool(nn.Module):
         self.kernel_size = _check_positive_int(kernel_size, "kernel_size")
         self.stride = _check_positive_int(stride, "stride")
 
-    def forward(
-        self, x: Tensor, indices: Tensor | None = None, output_size: Sequence[int] | None = None
-    ) -> Tensor:
+    def forward(self, x: Tensor, indices: Tensor | None = None, output_size: Sequence[int] | None = None) -> Tensor:
         return max_unpool(x, indices, self.kernel_size, self.stride, output_size)
 
     def extra_repr(self) -> str:
@@ -400,9 +391,7 @@ class TransposedConvUpsample(nn.Module):
                 if self.conv.bias is not None:
                     self.conv.bias.zero_()
 
-    def forward(
-        self, x: Tensor, indices: Tensor | None = None, output_size: Sequence[int] | None = None
-    ) -> Tensor:
+    def forward(self, x: Tensor, indices: Tensor | None = None, output_size: Sequence[int] | None = None) -> Tensor:
         _check_4d(x)
         _refuse_indices(indices, type(self).__name__)
         s = self.scale

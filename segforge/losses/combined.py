@@ -136,38 +136,61 @@ LOSSES: Registry = Registry("loss")  # name -> builder(**its options) -> nn.Modu
 
 
 @LOSSES.register("ce")
-def _cross_entropy(*, ignore_index: int | None = None, class_weight: Sequence[float] | Tensor | None = None,
-                   validate: bool = True) -> nn.Module:
+def _cross_entropy(
+    *, ignore_index: int | None = None, class_weight: Sequence[float] | Tensor | None = None, validate: bool = True
+) -> nn.Module:
     return CrossEntropyLoss(weight=class_weight, ignore_index=ignore_index, validate=validate)
 
 
 @LOSSES.register("dice")
-def _dice(*, ignore_index: int | None = None, dice_class_weight: Sequence[float] | Tensor | None = None,
-          smooth: float = 1.0, dice_mode: DiceMode = "batch", validate: bool = True) -> nn.Module:
-    return DiceLoss(weight=dice_class_weight, ignore_index=ignore_index, smooth=smooth, mode=dice_mode,
-                    validate=validate)
+def _dice(
+    *,
+    ignore_index: int | None = None,
+    dice_class_weight: Sequence[float] | Tensor | None = None,
+    smooth: float = 1.0,
+    dice_mode: DiceMode = "batch",
+    validate: bool = True,
+) -> nn.Module:
+    return DiceLoss(
+        weight=dice_class_weight, ignore_index=ignore_index, smooth=smooth, mode=dice_mode, validate=validate
+    )
 
 
 @LOSSES.register("ce+dice")
-def _cross_entropy_and_dice(*, ignore_index: int | None = None, class_weight: Sequence[float] | Tensor | None = None,
-                            dice_class_weight: Sequence[float] | Tensor | None = None, smooth: float = 1.0,
-                            dice_mode: DiceMode = "batch", ce_weight: float | None = None,
-                            dice_weight: float | None = None, validate: bool = True) -> nn.Module:
+def _cross_entropy_and_dice(
+    *,
+    ignore_index: int | None = None,
+    class_weight: Sequence[float] | Tensor | None = None,
+    dice_class_weight: Sequence[float] | Tensor | None = None,
+    smooth: float = 1.0,
+    dice_mode: DiceMode = "batch",
+    ce_weight: float | None = None,
+    dice_weight: float | None = None,
+    validate: bool = True,
+) -> nn.Module:
     ce = _cross_entropy(ignore_index=ignore_index, class_weight=class_weight, validate=validate)
     # the cross entropy has already checked the very same (logits, target)
-    dice = _dice(ignore_index=ignore_index, dice_class_weight=dice_class_weight, smooth=smooth, dice_mode=dice_mode,
-                 validate=False)
-    return WeightedSum([(1.0 if ce_weight is None else ce_weight, ce),
-                        (1.0 if dice_weight is None else dice_weight, dice)])
+    dice = _dice(
+        ignore_index=ignore_index,
+        dice_class_weight=dice_class_weight,
+        smooth=smooth,
+        dice_mode=dice_mode,
+        validate=False,
+    )
+    return WeightedSum(
+        [(1.0 if ce_weight is None else ce_weight, ce), (1.0 if dice_weight is None else dice_weight, dice)]
+    )
 
 
 # What to use instead of an option the named loss has no use for.
-_INSTEAD = {"class_weight": "class_weight weights the cross entropy, which loss {name!r} has none of; use "
-                            "dice_class_weight for the Dice loss",
-            "dice_class_weight": "dice_class_weight weights the Dice loss, which loss {name!r} has none of; use "
-                                 "class_weight for the cross entropy",
-            "ce_weight": "ce_weight and dice_weight weigh the terms of 'ce+dice', not of {name!r}; drop them",
-            "dice_weight": "ce_weight and dice_weight weigh the terms of 'ce+dice', not of {name!r}; drop them"}
+_INSTEAD = {
+    "class_weight": "class_weight weights the cross entropy, which loss {name!r} has none of; use "
+    "dice_class_weight for the Dice loss",
+    "dice_class_weight": "dice_class_weight weights the Dice loss, which loss {name!r} has none of; use "
+    "class_weight for the cross entropy",
+    "ce_weight": "ce_weight and dice_weight weigh the terms of 'ce+dice', not of {name!r}; drop them",
+    "dice_weight": "ce_weight and dice_weight weigh the terms of 'ce+dice', not of {name!r}; drop them",
+}
 
 
 def create_loss(name: str, *, aux_weight: float | None = None, **options: object) -> nn.Module:
@@ -193,7 +216,10 @@ def create_loss(name: str, *, aux_weight: float | None = None, **options: object
     given = {key: value for key, value in options.items() if value is not None}
     for key in given:
         if key not in accepted:
-            raise ValueError(_INSTEAD[key].format(name=name) if key in _INSTEAD else
-                             f"loss {name!r} takes no option {key!r}; it takes {sorted(accepted)}")
+            raise ValueError(
+                _INSTEAD[key].format(name=name)
+                if key in _INSTEAD
+                else f"loss {name!r} takes no option {key!r}; it takes {sorted(accepted)}"
+            )
     loss = builder(**given)
     return loss if aux_weight is None else AuxiliaryLoss(loss, aux_weight=aux_weight)

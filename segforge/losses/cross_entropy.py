@@ -163,8 +163,13 @@ def cross_entropy_loss(
         total = per_pixel.sum() if pixel_weight is None else (per_pixel * pixel_weight).sum()
     else:
         # F.cross_entropy already zeroes ignored pixels and multiplies by w_y; only the mean is ours.
-        total = F.cross_entropy(logits, target, weight=w, reduction="sum",
-                                ignore_index=ignore_index if ignore_index is not None else NO_LABEL)
+        total = F.cross_entropy(
+            logits,
+            target,
+            weight=w,
+            reduction="sum",
+            ignore_index=ignore_index if ignore_index is not None else NO_LABEL,
+        )
         pixel_weight = w[safe_target] if w is not None else None
         if valid is not None:
             pixel_weight = valid if pixel_weight is None else pixel_weight * valid
@@ -196,8 +201,9 @@ class CrossEntropyLoss(nn.Module):
         self.validate = validate
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return cross_entropy_loss(logits, target, weight=self.weight, ignore_index=self.ignore_index,
-                                  validate=self.validate)
+        return cross_entropy_loss(
+            logits, target, weight=self.weight, ignore_index=self.ignore_index, validate=self.validate
+        )
 
     def extra_repr(self) -> str:
         weight = None if self.weight is None else [round(x, 4) for x in self.weight.tolist()]

@@ -50,7 +50,11 @@ def _check_options(smooth: float, mode: str) -> None:
 
 
 def soft_dice_per_class(
-    logits: Tensor, target: Tensor, *, ignore_index: int | None = None, smooth: float = 1.0,
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int | None = None,
+    smooth: float = 1.0,
     mode: DiceMode = "batch",
 ) -> Tensor:
     """The soft Dice coefficient of every class (no validation; see :func:`dice_loss`).
@@ -155,8 +159,15 @@ class DiceLoss(nn.Module):
         self.validate = validate
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return dice_loss(logits, target, weight=self.weight, ignore_index=self.ignore_index, smooth=self.smooth,
-                         mode=self.mode, validate=self.validate)
+        return dice_loss(
+            logits,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            smooth=self.smooth,
+            mode=self.mode,
+            validate=self.validate,
+        )
 
     def extra_repr(self) -> str:
         weight = None if self.weight is None else [round(x, 4) for x in self.weight.tolist()]

@@ -60,17 +60,25 @@ def check_labels(
     shown = str(values[:10])[1:-1] + (", ..." if len(values) > 10 else "")
     plural = "s" if len(values) > 1 else ""
     context = f" (num_classes={num_classes})" if context is None else context
-    message = (f"{name} contains label{plural} {shown} outside [0, {num_classes}){context} "
-               f"and not equal to ignore_index ({ignore_index}); ")
+    message = (
+        f"{name} contains label{plural} {shown} outside [0, {num_classes}){context} "
+        f"and not equal to ignore_index ({ignore_index}); "
+    )
     if num_classes == 2 and values == [255]:
-        hint = ("masks stored as 0/255? map 255→1, e.g. target = (target == 255).long(), "
-                "or set ignore_index=255 if 255 marks void pixels")
+        hint = (
+            "masks stored as 0/255? map 255→1, e.g. target = (target == 255).long(), "
+            "or set ignore_index=255 if 255 marks void pixels"
+        )
     elif len(values) == 1:
-        hint = (f"set ignore_index={values[0]} if it marks void/unlabelled pixels, "
-                f"or check num_classes (labels must be 0..{num_classes - 1})")
+        hint = (
+            f"set ignore_index={values[0]} if it marks void/unlabelled pixels, "
+            f"or check num_classes (labels must be 0..{num_classes - 1})"
+        )
     else:
-        hint = (f"check num_classes (labels must be 0..{num_classes - 1}) or remap the labels; "
-                "set ignore_index to the value that marks void pixels")
+        hint = (
+            f"check num_classes (labels must be 0..{num_classes - 1}) or remap the labels; "
+            "set ignore_index to the value that marks void pixels"
+        )
     raise ValueError(message + hint)
 
 
@@ -104,8 +112,11 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_inde
     _check_integer(pred, "pred", "for logits (N, C, H, W) take pred = logits.argmax(1), or use ConfusionMatrix.update")
     _check_integer(target, "target", "convert it with target.long()")
     if pred.shape != target.shape:
-        hint = ("; pred looks like logits: take pred.argmax(1) or use ConfusionMatrix.update"
-                if pred.dim() == target.dim() + 1 and pred.shape[2:] == target.shape[1:] else "")
+        hint = (
+            "; pred looks like logits: take pred.argmax(1) or use ConfusionMatrix.update"
+            if pred.dim() == target.dim() + 1 and pred.shape[2:] == target.shape[1:]
+            else ""
+        )
         raise ValueError(f"pred shape {tuple(pred.shape)} does not match target shape {tuple(target.shape)}{hint}")
     if pred.device != target.device:
         raise ValueError(f"pred is on {pred.device} but target is on {target.device}; move both to one device")
@@ -246,5 +257,7 @@ class ConfusionMatrix:
         return scores(self.matrix)
 
     def __repr__(self) -> str:
-        return (f"ConfusionMatrix(num_classes={self.num_classes}, ignore_index={self.ignore_index}, "
-                f"pixels={int(self.matrix.sum())})")
+        return (
+            f"ConfusionMatrix(num_classes={self.num_classes}, ignore_index={self.ignore_index}, "
+            f"pixels={int(self.matrix.sum())})"
+        )

@@ -21,9 +21,15 @@ from segforge.metrics.scoring import _as_matrix
 
 __all__ = ["format_table", "load_json", "plot_confusion", "save_json"]
 
-_SUMMARY = [("pixel_accuracy", "pixel accuracy"), ("mean_accuracy", "mean accuracy"), ("mean_iou", "mean IoU"),
-            ("fw_iou", "f.w. IoU"), ("mean_dice", "mean Dice"), ("foreground_iou", "foreground IoU"),
-            ("foreground_dice", "foreground Dice")]
+_SUMMARY = [
+    ("pixel_accuracy", "pixel accuracy"),
+    ("mean_accuracy", "mean accuracy"),
+    ("mean_iou", "mean IoU"),
+    ("fw_iou", "f.w. IoU"),
+    ("mean_dice", "mean Dice"),
+    ("foreground_iou", "foreground IoU"),
+    ("foreground_dice", "foreground Dice"),
+]
 _PER_CLASS = [("iou", "IoU"), ("dice", "Dice"), ("precision", "precision"), ("recall", "recall")]
 
 
@@ -175,7 +181,14 @@ def plot_confusion(
             for j in range(num_classes):
                 if row_sums[i, 0] > 0:
                     value = normalised[i, j]
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=font,
-                            color="white" if value > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{value:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=font,
+                        color="white" if value > 0.5 else "black",
+                    )
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

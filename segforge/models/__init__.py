@@ -51,9 +51,14 @@ def create_model(
     # Record the resolved encoder when it is a registered one, so a checkpoint rebuilds the same network
     # even if a default changes; architectures with their own encoder (segnet_basic, unet) record None.
     resolved = model.encoder_name if model.encoder_name in ENCODERS else None
-    model.config = {"name": name, "num_classes": num_classes, "in_channels": model.in_channels, "encoder": resolved,
-                    # what the encoder started from: {"weights", "file", "sha256"}, or None (from scratch)
-                    "encoder_weights": record or getattr(getattr(model, "encoder", None), "pretrained", None)}
+    model.config = {
+        "name": name,
+        "num_classes": num_classes,
+        "in_channels": model.in_channels,
+        "encoder": resolved,
+        # what the encoder started from: {"weights", "file", "sha256"}, or None (from scratch)
+        "encoder_weights": record or getattr(getattr(model, "encoder", None), "pretrained", None),
+    }
     return model
 
 
@@ -65,5 +70,15 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["MODELS", "Geometry", "SegmentationHead", "SegmentationOutput", "Segmenter", "ValidGeometry",
-           "count_parameters", "create_model", "geometry_of", "list_models"]
+__all__ = [
+    "MODELS",
+    "Geometry",
+    "SegmentationHead",
+    "SegmentationOutput",
+    "Segmenter",
+    "ValidGeometry",
+    "count_parameters",
+    "create_model",
+    "geometry_of",
+    "list_models",
+]

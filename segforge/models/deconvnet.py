@@ -18,8 +18,9 @@ from segforge.models.segmenter import SegmentationHead, Segmenter
 
 
 @MODELS.register("deconvnet")
-def deconvnet(num_classes: int, *, in_channels: int = 3, encoder: str | None = None,
-              encoder_weights: str | None = None) -> Segmenter:
+def deconvnet(
+    num_classes: int, *, in_channels: int = 3, encoder: str | None = None, encoder_weights: str | None = None
+) -> Segmenter:
     """DeconvNet: VGG16-BN, fc6/fc7, mirrored unpooling + deconvolution network."""
     encoder = encoder or "vgg16_bn"
     check_encoder("deconvnet", encoder, ("vgg16_bn",))
@@ -33,5 +34,13 @@ def deconvnet(num_classes: int, *, in_channels: int = 3, encoder: str | None = N
     )
     decoder = UnpoolingDecoder(enc.out_channels[:5], (2, 2, 3, 3, 3), kind="deconv", bottleneck=bottleneck)
     head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=1)
-    return Segmenter(enc, decoder, head, num_classes=num_classes, in_channels=in_channels, stride=32, min_size=224,
-                     encoder_name=encoder)
+    return Segmenter(
+        enc,
+        decoder,
+        head,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        stride=32,
+        min_size=224,
+        encoder_name=encoder,
+    )

@@ -22,34 +22,39 @@ from segforge.models.registry import MODELS, check_encoder
 from segforge.models.segmenter import Segmenter
 
 
-def _fcn(name: str, skips: int, num_classes: int, in_channels: int, encoder: str | None,
-         encoder_weights: str | None) -> Segmenter:
+def _fcn(
+    name: str, skips: int, num_classes: int, in_channels: int, encoder: str | None, encoder_weights: str | None
+) -> Segmenter:
     encoder = encoder or "vgg16"
     check_encoder(name, encoder, ("vgg16", "vgg16_bn"))
     enc = VGGEncoder(in_channels=in_channels, batch_norm=encoder == "vgg16_bn", fc=FullyConvolutional(padding=3))
     if encoder_weights is not None:
         load_encoder_weights(enc, encoder_weights)
     decoder = FCNDecoder(enc.out_channels, enc.reductions, num_classes, skips=skips)
-    return Segmenter(enc, decoder, nn.Identity(), num_classes=num_classes, in_channels=in_channels, stride=32,
-                     encoder_name=encoder)
+    return Segmenter(
+        enc, decoder, nn.Identity(), num_classes=num_classes, in_channels=in_channels, stride=32, encoder_name=encoder
+    )
 
 
 @MODELS.register("fcn32s")
-def fcn32s(num_classes: int, *, in_channels: int = 3, encoder: str | None = None,
-           encoder_weights: str | None = None) -> Segmenter:
+def fcn32s(
+    num_classes: int, *, in_channels: int = 3, encoder: str | None = None, encoder_weights: str | None = None
+) -> Segmenter:
     """FCN-32s: scores of fc7 upsampled 32x."""
     return _fcn("fcn32s", 0, num_classes, in_channels, encoder, encoder_weights)
 
 
 @MODELS.register("fcn16s")
-def fcn16s(num_classes: int, *, in_channels: int = 3, encoder: str | None = None,
-           encoder_weights: str | None = None) -> Segmenter:
+def fcn16s(
+    num_classes: int, *, in_channels: int = 3, encoder: str | None = None, encoder_weights: str | None = None
+) -> Segmenter:
     """FCN-16s: fc7 scores upsampled 2x + pool4 scores, upsampled 16x."""
     return _fcn("fcn16s", 1, num_classes, in_channels, encoder, encoder_weights)
 
 
 @MODELS.register("fcn8s")
-def fcn8s(num_classes: int, *, in_channels: int = 3, encoder: str | None = None,
-          encoder_weights: str | None = None) -> Segmenter:
+def fcn8s(
+    num_classes: int, *, in_channels: int = 3, encoder: str | None = None, encoder_weights: str | None = None
+) -> Segmenter:
     """FCN-8s: as FCN-16s, plus pool3 scores, upsampled 8x."""
     return _fcn("fcn8s", 2, num_classes, in_channels, encoder, encoder_weights)

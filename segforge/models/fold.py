@@ -16,8 +16,11 @@ from torch import nn
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(
-        bn.running_var + bn.eps)
+    scale = (
+        bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        if bn.affine
+        else 1 / torch.sqrt(bn.running_var + bn.eps)
+    )
     shift = (bn.bias.detach() if bn.affine else 0) - bn.running_mean * scale
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
     conv.weight = nn.Parameter(conv.weight.detach() * scale.reshape(-1, 1, 1, 1), requires_grad=False)
@@ -25,8 +28,12 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.running_mean is not None
-            and conv.out_channels == bn.num_features)
+    return (
+        type(conv) is nn.Conv2d
+        and type(bn) is nn.BatchNorm2d
+        and bn.running_mean is not None
+        and conv.out_channels == bn.num_features
+    )
 
 
 def fold_batch_norm(model: nn.Module, *, inplace: bool = False) -> nn.Module:

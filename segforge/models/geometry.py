@@ -35,8 +35,10 @@ class Geometry:
     def output_size(self, input_size: int) -> int:
         """The logits' side for an input side (raises ``ValueError`` for a side the network cannot take)."""
         if input_size < self.min_size:
-            raise ValueError(f"an input side of {input_size} pixels is smaller than the network can take "
-                             f"(at least {self.min_size}); resize or pad the image")
+            raise ValueError(
+                f"an input side of {input_size} pixels is smaller than the network can take "
+                f"(at least {self.min_size}); resize or pad the image"
+            )
         return input_size
 
     def input_size(self, output_size: int) -> int:

@@ -21,8 +21,9 @@ from segforge.models.segmenter import SegmentationHead, Segmenter
 
 
 @MODELS.register("pspnet")
-def pspnet(num_classes: int, *, in_channels: int = 3, encoder: str | None = None,
-           encoder_weights: str | None = None) -> Segmenter:
+def pspnet(
+    num_classes: int, *, in_channels: int = 3, encoder: str | None = None, encoder_weights: str | None = None
+) -> Segmenter:
     """PSPNet: dilated ResNet (output stride 8), pyramid pooling 1/2/3/6, auxiliary head."""
     encoder = encoder or "resnet50"
     check_encoder("pspnet", encoder, ("resnet50", "resnet101", "resnet18", "resnet34"))
@@ -35,5 +36,14 @@ def pspnet(num_classes: int, *, in_channels: int = 3, encoder: str | None = None
         nn.Dropout2d(0.1),
         SegmentationHead(aux_channels // 4, num_classes, kernel_size=1, upsample=enc.reductions[-2]),
     )
-    return Segmenter(enc, decoder, head, num_classes=num_classes, in_channels=in_channels,
-                     stride=enc.reductions[-1], aux_head=aux_head, aux_index=-2, encoder_name=encoder)
+    return Segmenter(
+        enc,
+        decoder,
+        head,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        stride=enc.reductions[-1],
+        aux_head=aux_head,
+        aux_index=-2,
+        encoder_name=encoder,
+    )

@@ -22,8 +22,9 @@ from segforge.models.segmenter import SegmentationHead, Segmenter
 
 
 @MODELS.register("segnet")
-def segnet(num_classes: int, *, in_channels: int = 3, encoder: str | None = None,
-           encoder_weights: str | None = None) -> Segmenter:
+def segnet(
+    num_classes: int, *, in_channels: int = 3, encoder: str | None = None, encoder_weights: str | None = None
+) -> Segmenter:
     """SegNet: VGG16-BN encoder, decoder upsampling with the max-pooling indices."""
     encoder = encoder or "vgg16_bn"
     check_encoder("segnet", encoder, ("vgg16_bn", "vgg16"))
@@ -31,8 +32,9 @@ def segnet(num_classes: int, *, in_channels: int = 3, encoder: str | None = None
     # Shallowest stage first: conv1_2_D; conv2_2_D, conv2_1_D; ... conv5_1_D. conv1_1_D is the head.
     decoder = UnpoolingDecoder(enc.out_channels, (1, 2, 3, 3, 3), kind="conv")
     head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=3)
-    return Segmenter(enc, decoder, head, num_classes=num_classes, in_channels=in_channels, stride=32,
-                     encoder_name=encoder)
+    return Segmenter(
+        enc, decoder, head, num_classes=num_classes, in_channels=in_channels, stride=32, encoder_name=encoder
+    )
 
 
 class SegNetBasicEncoder(Encoder):
@@ -67,14 +69,18 @@ class SegNetBasicEncoder(Encoder):
 
 
 @MODELS.register("segnet_basic")
-def segnet_basic(num_classes: int, *, in_channels: int = 3, encoder: str | None = None,
-                 encoder_weights: str | None = None) -> Segmenter:
+def segnet_basic(
+    num_classes: int, *, in_channels: int = 3, encoder: str | None = None, encoder_weights: str | None = None
+) -> Segmenter:
     """SegNet-Basic: 4 levels of 7x7 convolutions with 64 channels, index unpooling (CamVid)."""
     if encoder is not None or encoder_weights is not None:
-        raise ValueError("segnet_basic has its own 4-level encoder and no pretrained weights; "
-                         "leave encoder and encoder_weights unset, or use 'segnet' for a VGG16 encoder")
+        raise ValueError(
+            "segnet_basic has its own 4-level encoder and no pretrained weights; "
+            "leave encoder and encoder_weights unset, or use 'segnet' for a VGG16 encoder"
+        )
     enc = SegNetBasicEncoder(in_channels)
     decoder = UnpoolingDecoder(enc.out_channels, (1, 1, 1, 1), kind="conv", kernel_size=7, relu=False)
     head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=1)
-    return Segmenter(enc, decoder, head, num_classes=num_classes, in_channels=in_channels, stride=16,
-                     encoder_name="segnet_basic")
+    return Segmenter(
+        enc, decoder, head, num_classes=num_classes, in_channels=in_channels, stride=16, encoder_name="segnet_basic"
+    )

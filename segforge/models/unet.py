@@ -16,8 +16,8 @@ import itertools
 from segforge.decoders.unet import UNetDecoder
 from segforge.encoders import create_encoder
 from segforge.encoders.unet import UNetEncoder
-from segforge.models.registry import MODELS
 from segforge.models.geometry import ValidGeometry
+from segforge.models.registry import MODELS
 from segforge.models.segmenter import SegmentationHead, Segmenter
 
 DEPTH = 4  # poolings in the original U-Net
@@ -97,26 +97,45 @@ class UNetGeometry(ValidGeometry):
 
 
 @MODELS.register("unet")
-def unet(num_classes: int, *, in_channels: int = 1, encoder: str | None = None,
-         encoder_weights: str | None = None) -> Segmenter:
+def unet(
+    num_classes: int, *, in_channels: int = 1, encoder: str | None = None, encoder_weights: str | None = None
+) -> Segmenter:
     """The original U-Net (valid convolutions, output smaller than input)."""
     if encoder not in (None, "unet") or encoder_weights is not None:
-        raise ValueError("the original U-Net has its own unpadded encoder and no pretrained weights; "
-                         "use model 'unet_padded' for a U-Net on another encoder")
+        raise ValueError(
+            "the original U-Net has its own unpadded encoder and no pretrained weights; "
+            "use model 'unet_padded' for a U-Net on another encoder"
+        )
     enc = UNetEncoder(in_channels=in_channels, padding=False, batch_norm=False, dropout=0.5)
     decoder = UNetDecoder(enc.out_channels, enc.reductions, padding=False, batch_norm=False)
     head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=1)
     # stride 1: the input is never padded; check_input enforces the geometry's valid sizes instead.
-    return Segmenter(enc, decoder, head, num_classes=num_classes, in_channels=in_channels, stride=1,
-                     encoder_name="unet (unpadded)", geometry=UNetGeometry())
+    return Segmenter(
+        enc,
+        decoder,
+        head,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        stride=1,
+        encoder_name="unet (unpadded)",
+        geometry=UNetGeometry(),
+    )
 
 
 @MODELS.register("unet_padded")
-def unet_padded(num_classes: int, *, in_channels: int = 3, encoder: str | None = None,
-                encoder_weights: str | None = None) -> Segmenter:
+def unet_padded(
+    num_classes: int, *, in_channels: int = 3, encoder: str | None = None, encoder_weights: str | None = None
+) -> Segmenter:
     """U-Net with padded convolutions and batch norm on any encoder (default: U-Net's own)."""
     enc = create_encoder(encoder or "unet", in_channels=in_channels, weights=encoder_weights)
     decoder = UNetDecoder(enc.out_channels, enc.reductions, padding=True, batch_norm=True)
     head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=1)
-    return Segmenter(enc, decoder, head, num_classes=num_classes, in_channels=in_channels, stride=enc.stride,
-                     encoder_name=encoder or "unet")
+    return Segmenter(
+        enc,
+        decoder,
+        head,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        stride=enc.stride,
+        encoder_name=encoder or "unet",
+    )

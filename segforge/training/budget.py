@@ -25,8 +25,16 @@ class Clock:
         return self.before + time.monotonic() - self.started
 
 
-def fit_steps(budget: float, *, elapsed: float, step: int, step_seconds: float, validation_seconds: float,
-              eval_steps: int, final_seconds: float) -> int:
+def fit_steps(
+    budget: float,
+    *,
+    elapsed: float,
+    step: int,
+    step_seconds: float,
+    validation_seconds: float,
+    eval_steps: int,
+    final_seconds: float,
+) -> int:
     """The run's total optimizer steps: those done plus those that still fit in the budget.
 
     Args:

@@ -48,8 +48,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ValueError(f"device {name!r} is not a device: use auto, cpu, cuda or cuda:N (N: the GPU's index)") \
-            from None
+        raise ValueError(
+            f"device {name!r} is not a device: use auto, cpu, cuda or cuda:N (N: the GPU's index)"
+        ) from None
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device {name!r}: segforge runs on cpu or cuda (auto picks CUDA when present)")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -71,9 +72,11 @@ def start(device_name: str) -> tuple[Process, torch.device]:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"process {rank} has LOCAL_RANK {local_rank} but this machine has "
-                             f"{torch.cuda.device_count()} GPU(s): start at most that many per node "
-                             "(torchrun --nproc_per_node)")
+            raise ValueError(
+                f"process {rank} has LOCAL_RANK {local_rank} but this machine has "
+                f"{torch.cuda.device_count()} GPU(s): start at most that many per node "
+                "(torchrun --nproc_per_node)"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     owns = not dist.is_initialized()
@@ -127,15 +130,20 @@ class StreamBatchSampler(Sampler[list[int]]):
             no sample.
     """
 
-    def __init__(self, size: int, batch_size: int, *, seed: int = 0, start: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self, size: int, batch_size: int, *, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
         if batch_size % world_size:
-            raise ValueError(f"data.batch_size {batch_size} is the global batch and must be a multiple of the "
-                             f"{world_size} processes; use {batch_size - batch_size % world_size or world_size} or "
-                             f"{batch_size + world_size - batch_size % world_size}")
+            raise ValueError(
+                f"data.batch_size {batch_size} is the global batch and must be a multiple of the "
+                f"{world_size} processes; use {batch_size - batch_size % world_size or world_size} or "
+                f"{batch_size + world_size - batch_size % world_size}"
+            )
         if world_size > 1 and size < batch_size:
-            raise ValueError(f"the training set has {size} samples, fewer than one global batch of {batch_size}: "
-                             "lower data.batch_size")
+            raise ValueError(
+                f"the training set has {size} samples, fewer than one global batch of {batch_size}: "
+                "lower data.batch_size"
+            )
         self.size, self.batch_size, self.seed, self.start = size, batch_size, seed, start
         self.rank, self.world_size = rank, world_size
 
@@ -149,9 +157,9 @@ class StreamBatchSampler(Sampler[list[int]]):
         while True:
             order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
             for batch in range(first, self.batches_per_epoch):
-                chosen = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+                chosen = order[batch * self.batch_size : (batch + 1) * self.batch_size]
                 if self.size >= self.batch_size:
-                    chosen = chosen[self.rank * share:(self.rank + 1) * share]
+                    chosen = chosen[self.rank * share : (self.rank + 1) * share]
                 yield (chosen + epoch * self.size).tolist()
             epoch, first = epoch + 1, 0
 

@@ -19,9 +19,9 @@ from segforge.metrics import ConfusionMatrix, format_table, logits_to_labels, pl
 from segforge.models.segmenter import full_size_forward
 from segforge.plots import overlay_panel, save_png
 
-
-EVALUATION_ADVICE = ("cut the images and their masks into tiles of a few thousand pixels, or evaluate on a device "
-                     "with more memory")
+EVALUATION_ADVICE = (
+    "cut the images and their masks into tiles of a few thousand pixels, or evaluate on a device with more memory"
+)
 
 
 @dataclass
@@ -32,10 +32,20 @@ class Evaluation:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, ignore_index: int | None,
-             loss_fn: nn.Module | None = None, device: torch.device | str = "cpu",
-             memory_format: torch.memory_format = torch.contiguous_format, progress: bool | None = None,
-             flip: bool = False, scales: Sequence[float] = (1.0,), distributed: bool = False) -> Evaluation:
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    *,
+    num_classes: int,
+    ignore_index: int | None,
+    loss_fn: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    memory_format: torch.memory_format = torch.contiguous_format,
+    progress: bool | None = None,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+    distributed: bool = False,
+) -> Evaluation:
     """Runs ``model`` over ``loader`` at each image's own resolution and accumulates the confusion matrix.
 
     ``flip`` and ``scales`` average the class probabilities over test-time augmentation views
@@ -53,8 +63,9 @@ def evaluate(model: nn.Module, loader: DataLoader, *, num_classes: int, ignore_i
     checked = set()
     for images, masks in tqdm(loader, desc="evaluate", unit="batch", disable=quiet, leave=False):
         if images.shape not in checked:  # the estimate is of shapes only: once per image size
-            check_fits(model, tuple(images.shape), device, "an evaluation image", scale=max(scales),
-                       advice=EVALUATION_ADVICE)
+            check_fits(
+                model, tuple(images.shape), device, "an evaluation image", scale=max(scales), advice=EVALUATION_ADVICE
+            )
             checked.add(images.shape)
         images = images.to(device).to(memory_format=memory_format)
         masks = masks.to(device)
@@ -86,14 +97,33 @@ def _display_image(image: torch.Tensor, dataset: SegmentationDataset) -> np.ndar
 
 
 @torch.inference_mode()
-def write_report(model: nn.Module, dataset: SegmentationDataset, folder: Path, *, num_classes: int,
-                 ignore_index: int | None, device: torch.device | str = "cpu",
-                 memory_format: torch.memory_format = torch.contiguous_format, overlays: int = 4,
-                 progress: bool | None = None, flip: bool = False, scales: Sequence[float] = (1.0,)) -> Evaluation:
+def write_report(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    folder: Path,
+    *,
+    num_classes: int,
+    ignore_index: int | None,
+    device: torch.device | str = "cpu",
+    memory_format: torch.memory_format = torch.contiguous_format,
+    overlays: int = 4,
+    progress: bool | None = None,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+) -> Evaluation:
     """Evaluates, prints the per-class table, writes report.json, confusion.png and a few overlays."""
     loader = DataLoader(dataset, batch_size=1, shuffle=False)
-    result = evaluate(model, loader, num_classes=num_classes, ignore_index=ignore_index, device=device,
-                      memory_format=memory_format, progress=progress, flip=flip, scales=scales)
+    result = evaluate(
+        model,
+        loader,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        device=device,
+        memory_format=memory_format,
+        progress=progress,
+        flip=flip,
+        scales=scales,
+    )
     names = dataset.classes or [str(i) for i in range(num_classes)]
     print(format_table(result.scores, names), flush=True)
     save_json(result.scores, folder / "report.json", names)
@@ -103,7 +133,8 @@ def write_report(model: nn.Module, dataset: SegmentationDataset, folder: Path, *
         image, mask = dataset[index]
         logits = full_size_forward(model, image[None].to(device).to(memory_format=memory_format))
         pred = logits_to_labels(logits)[0]
-        panel = overlay_panel(_display_image(image, dataset), mask.numpy(), pred.cpu().numpy(), dataset.palette,
-                              ignore_index)
+        panel = overlay_panel(
+            _display_image(image, dataset), mask.numpy(), pred.cpu().numpy(), dataset.palette, ignore_index
+        )
         save_png(panel, folder / "overlays" / f"{index:03d}.png")
     return result

@@ -142,8 +142,10 @@ def build_datasets(config: Config) -> Datasets:
     val = create_dataset(data.format, data.root, data.val_split, **options) if data.val_split else None
     num_classes = train.num_classes or data.num_classes
     if not num_classes or num_classes < 2:
-        raise ValueError(f"the dataset at {data.root} does not say how many classes it has: pass --num-classes N "
-                         "(2 or more; a binary task has 2)")
+        raise ValueError(
+            f"the dataset at {data.root} does not say how many classes it has: pass --num-classes N "
+            "(2 or more; a binary task has 2)"
+        )
     ignore_index = train.ignore_index if train.ignore_index is not None else NO_LABEL
     in_channels = train[0][0].shape[0]
     return Datasets(train, val, num_classes, ignore_index, in_channels)
@@ -173,16 +175,25 @@ def _run_folder(config: Config) -> Path:
     name = config.train.name or f"{config.model.name or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     folder = check_output_folder(Path(config.train.out) / name, "train.out (--out)")
     if (folder / "state.pt").exists():
-        raise ValueError(f"run folder {folder} already holds a run; continue it with --resume {folder}, "
-                         "or pick another --name")
+        raise ValueError(
+            f"run folder {folder} already holds a run; continue it with --resume {folder}, or pick another --name"
+        )
     return folder
 
 
 def csv_fields(task: Task) -> list[str]:
     """The columns of a run's ``metrics.csv``: the step, epoch and learning rate, the loss and the task's fields
     for train and val, and the run's clock."""
-    return ["step", "epoch", "lr", "train_loss", *(f"train_{f}" for f in task.fields), "val_loss",
-            *(f"val_{f}" for f in task.fields), "seconds"]
+    return [
+        "step",
+        "epoch",
+        "lr",
+        "train_loss",
+        *(f"train_{f}" for f in task.fields),
+        "val_loss",
+        *(f"val_{f}" for f in task.fields),
+        "seconds",
+    ]
 
 
 def _append_csv(path: Path, row: dict, fields: list[str]) -> None:
@@ -202,6 +213,7 @@ def _drop_rows_after(path: Path, step: int) -> None:
         rows = list(csv.DictReader(f))
     kept = [row for row in rows if int(row["step"]) <= step]
     if len(kept) < len(rows):
+
         def write(tmp: str) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -229,8 +241,12 @@ class _StopRequest:
             raise KeyboardInterrupt
         self.requested = True
         if self.show:
-            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
-                  "(send it again to stop at once)", file=sys.stderr, flush=True)
+            print(
+                f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                "(send it again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -241,8 +257,13 @@ class _Stopped(Exception):
     """Raised inside the loop after the state was saved on request (Ctrl-C, SIGTERM)."""
 
 
-def fit(config: Config | None, *, resume: str | Path | None = None, progress: bool | None = None,
-        task: type[Task] = SegmentationTask) -> Path:
+def fit(
+    config: Config | None,
+    *,
+    resume: str | Path | None = None,
+    progress: bool | None = None,
+    task: type[Task] = SegmentationTask,
+) -> Path:
     """Trains ``config.model`` on ``config.data``; returns the run folder.
 
     Under ``torchrun`` every process calls it; they train one model with DistributedDataParallel and
@@ -268,11 +289,14 @@ def fit(config: Config | None, *, resume: str | Path | None = None, progress: bo
         # between two writes can never pair the weights of one round with the optimizer of another.
         state = load_state(Path(resume) / "state.pt")
         if not isinstance(state, dict) or not {"config", "model", "optimizer"} <= set(state):
-            raise ValueError(f"{resume}/state.pt is not a segforge training state (it lacks the config, weights and "
-                             "optimizer a resume needs); resume from the run folder a segforge train wrote")
+            raise ValueError(
+                f"{resume}/state.pt is not a segforge training state (it lacks the config, weights and "
+                "optimizer a resume needs); resume from the run folder a segforge train wrote"
+            )
         if "progress" not in state:
-            raise ValueError(f"{resume}/state.pt was written by an earlier segforge that counted epochs, not steps; "
-                             "start a new run")
+            raise ValueError(
+                f"{resume}/state.pt was written by an earlier segforge that counted epochs, not steps; start a new run"
+            )
         config = config_from_dict(state["config"])
         clock = Clock(before=state["progress"]["seconds"])
     elif config is None:
@@ -298,8 +322,9 @@ def fit(config: Config | None, *, resume: str | Path | None = None, progress: bo
         distributed.stop(process)
 
 
-def _new_run(config: Config, process: distributed.Process, device: torch.device,
-             progress: bool | None) -> tuple[Config, Path, bool]:
+def _new_run(
+    config: Config, process: distributed.Process, device: torch.device, progress: bool | None
+) -> tuple[Config, Path, bool]:
     """Rank 0 prepares the run (data checks, recipe) and writes its folder; every process learns the
     complete config and the folder (or rank 0's error), and whether this call created the folder."""
     result, error = None, None
@@ -347,8 +372,17 @@ class _Session:
     progress: bool | None  # progress bars: True, False, or None (on a terminal only)
 
 
-def _train(config: Config, task: type[Task], state: dict | None, folder: Path, process: distributed.Process,
-           device: torch.device, stop: _StopRequest, progress: bool | None, clock: Clock) -> Path:
+def _train(
+    config: Config,
+    task: type[Task],
+    state: dict | None,
+    folder: Path,
+    process: distributed.Process,
+    device: torch.device,
+    stop: _StopRequest,
+    progress: bool | None,
+    clock: Clock,
+) -> Path:
     """Setup, the steps in rounds, then the report: the whole run of one process."""
     session = _start(config, task, state, folder, process, device, progress, clock)
     run = session.run
@@ -356,13 +390,19 @@ def _train(config: Config, task: type[Task], state: dict | None, folder: Path, p
         _rounds(session, stop)
     except _Stopped as where:
         if process.is_main:
-            print(f"\nstopped at {where}: saved the state there in {folder}; "
-                  f"continue with: segforge train --resume {folder}", flush=True)
+            print(
+                f"\nstopped at {where}: saved the state there in {folder}; "
+                f"continue with: segforge train --resume {folder}",
+                flush=True,
+            )
         raise KeyboardInterrupt from None
     except KeyboardInterrupt:
         if process.is_main:
-            print(f"\ninterrupted at step {run.step}: the last saved state is in {folder}; "
-                  f"continue with: segforge train --resume {folder}", flush=True)
+            print(
+                f"\ninterrupted at step {run.step}: the last saved state is in {folder}; "
+                f"continue with: segforge train --resume {folder}",
+                flush=True,
+            )
         raise
     if session.data.val is not None and process.is_main:
         session.task.report(folder, progress=progress)
@@ -371,8 +411,16 @@ def _train(config: Config, task: type[Task], state: dict | None, folder: Path, p
     return folder
 
 
-def _start(config: Config, task_type: type[Task], state: dict | None, folder: Path, process: distributed.Process,
-           device: torch.device, progress: bool | None, clock: Clock) -> _Session:
+def _start(
+    config: Config,
+    task_type: type[Task],
+    state: dict | None,
+    folder: Path,
+    process: distributed.Process,
+    device: torch.device,
+    progress: bool | None,
+    clock: Clock,
+) -> _Session:
     """Data, the task (network and loss), optimizer, schedule and the training stream, restored from ``state``
     when resuming."""
     seed_everything(config.train.seed)
@@ -382,13 +430,17 @@ def _start(config: Config, task_type: type[Task], state: dict | None, folder: Pa
     run = Progress(**state["progress"]) if state is not None else _plan_length(config, data, process)
     budget = parse_duration(config.train.time_budget) if config.train.time_budget else None
     if budget is not None and clock.elapsed() >= budget:
-        raise ValueError(f"the time budget {config.train.time_budget} was spent before training started (reading "
-                         f"and checking the data took {describe_seconds(clock.elapsed())}); give more time")
+        raise ValueError(
+            f"the time budget {config.train.time_budget} was spent before training started (reading "
+            f"and checking the data took {describe_seconds(clock.elapsed())}); give more time"
+        )
     optimizer = create_optimizer(net, config.optimizer)
     scheduler = create_scheduler(optimizer, config.schedule, progress=run)
     if config.train.amp == "on" and device.type != "cuda":
-        raise ValueError(f"train.amp is 'on' but training runs on {device}: mixed precision needs CUDA; "
-                         "use amp: auto (on when CUDA is used) or off")
+        raise ValueError(
+            f"train.amp is 'on' but training runs on {device}: mixed precision needs CUDA; "
+            "use amp: auto (on when CUDA is used) or off"
+        )
     amp = device.type == "cuda" and config.train.amp != "off"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     if state is not None:
@@ -398,26 +450,67 @@ def _start(config: Config, task_type: type[Task], state: dict | None, folder: Pa
         torch.set_rng_state(state["torch_rng"])
         if process.is_main:
             _drop_rows_after(folder / "metrics.csv", run.step)
-    info = {"config": config.to_dict(), "classes": data.train.classes, "palette": data.train.palette,
-            "ignore_index": data.ignore_index, "mean": data.train.mean, "std": data.train.std,
-            "label_map": sorted(config.data.label_map.items()) if config.data.label_map else None}
+    info = {
+        "config": config.to_dict(),
+        "classes": data.train.classes,
+        "palette": data.train.palette,
+        "ignore_index": data.ignore_index,
+        "mean": data.train.mean,
+        "std": data.train.std,
+        "label_map": sorted(config.data.label_map.items()) if config.data.label_map else None,
+    }
     save = functools.partial(_save, folder, net, optimizer, scheduler, scaler, config, info, run, clock, task.score)
-    sampler = StreamBatchSampler(len(data.train), config.data.batch_size, seed=config.train.seed,
-                                 start=run.batches, rank=process.rank, world_size=process.world_size)
-    transform = build_transforms(config.data.augmentation, ignore_index=data.ignore_index,
-                                 crop_size=config.data.crop_size, seed=config.train.seed)
-    loader_options = {"num_workers": config.data.workers, "collate_fn": task.collate(),
-                      "worker_init_fn": _worker_init, "pin_memory": device.type == "cuda",
-                      # worker seeds come from here, not from the global RNG, which stays the model's (dropout)
-                      "generator": torch.Generator().manual_seed(config.train.seed)}
-    batches = iter(DataLoader(EpochSamples(data.train, transform, config.train.seed), batch_sampler=sampler,
-                              **loader_options))
-    val_loader = (DataLoader(data.val, batch_size=1, sampler=distributed.shard(len(data.val), process),
-                             **loader_options) if data.val is not None else None)
+    sampler = StreamBatchSampler(
+        len(data.train),
+        config.data.batch_size,
+        seed=config.train.seed,
+        start=run.batches,
+        rank=process.rank,
+        world_size=process.world_size,
+    )
+    transform = build_transforms(
+        config.data.augmentation,
+        ignore_index=data.ignore_index,
+        crop_size=config.data.crop_size,
+        seed=config.train.seed,
+    )
+    loader_options = {
+        "num_workers": config.data.workers,
+        "collate_fn": task.collate(),
+        "worker_init_fn": _worker_init,
+        "pin_memory": device.type == "cuda",
+        # worker seeds come from here, not from the global RNG, which stays the model's (dropout)
+        "generator": torch.Generator().manual_seed(config.train.seed),
+    }
+    batches = iter(
+        DataLoader(EpochSamples(data.train, transform, config.train.seed), batch_sampler=sampler, **loader_options)
+    )
+    val_loader = (
+        DataLoader(data.val, batch_size=1, sampler=distributed.shard(len(data.val), process), **loader_options)
+        if data.val is not None
+        else None
+    )
     quiet = True if not process.is_main else None if progress is None else not progress
-    return _Session(config, folder, process, device, clock, budget, data, task, optimizer, scheduler, scaler, amp,
-                    run, batches, val_loader, save,
-                    state.get("round") if state is not None else None, None if quiet is None else not quiet)
+    return _Session(
+        config,
+        folder,
+        process,
+        device,
+        clock,
+        budget,
+        data,
+        task,
+        optimizer,
+        scheduler,
+        scaler,
+        amp,
+        run,
+        batches,
+        val_loader,
+        save,
+        state.get("round") if state is not None else None,
+        None if quiet is None else not quiet,
+    )
 
 
 def _rounds(s: _Session, stop: _StopRequest) -> None:
@@ -425,15 +518,25 @@ def _rounds(s: _Session, stop: _StopRequest) -> None:
     the first steps and refitted after every round, and ends the run when it runs out."""
     run, main = s.run, s.process.is_main
     round_ = _Round.start(s.task, s.partial, main)
-    bar = tqdm(total=run.total_steps, initial=run.step, desc="train", unit="step", leave=False, dynamic_ncols=True,
-               disable=None if s.progress is None else not s.progress)  # None: a bar on a terminal only
+    bar = tqdm(
+        total=run.total_steps,
+        initial=run.step,
+        desc="train",
+        unit="step",
+        leave=False,
+        dynamic_ncols=True,
+        disable=None if s.progress is None else not s.progress,
+    )  # None: a bar on a terminal only
     every, last_save = 60 * s.config.train.checkpoint_minutes, time.monotonic()
     with bar:
         while run.step < run.total_steps:
             started = time.perf_counter()
             save_due = every > 0 and time.monotonic() - last_save >= every
-            spent = s.budget is not None and run.fitted and \
-                s.clock.elapsed() + _final_seconds(run, s.data) + _step_seconds(run) >= s.budget
+            spent = (
+                s.budget is not None
+                and run.fitted
+                and s.clock.elapsed() + _final_seconds(run, s.data) + _step_seconds(run) >= s.budget
+            )
             stop_now, save_now, out_of_time = _optimizer_step(s, round_, stop.requested, save_due, spent)
             if run.step > 1:  # the first step warms up allocations and workers: not a measure of speed
                 run.step_seconds += time.perf_counter() - started
@@ -456,8 +559,11 @@ def _rounds(s: _Session, stop: _StopRequest) -> None:
                     raise _Stopped(f"step {run.step}")
                 if out_of_time:
                     if main:
-                        print(f"time budget {s.config.train.time_budget} spent at step {run.step}: stopping; the "
-                              f"resume state is saved in {s.folder}", flush=True)
+                        print(
+                            f"time budget {s.config.train.time_budget} spent at step {run.step}: stopping; the "
+                            f"resume state is saved in {s.folder}",
+                            flush=True,
+                        )
                     return
                 if s.config.train.early_stop and run.stale >= s.config.train.early_stop and not best:
                     if main:
@@ -474,8 +580,9 @@ def _rounds(s: _Session, stop: _StopRequest) -> None:
 
 def _plan_length(config: Config, data: Datasets, process: distributed.Process) -> Progress:
     """A new run's length in steps, its validation interval and warm-up, from epochs, iterations or the budget."""
-    batches_per_epoch = StreamBatchSampler(len(data.train), config.data.batch_size,
-                                           world_size=process.world_size).batches_per_epoch
+    batches_per_epoch = StreamBatchSampler(
+        len(data.train), config.data.batch_size, world_size=process.world_size
+    ).batches_per_epoch
     steps_per_epoch = math.ceil(batches_per_epoch / config.train.accumulate)
     train = config.train
     if train.time_budget is not None:
@@ -485,8 +592,10 @@ def _plan_length(config: Config, data: Datasets, process: distributed.Process) -
     elif train.epochs is not None:
         total = train.epochs * steps_per_epoch
     else:
-        raise ValueError("the run's length is not set: give train.epochs, train.iterations or train.time_budget "
-                         "(--epochs, --iterations, --time-budget)")
+        raise ValueError(
+            "the run's length is not set: give train.epochs, train.iterations or train.time_budget "
+            "(--epochs, --iterations, --time-budget)"
+        )
     if train.eval_steps is not None:
         eval_steps = train.eval_steps
     elif train.epochs is not None and train.iterations is None and train.time_budget is None:
@@ -496,8 +605,9 @@ def _plan_length(config: Config, data: Datasets, process: distributed.Process) -
     warmup = config.schedule.warmup_iters
     if warmup is None:
         warmup = recipe.warmup_steps(total) if train.time_budget is None else recipe.MAX_WARMUP
-    return Progress(total_steps=total, eval_steps=min(eval_steps, total), warmup_steps=warmup,
-                    steps_per_epoch=steps_per_epoch)
+    return Progress(
+        total_steps=total, eval_steps=min(eval_steps, total), warmup_steps=warmup, steps_per_epoch=steps_per_epoch
+    )
 
 
 @dataclass
@@ -533,12 +643,16 @@ def _optimizer_step(s: _Session, round_: _Round, stop: bool, save: bool, spent: 
             loss, outputs = s.task.forward(batch)
         loss_value, stop, save, spent = _agree(loss.detach(), (stop, save, spent), s.process)
         if not math.isfinite(loss_value):
-            saved = (f"the last good weights are {s.folder / 'last.safetensors'}" if (s.folder / "last.safetensors")
-                     .exists() else "no checkpoint was saved before it, so the run folder was removed")
+            saved = (
+                f"the last good weights are {s.folder / 'last.safetensors'}"
+                if (s.folder / "last.safetensors").exists()
+                else "no checkpoint was saved before it, so the run folder was removed"
+            )
             raise TrainingError(
                 f"the loss became {loss_value} at step {run.step + 1} (epoch {math.floor(run.epoch) + 1}, batch "
                 f"{run.batches + 1}): lower the learning rate (optimizer.lr = {config.optimizer.lr}), add warm-up "
-                f"(schedule.warmup_iters), or turn off mixed precision (train.amp: off); {saved}")
+                f"(schedule.warmup_iters), or turn off mixed precision (train.amp: off); {saved}"
+            )
         s.scaler.scale(loss / config.train.accumulate).backward()
         round_.metrics.update(batch, outputs)
         round_.loss += loss_value
@@ -566,10 +680,13 @@ def _end_round(s: _Session, round_: _Round) -> bool:
     """Validates, logs a row and saves; returns whether the model is the best so far."""
     started, run, task = time.perf_counter(), s.run, s.task
     epoch = run.epoch
-    row = {"step": run.step, "epoch": f"{epoch:.0f}" if epoch == round(epoch) else f"{epoch:.2f}",
-           "lr": f"{s.optimizer.param_groups[0]['lr']:.6g}",
-           "train_loss": f"{round_.loss / max(round_.batches, 1):.6f}",
-           **{f"train_{key}": f"{value:.6f}" for key, value in round_.metrics.row().items()}}
+    row = {
+        "step": run.step,
+        "epoch": f"{epoch:.0f}" if epoch == round(epoch) else f"{epoch:.2f}",
+        "lr": f"{s.optimizer.param_groups[0]['lr']:.6g}",
+        "train_loss": f"{round_.loss / max(round_.batches, 1):.6f}",
+        **{f"train_{key}": f"{value:.6f}" for key, value in round_.metrics.row().items()},
+    }
     improved = s.val_loader is None
     if s.val_loader is not None:
         _share_buffers(task.net, s.process)  # every process evaluates with rank 0's batch-norm statistics
@@ -614,14 +731,17 @@ def _check_budget(config: Config, clock: Clock, budget: float, first_step: float
     final = 2 * _estimate_round_seconds(config, data, first_step)
     if clock.elapsed() + final > budget:
         needed = clock.elapsed() + final + 50 * first_step
-        raise ValueError(f"the time budget {config.train.time_budget} is too short to train: preparing took "
-                         f"{describe_seconds(clock.elapsed() - first_step)}, one step {first_step:.1f} s, and the "
-                         f"final evaluation needs about {describe_seconds(final)}; give at least "
-                         f"--time-budget {math.ceil(needed / 60)}m (50 steps), or a smaller --crop-size/--batch-size")
+        raise ValueError(
+            f"the time budget {config.train.time_budget} is too short to train: preparing took "
+            f"{describe_seconds(clock.elapsed() - first_step)}, one step {first_step:.1f} s, and the "
+            f"final evaluation needs about {describe_seconds(final)}; give at least "
+            f"--time-budget {math.ceil(needed / 60)}m (50 steps), or a smaller --crop-size/--batch-size"
+        )
 
 
-def _fit_to_budget(run: Progress, budget: float, clock: Clock, config: Config, data: Datasets,
-                   process: distributed.Process) -> None:
+def _fit_to_budget(
+    run: Progress, budget: float, clock: Clock, config: Config, data: Datasets, process: distributed.Process
+) -> None:
     """Refits the run's total steps (and, the first time, its validation interval and warm-up) to the time
     left; rank 0 decides for every process."""
     fitted, first = None, not run.fitted
@@ -630,20 +750,36 @@ def _fit_to_budget(run: Progress, budget: float, clock: Clock, config: Config, d
         run.round_seconds = run.round_seconds or _estimate_round_seconds(config, data, step_seconds)
         round_seconds, final_seconds = run.round_seconds, _final_seconds(run, data)
         if first and config.train.eval_steps is None:  # about VALIDATIONS rounds, if they cost under a tenth
-            estimate = fit_steps(budget - recipe.VALIDATIONS * round_seconds, elapsed=clock.elapsed(), step=run.step,
-                                 step_seconds=step_seconds, validation_seconds=0, eval_steps=1,
-                                 final_seconds=final_seconds)
+            estimate = fit_steps(
+                budget - recipe.VALIDATIONS * round_seconds,
+                elapsed=clock.elapsed(),
+                step=run.step,
+                step_seconds=step_seconds,
+                validation_seconds=0,
+                eval_steps=1,
+                final_seconds=final_seconds,
+            )
             run.eval_steps = recipe.eval_steps(estimate, validation_seconds=round_seconds, step_seconds=step_seconds)
-        total = fit_steps(budget, elapsed=clock.elapsed(), step=run.step, step_seconds=step_seconds,
-                          validation_seconds=round_seconds, eval_steps=run.eval_steps, final_seconds=final_seconds)
+        total = fit_steps(
+            budget,
+            elapsed=clock.elapsed(),
+            step=run.step,
+            step_seconds=step_seconds,
+            validation_seconds=round_seconds,
+            eval_steps=run.eval_steps,
+            final_seconds=final_seconds,
+        )
         total = min(max(total, run.step + 1), config.train.iterations or total)
         if first and config.schedule.warmup_iters is None:
             run.warmup_steps = max(recipe.warmup_steps(total), run.step)
         fitted = (total, run.eval_steps, run.warmup_steps)
         if first:
-            print(f"time budget {config.train.time_budget}: {step_seconds:.2f} s per step measured, {total} steps "
-                  f"fit (validation every {run.eval_steps} steps, about {round_seconds:.0f} s each; warm-up "
-                  f"{run.warmup_steps} steps)", flush=True)
+            print(
+                f"time budget {config.train.time_budget}: {step_seconds:.2f} s per step measured, {total} steps "
+                f"fit (validation every {run.eval_steps} steps, about {round_seconds:.0f} s each; warm-up "
+                f"{run.warmup_steps} steps)",
+                flush=True,
+            )
     total, run.eval_steps, run.warmup_steps = distributed.broadcast(fitted, process)
     run.refit(total)
     run.fitted = True
@@ -657,8 +793,21 @@ def _share_buffers(net: nn.Module, process: distributed.Process) -> None:
             torch.distributed.broadcast(buffer, src=0)
 
 
-def _save(folder: Path, model, optimizer, scheduler, scaler, config: Config, info: dict, run: Progress,
-          clock: Clock, score: str, *, best: bool = False, partial: dict | None = None) -> None:
+def _save(
+    folder: Path,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    config: Config,
+    info: dict,
+    run: Progress,
+    clock: Clock,
+    score: str,
+    *,
+    best: bool = False,
+    partial: dict | None = None,
+) -> None:
     """Writes the resume state, then last (and best) weights; each file atomically. The checkpoints' info
     records the best validation ``score`` so far (``best_mean_iou`` for segmentation).
 
@@ -666,9 +815,16 @@ def _save(folder: Path, model, optimizer, scheduler, scaler, config: Config, inf
     resume state only.
     """
     run.seconds = clock.elapsed()
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "config": config.to_dict(), "progress": dataclasses.asdict(run),
-             "torch_rng": torch.get_rng_state(), "model_config": model.config}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "config": config.to_dict(),
+        "progress": dataclasses.asdict(run),
+        "torch_rng": torch.get_rng_state(),
+        "model_config": model.config,
+    }
     if partial is not None:
         state["round"] = partial
     save_state(folder / "state.pt", state)

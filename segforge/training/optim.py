@@ -44,8 +44,9 @@ def create_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.O
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)
-    return build([{"params": decay, "weight_decay": config.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}], config)
+    return build(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], config
+    )
 
 
 @SCHEDULES.register("poly")
@@ -68,8 +69,9 @@ def _constant(step: int, decayed: float, steps_per_epoch: int, config: ScheduleC
     return 1.0
 
 
-def lr_factor(step: int, decayed: float, steps_per_epoch: int, config: ScheduleConfig, *,
-              warmup_steps: int = 0) -> float:
+def lr_factor(
+    step: int, decayed: float, steps_per_epoch: int, config: ScheduleConfig, *, warmup_steps: int = 0
+) -> float:
     """The learning-rate multiplier at optimizer step ``step`` (0-based): a linear ramp over ``warmup_steps``,
     then the schedule's decay (``SCHEDULES``; poly when unset), ``decayed`` (0 to 1) of the way through its
     course."""
@@ -78,12 +80,15 @@ def lr_factor(step: int, decayed: float, steps_per_epoch: int, config: ScheduleC
     return SCHEDULES.get(config.name or "poly")(step, decayed, steps_per_epoch, config)
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, config: ScheduleConfig, *,
-                     progress: Progress) -> torch.optim.lr_scheduler.LambdaLR:
+def create_scheduler(
+    optimizer: torch.optim.Optimizer, config: ScheduleConfig, *, progress: Progress
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step learning rates that follow ``progress``: its total and warm-up steps may be refitted while the
     run goes (a time budget; ``Progress.refit`` keeps the decay continuous), and the factor is read anew at
     every step."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, progress.decayed(step), progress.steps_per_epoch, config,
-                                          warmup_steps=progress.warmup_steps)
+        optimizer,
+        lambda step: lr_factor(
+            step, progress.decayed(step), progress.steps_per_epoch, config, warmup_steps=progress.warmup_steps
+        ),
     )

@@ -59,8 +59,10 @@ class Prepared:
         config = copy.deepcopy(self.config)
         if self.held_out is not None:
             dataset, keep, held, split = self.held_out
-            note = (f"hold-out of {len(held)} of the {len(dataset)} samples of split {split!r} of {config.data.root} "
-                    f"(data.val_fraction {config.data.val_fraction}, seed {config.train.seed})")
+            note = (
+                f"hold-out of {len(held)} of the {len(dataset)} samples of split {split!r} of {config.data.root} "
+                f"(data.val_fraction {config.data.val_fraction}, seed {config.train.seed})"
+            )
             splits = folder.resolve() / "splits"
             config.data.train_split = str(write_split_list(splits / "train.txt", dataset, keep, split=split, note=note))
             config.data.val_split = str(write_split_list(splits / "val.txt", dataset, held, split=split, note=note))
@@ -72,9 +74,15 @@ class Prepared:
 def dataset_options(config: Config) -> dict:
     """``create_dataset`` keyword arguments of ``config.data`` (what the mask values mean, region masks)."""
     data = config.data
-    options = {"num_classes": data.num_classes, "ignore_index": data.ignore_index, "colour_map": data.palette,
-               "label_map": data.label_map, "region_masks": data.region_masks, "image_dir": data.image_dir,
-               "mask_dir": data.mask_dir}
+    options = {
+        "num_classes": data.num_classes,
+        "ignore_index": data.ignore_index,
+        "colour_map": data.palette,
+        "label_map": data.label_map,
+        "region_masks": data.region_masks,
+        "image_dir": data.image_dir,
+        "mask_dir": data.mask_dir,
+    }
     if data.format != "folder":  # the other layouts fix their labels: pass only what was given, to be checked
         options = {key: value for key, value in options.items() if value is not None}
     return options
@@ -92,9 +100,16 @@ def prepare(config: Config, *, cuda: bool = False, progress: bool | None = None)
     if not data.root:
         raise ValueError("data.root is not set: pass --data PATH (a dataset folder) or set data.root in the config")
     root = Path(data.root)
-    options = data_options(layout=data.format, num_classes=data.num_classes, ignore_index=data.ignore_index,
-                           colour_map=data.palette, label_map=data.label_map, region_masks=data.region_masks,
-                           image_dir=data.image_dir, mask_dir=data.mask_dir)
+    options = data_options(
+        layout=data.format,
+        num_classes=data.num_classes,
+        ignore_index=data.ignore_index,
+        colour_map=data.palette,
+        label_map=data.label_map,
+        region_masks=data.region_masks,
+        image_dir=data.image_dir,
+        mask_dir=data.mask_dir,
+    )
     if data.format == "auto":
         data.format = "folder" if data.image_dir or data.mask_dir else detect_layout(root)
     layout = DATASETS.get(data.format)
@@ -105,8 +120,10 @@ def prepare(config: Config, *, cuda: bool = False, progress: bool | None = None)
         if data.val_split == "auto":
             data.val_split, hold = val_split, val_split is None
             if hold:
-                notes.append(f"no validation split: {data.val_fraction:.0%} of {data.train_split!r} is held out "
-                             "(seeded; listed in the run folder's splits/)")
+                notes.append(
+                    f"no validation split: {data.val_fraction:.0%} of {data.train_split!r} is held out "
+                    "(seeded; listed in the run folder's splits/)"
+                )
     train = create_dataset(data.format, root, data.train_split, **dataset_options(config))
     if data.val_split is not None and not hold:
         create_dataset(data.format, root, data.val_split, **dataset_options(config))  # a missing split fails now
@@ -122,8 +139,10 @@ def prepare(config: Config, *, cuda: bool = False, progress: bool | None = None)
     if data.label_map:
         unused = sorted(set(data.label_map) - set(fp.raw_values))
         if unused:
-            notes.append(f"warning: the label map names value(s) {unused} that no training mask holds (they hold "
-                         f"{sorted(fp.raw_values)[:12]}); check --label-map")
+            notes.append(
+                f"warning: the label map names value(s) {unused} that no training mask holds (they hold "
+                f"{sorted(fp.raw_values)[:12]}); check --label-map"
+            )
     config, choices = plan(config, fp, cuda=cuda)
     if hold:
         config.data.val_split = "auto"  # until write() names the hold-out's list

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from segforge.config import Config
-from segforge.data.fingerprint import Fingerprint
 from segforge.data.class_weights import median_frequency_weights
+from segforge.data.fingerprint import Fingerprint
 from segforge.encoders import pretrained
 from segforge.encoders.weights import IMAGENET
 
@@ -73,8 +73,13 @@ class Choice:
 def _show(value: Any) -> str:
     """A config value as the plan prints it: augmentations by name, numbers short."""
     if isinstance(value, dict):
-        return ", ".join(key if not options else f"{key} " + " ".join(f"{_show(v)}" for v in options.values())
-                         for key, options in value.items()) or "none"
+        return (
+            ", ".join(
+                key if not options else f"{key} " + " ".join(f"{_show(v)}" for v in options.values())
+                for key, options in value.items()
+            )
+            or "none"
+        )
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_show(v) for v in value[:6]) + (", ...]" if len(value) > 6 else "]")
     if isinstance(value, float):
@@ -108,11 +113,15 @@ def _class_weights(fp: Fingerprint) -> tuple[list[float] | str, str]:
     present = [share for share in fp.class_share if share > 0]
     ratio = max(present) / min(present)
     if fp.num_classes < 3 or ratio < IMBALANCE:
-        return "none", (f"class shares within {IMBALANCE:g}x of each other" if ratio < IMBALANCE
-                        else "two classes: the Dice term balances them")
+        return "none", (
+            f"class shares within {IMBALANCE:g}x of each other"
+            if ratio < IMBALANCE
+            else "two classes: the Dice term balances them"
+        )
     weights = median_frequency_weights(fp.class_pixels.class_pixels, fp.class_pixels.present_pixels) ** 0.5
-    return [round(float(w), 4) for w in weights], (f"class shares differ {ratio:.0f}x: square root of the "
-                                                   "median-frequency weights (SegNet)")
+    return [round(float(w), 4) for w in weights], (
+        f"class shares differ {ratio:.0f}x: square root of the median-frequency weights (SegNet)"
+    )
 
 
 def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config, list[Choice]]:
@@ -151,7 +160,7 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
         crop_size = choose(data, "crop_size", crop, f"images are {side}+ px: random {crop}-px crops")
     else:
         crop_size = choose(data, "crop_size", 0, f"images are {side} px or less: whole images (0)")
-    pixels = crop_size ** 2 if crop_size else fp.median_size[0] * fp.median_size[1]
+    pixels = crop_size**2 if crop_size else fp.median_size[0] * fp.median_size[1]
     budget = GPU_PIXELS_PER_STEP if cuda else CPU_PIXELS_PER_STEP
     batch = max(2, min(32, round(budget / pixels), fp.images))
     choose(data, "batch_size", batch, f"about {budget / 1e6:.2g} M pixels per step")
@@ -181,11 +190,14 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
     choose(config.schedule, "name", "poly", "decays to zero at the last step")
     if train.time_budget is None and train.epochs is None and train.iterations is None:
         steps = int(min(20000, max(1000, math.ceil(40 * fp.images / data.batch_size))))
-        choose(train, "iterations", steps, "40 passes over the training images (1,000-20,000 steps); "
-                                           "--time-budget fits them to a time instead")
+        choose(
+            train,
+            "iterations",
+            steps,
+            "40 passes over the training images (1,000-20,000 steps); --time-budget fits them to a time instead",
+        )
     if train.time_budget is not None:
-        choices.append(Choice("train.time_budget", train.time_budget, "steps fitted to it after the first steps",
-                              True))
+        choices.append(Choice("train.time_budget", train.time_budget, "steps fitted to it after the first steps", True))
     return config, choices
 
 
@@ -196,17 +208,39 @@ def _choose_encoder(model: Any, fp: Fingerprint, choose: Any, *, cuda: bool) -> 
     offline = pretrained.available_offline(PRETRAINED_ENCODER)
     if wanted or (model.encoder is None and model.encoder_weights is None and fp.channels == 3 and offline):
         encoder = PRETRAINED_ENCODER if offline else DOWNLOADED_ENCODER
-        choose(model, "encoder", encoder, "ImageNet-pretrained: features learnt from 1.3 M photographs, a head start "
-               "on RGB images" + ("" if offline else f" ({PRETRAINED_ENCODER}'s are not installed)"))
+        choose(
+            model,
+            "encoder",
+            encoder,
+            "ImageNet-pretrained: features learnt from 1.3 M photographs, a head start "
+            "on RGB images" + ("" if offline else f" ({PRETRAINED_ENCODER}'s are not installed)"),
+        )
         source = pretrained.IMAGENET[encoder].package
-        choose(model, "encoder_weights", IMAGENET, f"installed with segforge[pretrained] ({source}): nothing to "
-               "download" if offline else "downloaded once into the torch hub cache")
+        choose(
+            model,
+            "encoder_weights",
+            IMAGENET,
+            f"installed with segforge[pretrained] ({source}): nothing to download"
+            if offline
+            else "downloaded once into the torch hub cache",
+        )
     else:
-        why = ("" if fp.channels == 3 or model.encoder is not None else
-               f"{fp.channels} channel(s), not RGB photographs: from scratch; ")
-        choose(model, "encoder", "unet" if cuda else "unet16",
-               why + ("the paper's widths (64-1024)" if cuda else "a quarter of the paper's widths (16-256): 1/16 of "
-                      "the FLOPs, many more steps per minute on a CPU"))
+        why = (
+            ""
+            if fp.channels == 3 or model.encoder is not None
+            else f"{fp.channels} channel(s), not RGB photographs: from scratch; "
+        )
+        choose(
+            model,
+            "encoder",
+            "unet" if cuda else "unet16",
+            why
+            + (
+                "the paper's widths (64-1024)"
+                if cuda
+                else "a quarter of the paper's widths (16-256): 1/16 of the FLOPs, many more steps per minute on a CPU"
+            ),
+        )
 
 
 def warmup_steps(total_steps: int) -> int:

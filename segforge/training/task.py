@@ -117,26 +117,43 @@ class SegmentationTask:
     fields = ("mean_iou", "pixel_accuracy")
     score = "mean_iou"
 
-    def __init__(self, net: nn.Module, model: nn.Module, loss_fn: nn.Module, *, data, device: torch.device,
-                 memory_format: torch.memory_format) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        *,
+        data,
+        device: torch.device,
+        memory_format: torch.memory_format,
+    ) -> None:
         self.net, self.model, self.loss_fn = net, model, loss_fn
         self.data, self.device, self.memory_format = data, device, memory_format
 
     @classmethod
-    def build(cls, config: Config, data, state: dict | None, process: distributed.Process,
-              device: torch.device) -> SegmentationTask:
+    def build(
+        cls, config: Config, data, state: dict | None, process: distributed.Process, device: torch.device
+    ) -> SegmentationTask:
         """The configured network (restored from ``state``; wrapped for DistributedDataParallel) and its loss."""
         net, model, memory_format = _build_model(config, data, state, process, device)
-        return cls(net, model, _build_loss(config, data.train, data.ignore_index, net, device), data=data,
-                   device=device, memory_format=memory_format)
+        return cls(
+            net,
+            model,
+            _build_loss(config, data.train, data.ignore_index, net, device),
+            data=data,
+            device=device,
+            memory_format=memory_format,
+        )
 
     def collate(self) -> Callable:
         return PadCollate(self.data.ignore_index)
 
     def to_device(self, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple:
         images, masks = batch
-        return (images.to(device, non_blocking=True).to(memory_format=self.memory_format),
-                masks.to(device, non_blocking=True))
+        return (
+            images.to(device, non_blocking=True).to(memory_format=self.memory_format),
+            masks.to(device, non_blocking=True),
+        )
 
     def forward(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         images, masks = batch
@@ -148,9 +165,17 @@ class SegmentationTask:
         return ConfusionCounts(self.data.num_classes, self.data.ignore_index)
 
     def validate(self, loader: DataLoader, *, progress: bool | None, process: distributed.Process) -> dict:
-        val = evaluate(self.net, loader, num_classes=self.data.num_classes, ignore_index=self.data.ignore_index,
-                       loss_fn=self.loss_fn, device=self.device, memory_format=self.memory_format, progress=progress,
-                       distributed=process.distributed)
+        val = evaluate(
+            self.net,
+            loader,
+            num_classes=self.data.num_classes,
+            ignore_index=self.data.ignore_index,
+            loss_fn=self.loss_fn,
+            device=self.device,
+            memory_format=self.memory_format,
+            progress=progress,
+            distributed=process.distributed,
+        )
         return {"loss": val.loss, "mean_iou": val.scores["mean_iou"], "pixel_accuracy": val.scores["pixel_accuracy"]}
 
     def report(self, folder: Path, *, progress: bool | None) -> None:
@@ -158,18 +183,30 @@ class SegmentationTask:
         from segforge.checkpoint import load_model
 
         model, _ = load_model(folder / "best.safetensors", map_location=self.device)
-        write_report(model.to(memory_format=self.memory_format).eval(), self.data.val, folder,
-                     num_classes=self.data.num_classes, ignore_index=self.data.ignore_index, device=self.device,
-                     memory_format=self.memory_format, progress=progress)
+        write_report(
+            model.to(memory_format=self.memory_format).eval(),
+            self.data.val,
+            folder,
+            num_classes=self.data.num_classes,
+            ignore_index=self.data.ignore_index,
+            device=self.device,
+            memory_format=self.memory_format,
+            progress=progress,
+        )
 
 
-def _build_model(config: Config, data, state: dict | None, process: distributed.Process,
-                 device: torch.device) -> tuple[nn.Module, nn.Module, torch.memory_format]:
+def _build_model(
+    config: Config, data, state: dict | None, process: distributed.Process, device: torch.device
+) -> tuple[nn.Module, nn.Module, torch.memory_format]:
     """``(net, what the steps call: net or its DistributedDataParallel wrapper, memory format)``."""
     # A resumed run has its weights: the encoder's ImageNet weights are neither fetched nor loaded again.
-    net = create_model(config.model.name, data.num_classes, in_channels=data.in_channels,
-                       encoder=config.model.encoder, encoder_weights=config.model.encoder_weights if state is None
-                       else None)
+    net = create_model(
+        config.model.name,
+        data.num_classes,
+        in_channels=data.in_channels,
+        encoder=config.model.encoder,
+        encoder_weights=config.model.encoder_weights if state is None else None,
+    )
     if state is not None:
         net.load_state_dict(state["model"])
         net.config = state.get("model_config", net.config)  # what the encoder started from
@@ -179,27 +216,33 @@ def _build_model(config: Config, data, state: dict | None, process: distributed.
     if process.distributed:
         if config.train.sync_bn:
             if device.type != "cuda":
-                raise ValueError("train.sync_bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only. Turn it "
-                                 "off on the CPU (each process then normalises with its own batch statistics)")
+                raise ValueError(
+                    "train.sync_bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only. Turn it "
+                    "off on the CPU (each process then normalises with its own batch statistics)"
+                )
             net = model = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     return net, model, memory_format
 
 
-def _build_loss(config: Config, train: SegmentationDataset, ignore_index: int, net: nn.Module,
-                device: torch.device) -> nn.Module:
+def _build_loss(
+    config: Config, train: SegmentationDataset, ignore_index: int, net: nn.Module, device: torch.device
+) -> nn.Module:
     weights = None
     if isinstance(config.data.class_weights, list):
         weights = config.data.class_weights
     elif config.data.class_weights == "median_frequency":
         weights = class_weights(train).tolist()
     name = config.loss.name or "ce"
-    return create_loss(name, ignore_index=ignore_index,
-                       class_weight=weights if name != "dice" else None,
-                       dice_class_weight=weights if name == "dice" else None,
-                       dice_weight=config.loss.dice_weight if name == "ce+dice" else None,
-                       smooth=config.loss.smooth if name != "ce" else None,
-                       aux_weight=config.loss.aux_weight if net.aux_head is not None else None,
-                       # every mask was range-checked by the dataset (naming its file); re-checking
-                       # each batch in every loss term would cost device syncs for nothing
-                       validate=False).to(device)
+    return create_loss(
+        name,
+        ignore_index=ignore_index,
+        class_weight=weights if name != "dice" else None,
+        dice_class_weight=weights if name == "dice" else None,
+        dice_weight=config.loss.dice_weight if name == "ce+dice" else None,
+        smooth=config.loss.smooth if name != "ce" else None,
+        aux_weight=config.loss.aux_weight if net.aux_head is not None else None,
+        # every mask was range-checked by the dataset (naming its file); re-checking
+        # each batch in every loss term would cost device syncs for nothing
+        validate=False,
+    ).to(device)

@@ -11,13 +11,15 @@ from segforge.models import MODELS, SegmentationHead, Segmenter
 
 
 @MODELS.register("tiny_unet")
-def tiny_unet(num_classes: int, *, in_channels: int = 3, encoder: str | None = None,
-              encoder_weights: str | None = None) -> Segmenter:
+def tiny_unet(
+    num_classes: int, *, in_channels: int = 3, encoder: str | None = None, encoder_weights: str | None = None
+) -> Segmenter:
     enc = UNetEncoder(in_channels=in_channels, widths=(8, 16, 32), padding=True, batch_norm=False)
     decoder = UNetDecoder(enc.out_channels, enc.reductions, padding=True, batch_norm=False)
     head = SegmentationHead(decoder.out_channels, num_classes)
-    return Segmenter(enc, decoder, head, num_classes=num_classes, in_channels=in_channels, stride=4,
-                     encoder_name="tiny")
+    return Segmenter(
+        enc, decoder, head, num_classes=num_classes, in_channels=in_channels, stride=4, encoder_name="tiny"
+    )
 
 
 if __name__ == "__main__":
