@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -434,6 +435,48 @@ def _start(
             f"the time budget {config.train.time_budget} was spent before training started (reading "
             f"and checking the data took {describe_seconds(clock.elapsed())}); give more time"
         )
+    optimizer, scheduler, scaler, amp = _optimization(config, net, run, device, state)
+    if state is not None and process.is_main:
+        _drop_rows_after(folder / "metrics.csv", run.step)
+    info = {
+        "config": config.to_dict(),
+        "classes": data.train.classes,
+        "palette": data.train.palette,
+        "ignore_index": data.ignore_index,
+        "mean": data.train.mean,
+        "std": data.train.std,
+        "label_map": sorted(config.data.label_map.items()) if config.data.label_map else None,
+    }
+    save = functools.partial(_save, folder, net, optimizer, scheduler, scaler, config, info, run, clock, task.score)
+    batches, val_loader = _loaders(config, data, task, run, process, device)
+    quiet = True if not process.is_main else None if progress is None else not progress
+    return _Session(
+        config,
+        folder,
+        process,
+        device,
+        clock,
+        budget,
+        data,
+        task,
+        optimizer,
+        scheduler,
+        scaler,
+        amp,
+        run,
+        batches,
+        val_loader,
+        save,
+        state.get("round") if state is not None else None,
+        None if quiet is None else not quiet,
+    )
+
+
+def _optimization(
+    config: Config, net: nn.Module, run: Progress, device: torch.device, state: dict | None
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler, bool]:
+    """The optimizer, the per-step schedule (following ``run``), the gradient scaler and whether mixed precision
+    is on; restored from ``state`` with the random generator when resuming."""
     optimizer = create_optimizer(net, config.optimizer)
     scheduler = create_scheduler(optimizer, config.schedule, progress=run)
     if config.train.amp == "on" and device.type != "cuda":
@@ -448,18 +491,14 @@ def _start(
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
-        if process.is_main:
-            _drop_rows_after(folder / "metrics.csv", run.step)
-    info = {
-        "config": config.to_dict(),
-        "classes": data.train.classes,
-        "palette": data.train.palette,
-        "ignore_index": data.ignore_index,
-        "mean": data.train.mean,
-        "std": data.train.std,
-        "label_map": sorted(config.data.label_map.items()) if config.data.label_map else None,
-    }
-    save = functools.partial(_save, folder, net, optimizer, scheduler, scaler, config, info, run, clock, task.score)
+    return optimizer, scheduler, scaler, amp
+
+
+def _loaders(
+    config: Config, data: Datasets, task: Task, run: Progress, process: distributed.Process, device: torch.device
+) -> tuple[object, DataLoader | None]:
+    """The training stream's batches (from the run's batch count on: resuming continues the stream) and the
+    validation loader (this process's shard), both batched by the task."""
     sampler = StreamBatchSampler(
         len(data.train),
         config.data.batch_size,
@@ -490,92 +529,7 @@ def _start(
         if data.val is not None
         else None
     )
-    quiet = True if not process.is_main else None if progress is None else not progress
-    return _Session(
-        config,
-        folder,
-        process,
-        device,
-        clock,
-        budget,
-        data,
-        task,
-        optimizer,
-        scheduler,
-        scaler,
-        amp,
-        run,
-        batches,
-        val_loader,
-        save,
-        state.get("round") if state is not None else None,
-        None if quiet is None else not quiet,
-    )
-
-
-def _rounds(s: _Session, stop: _StopRequest) -> None:
-    """Optimizer steps until the run's total, a round's end every ``eval_steps``; a time budget is fitted after
-    the first steps and refitted after every round, and ends the run when it runs out."""
-    run, main = s.run, s.process.is_main
-    round_ = _Round.start(s.task, s.partial, main)
-    bar = tqdm(
-        total=run.total_steps,
-        initial=run.step,
-        desc="train",
-        unit="step",
-        leave=False,
-        dynamic_ncols=True,
-        disable=None if s.progress is None else not s.progress,
-    )  # None: a bar on a terminal only
-    every, last_save = 60 * s.config.train.checkpoint_minutes, time.monotonic()
-    with bar:
-        while run.step < run.total_steps:
-            started = time.perf_counter()
-            save_due = every > 0 and time.monotonic() - last_save >= every
-            spent = (
-                s.budget is not None
-                and run.fitted
-                and s.clock.elapsed() + _final_seconds(run, s.data) + _step_seconds(run) >= s.budget
-            )
-            stop_now, save_now, out_of_time = _optimizer_step(s, round_, stop.requested, save_due, spent)
-            if run.step > 1:  # the first step warms up allocations and workers: not a measure of speed
-                run.step_seconds += time.perf_counter() - started
-                run.timed_steps += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{round_.loss / max(round_.batches, 1):.4f}")
-            if s.budget is not None and run.step == 1:
-                _check_budget(s.config, s.clock, s.budget, time.perf_counter() - started, s.data)
-            if s.budget is not None and not run.fitted and run.timed_steps >= MEASURED_STEPS:
-                _fit_to_budget(run, s.budget, s.clock, s.config, s.data, s.process)
-                bar.total = run.total_steps
-            if out_of_time or run.step - run.last_eval >= run.eval_steps or run.step >= run.total_steps:
-                best = _end_round(s, round_)
-                round_ = _Round.start(s.task, None, main)
-                last_save = time.monotonic()
-                if s.budget is not None and run.fitted and not out_of_time and run.step < run.total_steps:
-                    _fit_to_budget(run, s.budget, s.clock, s.config, s.data, s.process)
-                    bar.total = run.total_steps
-                if stop_now:
-                    raise _Stopped(f"step {run.step}")
-                if out_of_time:
-                    if main:
-                        print(
-                            f"time budget {s.config.train.time_budget} spent at step {run.step}: stopping; the "
-                            f"resume state is saved in {s.folder}",
-                            flush=True,
-                        )
-                    return
-                if s.config.train.early_stop and run.stale >= s.config.train.early_stop and not best:
-                    if main:
-                        print(f"early stop: no better val mean IoU for {run.stale} validations", flush=True)
-                    return
-            elif stop_now or save_now:
-                partial = round_.partial(s.process)  # (a collective call)
-                if main:
-                    s.save(partial=partial)
-                last_save = time.monotonic()
-                if stop_now:
-                    raise _Stopped(f"step {run.step}")
+    return batches, val_loader
 
 
 def _plan_length(config: Config, data: Datasets, process: distributed.Process) -> Progress:
@@ -610,6 +564,65 @@ def _plan_length(config: Config, data: Datasets, process: distributed.Process) -
     )
 
 
+def _rounds(s: _Session, stop: _StopRequest) -> None:
+    """Optimizer steps until the run's total: for each, a step over the next batches, the bookkeeping (speed,
+    progress bar, time budget), then either the round's end (every ``eval_steps``: validate, log, save) or a
+    mid-round save when one is due or asked for."""
+    run = s.run
+    round_ = _Round.start(s.task, s.partial, s.process.is_main)
+    saves = _SaveClock(s.config.train.checkpoint_minutes)
+    with _progress_bar(s) as bar:
+        while run.step < run.total_steps:
+            started = time.perf_counter()
+            agreed = _optimizer_step(s, round_, stop.requested, saves.due(), _out_of_time(s))
+            _bookkeeping(s, round_, bar, started)
+            if agreed.out_of_time or run.step - run.last_eval >= run.eval_steps or run.step >= run.total_steps:
+                if _close_round(s, round_, agreed, bar):
+                    return
+                round_ = _Round.start(s.task, None, s.process.is_main)
+                saves.reset()
+            elif agreed.stop or agreed.save:
+                partial = round_.partial(s.process)  # (a collective call)
+                if s.process.is_main:
+                    s.save(partial=partial)
+                saves.reset()
+                if agreed.stop:
+                    raise _Stopped(f"step {run.step}")
+
+
+class _Agreed(NamedTuple):
+    """What every process decided after a step: stop (Ctrl-C, SIGTERM), save now, the time budget is spent."""
+
+    stop: bool
+    save: bool
+    out_of_time: bool
+
+
+class _SaveClock:
+    """When a mid-round save of the resume state is due: ``minutes`` after the last save (0: never)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.every, self.last = 60 * minutes, time.monotonic()
+
+    def due(self) -> bool:
+        return self.every > 0 and time.monotonic() - self.last >= self.every
+
+    def reset(self) -> None:
+        self.last = time.monotonic()
+
+
+def _progress_bar(s: _Session) -> tqdm:
+    return tqdm(
+        total=s.run.total_steps,
+        initial=s.run.step,
+        desc="train",
+        unit="step",
+        leave=False,
+        dynamic_ncols=True,
+        disable=None if s.progress is None else not s.progress,  # None: a bar on a terminal only
+    )
+
+
 @dataclass
 class _Round:
     """What the steps of one round add up: the task's metrics (a segmentation's confusion matrix), the loss and
@@ -632,9 +645,9 @@ class _Round:
         return {**self.metrics.snapshot(process), "loss": self.loss, "batches": self.batches}
 
 
-def _optimizer_step(s: _Session, round_: _Round, stop: bool, save: bool, spent: bool) -> tuple[bool, bool, bool]:
-    """One optimizer step over ``train.accumulate`` global batches; returns what the processes agreed on:
-    ``(stop, save, out of time)``."""
+def _optimizer_step(s: _Session, round_: _Round, stop: bool, save: bool, spent: bool) -> _Agreed:
+    """One optimizer step over ``train.accumulate`` global batches, each its batch → the task's loss → NaN check
+    → backward → the round's metrics; returns what the processes agreed on."""
     run, config = s.run, s.config
     s.optimizer.zero_grad(set_to_none=True)
     for _ in range(config.train.accumulate):
@@ -662,7 +675,7 @@ def _optimizer_step(s: _Session, round_: _Round, stop: bool, save: bool, spent: 
     s.scaler.update()
     s.scheduler.step()
     run.step += 1
-    return stop, save, spent
+    return _Agreed(stop, save, spent)
 
 
 def _agree(loss: torch.Tensor, flags: tuple[bool, ...], process: distributed.Process) -> tuple:
@@ -674,6 +687,57 @@ def _agree(loss: torch.Tensor, flags: tuple[bool, ...], process: distributed.Pro
     distributed.all_reduce_sum(values, process)
     total, *raised = values.tolist()
     return (total / process.world_size, *(count > 0 for count in raised))
+
+
+def _out_of_time(s: _Session) -> bool:
+    """Whether the next step, one more round and the final report would overrun the time budget."""
+    run = s.run
+    return (
+        s.budget is not None
+        and run.fitted
+        and s.clock.elapsed() + _final_seconds(run, s.data) + _step_seconds(run) >= s.budget
+    )
+
+
+def _bookkeeping(s: _Session, round_: _Round, bar: tqdm, started: float) -> None:
+    """After a step: its time (the first warms up allocations and workers: not a measure of speed), the progress
+    bar, and with a time budget, the check after the first step and the fit after the first measured ones."""
+    run = s.run
+    if run.step > 1:
+        run.step_seconds += time.perf_counter() - started
+        run.timed_steps += 1
+    bar.update(1)
+    bar.set_postfix(loss=f"{round_.loss / max(round_.batches, 1):.4f}")
+    if s.budget is not None and run.step == 1:
+        _check_budget(s.config, s.clock, s.budget, time.perf_counter() - started, s.data)
+    if s.budget is not None and not run.fitted and run.timed_steps >= MEASURED_STEPS:
+        _fit_to_budget(run, s.budget, s.clock, s.config, s.data, s.process)
+        bar.total = run.total_steps
+
+
+def _close_round(s: _Session, round_: _Round, agreed: _Agreed, bar: tqdm) -> bool:
+    """Ends a round (validate, log, save) and refits a time budget; returns whether the run ends here (the
+    budget is spent, or early stopping); raises ``_Stopped`` when a stop was asked for."""
+    run, main = s.run, s.process.is_main
+    best = _end_round(s, round_)
+    if s.budget is not None and run.fitted and not agreed.out_of_time and run.step < run.total_steps:
+        _fit_to_budget(run, s.budget, s.clock, s.config, s.data, s.process)
+        bar.total = run.total_steps
+    if agreed.stop:
+        raise _Stopped(f"step {run.step}")
+    if agreed.out_of_time:
+        if main:
+            print(
+                f"time budget {s.config.train.time_budget} spent at step {run.step}: stopping; the resume state "
+                f"is saved in {s.folder}",
+                flush=True,
+            )
+        return True
+    if s.config.train.early_stop and run.stale >= s.config.train.early_stop and not best:
+        if main:
+            print(f"early stop: no better val {s.task.score} for {run.stale} validations", flush=True)
+        return True
+    return False
 
 
 def _end_round(s: _Session, round_: _Round) -> bool:
@@ -703,6 +767,14 @@ def _end_round(s: _Session, round_: _Round) -> bool:
         run.round_seconds = time.perf_counter() - started
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     return improved
+
+
+def _share_buffers(net: nn.Module, process: distributed.Process) -> None:
+    """Copies rank 0's buffers (batch-norm running statistics, which each process updated from its own
+    images since the last forward) to every process, so all evaluate the checkpoint rank 0 saves."""
+    if process.distributed:
+        for buffer in net.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
 
 def _step_seconds(run: Progress) -> float:
@@ -783,14 +855,6 @@ def _fit_to_budget(
     total, run.eval_steps, run.warmup_steps = distributed.broadcast(fitted, process)
     run.refit(total)
     run.fitted = True
-
-
-def _share_buffers(net: nn.Module, process: distributed.Process) -> None:
-    """Copies rank 0's buffers (batch-norm running statistics, which each process updated from its own
-    images since the last forward) to every process, so all evaluate the checkpoint rank 0 saves."""
-    if process.distributed:
-        for buffer in net.buffers():
-            torch.distributed.broadcast(buffer, src=0)
 
 
 def _save(
