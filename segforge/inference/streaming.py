@@ -114,7 +114,7 @@ def predict_tiff(
     rows, writes class indices as a tiled, deflate-compressed TIFF of ``block``-pixel tiles. Memory is
     bounded by the tile (see ``tile_blocks``), whatever the image height; the labels equal those of
     ``predict_tiled`` on the same image. ``label_values`` (``(classes,)``, see
-    ``segforge.predict.raw_values``) writes each label as that value instead."""
+    ``segforge.inference.raw_values``) writes each label as that value instead."""
     reader = TiffRows(source, info, model.in_channels)
     try:
         return _stream(
