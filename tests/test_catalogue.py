@@ -28,30 +28,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(data),
-                "--model",
-                "segnet_basic",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "2",
-                "--crop-size",
-                "32",
-                "--workers",
-                "0",
-                "--out",
-                str(out),
-                "--name",
-                "run",
-            ]
-        )
-        == 0
-    )
+    assert main(train_argv(data, out, "--workers", "0")) == 0
     return out / "run" / "last.safetensors"
 
 
@@ -84,24 +61,8 @@ def copy_data(data: Path, target: Path) -> Path:
 
 
 def train_argv(root: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--data",
-        str(root),
-        "--model",
-        "segnet_basic",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--crop-size",
-        "32",
-        "--out",
-        str(out),
-        "--name",
-        "run",
-        *extra,
-    ]
+    options = "--model segnet_basic --epochs 1 --batch-size 2 --crop-size 32 --name run".split()
+    return ["train", "--data", str(root), *options, "--out", str(out), *extra]
 
 
 # 1. A bad sample that is not the first: the command's check before training names it (a data-loader

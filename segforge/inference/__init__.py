@@ -4,7 +4,8 @@
     tiling.py          ``predict_tiled``: overlap-tile (valid convolutions) or blended sliding windows
     streaming.py       ``predict_tiff``: a TIFF larger than memory, read by rows, labels written by tiles
     memory.py          whether an image fits through a network in one piece (``check_fits``)
-    image.py           ``predict``: one image (a path or an array) → its mask and class probabilities
+    image.py           ``predict``: one image (a path or an array) → its mask and class probabilities;
+                       ``image_probabilities``: whole once the memory is there, or tiled
     files.py           ``predict_files``: images, folders or globs in, palette masks and overlays out
 
 Nothing here imports the commands or training; ``segforge.training.evaluate`` imports from here.
@@ -12,8 +13,8 @@ Nothing here imports the commands or training; ``segforge.training.evaluate`` im
 
 from __future__ import annotations
 
-from segforge.inference.files import expand_inputs, predict_files, prepare_image, raw_values
-from segforge.inference.image import Prediction, predict
+from segforge.inference.files import expand_inputs, predict_files, raw_values
+from segforge.inference.image import Prediction, image_probabilities, predict, prepare_image
 from segforge.inference.memory import check_fits, forward_peak_bytes
 from segforge.inference.probabilities import predict_probabilities, probabilities
 from segforge.inference.streaming import TiffRows, predict_tiff
@@ -24,6 +25,7 @@ __all__ = [
     "TiffRows",
     "TilePlan",
     "check_fits",
+    "image_probabilities",
     "expand_inputs",
     "forward_peak_bytes",
     "plan_tiles",

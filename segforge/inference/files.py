@@ -17,12 +17,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from segforge.data.base import default_palette, scale_image, to_tensor
-from segforge.data.io import list_images, read_image
+from segforge.data.base import default_palette
+from segforge.data.io import list_images
 from segforge.files import atomic_write
-from segforge.inference.memory import check_fits, out_of_memory_hint
-from segforge.inference.probabilities import predict_probabilities
-from segforge.inference.tiling import predict_tiled
+from segforge.inference.image import image_probabilities, prepare_image
 from segforge.metrics import logits_to_labels
 from segforge.plots import overlay_panel, save_index_png, save_png
 
@@ -89,17 +87,6 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return list(unique.values())
 
 
-def prepare_image(path: Path, info: dict, in_channels: int) -> tuple[np.ndarray, torch.Tensor]:
-    """Reads ``path`` → (display image (H, W, C) in [0, 1], normalised tensor (1, C, H, W))."""
-    image = scale_image(read_image(path))
-    if image.shape[-1] != in_channels:
-        raise ValueError(
-            f"image {path} has {image.shape[-1]} channel(s) but the model expects {in_channels}; "
-            "convert the image, or use a model trained on such images"
-        )
-    return image, to_tensor(image, info.get("mean"), info.get("std"), name=str(path))[None]
-
-
 def raw_values(label_map: Mapping[int, int], classes: int) -> np.ndarray:
     """The inverse of a label map: ``(classes,)`` raw mask value of each label, so predictions can be written
     as the training masks were stored (``{255: 1}``: class 1 → 255). A label that several raw values map to
@@ -161,29 +148,22 @@ def predict_files(
         mask_palette = colours
     else:
         mask_palette = palette
-    written, checked = [], set()
+    written = []
     quiet = None if progress is None else not progress  # tqdm's None: no bar when stderr is not a terminal
     for path in tqdm(paths, desc="predict", unit="image", disable=quiet):
         display, x = prepare_image(path, info, model.in_channels)
-        if tile is None:
-            if x.shape not in checked:  # the estimate is of shapes only: once per image size
-                check_fits(model, tuple(x.shape), device, f"image {path}", scale=max(scales))
-                checked.add(x.shape)
-            with out_of_memory_hint(f"image {path}"):
-                probs = predict_probabilities(model, x.to(device), flip=flip, scales=scales)[0].cpu()
-        else:
-            probs = predict_tiled(
-                model,
-                x[0],
-                tile=tile,
-                overlap=overlap,
-                batch=tile_batch,
-                blend=blend,
-                flip=flip,
-                scales=scales,
-                device=device,
-                progress=False,
-            )
+        probs = image_probabilities(
+            model,
+            x[0],
+            f"image {path}",
+            device=device,
+            tile=tile,
+            overlap=overlap,
+            tile_batch=tile_batch,
+            blend=blend,
+            flip=flip,
+            scales=scales,
+        )
         labels = logits_to_labels(probs[None])[0].numpy()  # K >= 2 probabilities: the most likely class
         written.append(
             save_index_png(labels if stored is None else stored[labels], mask_palette, out / f"{path.stem}.png")

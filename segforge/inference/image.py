@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from segforge.data.base import scale_image, to_tensor
-from segforge.data.io import pixel_dtype
-from segforge.inference.files import prepare_image
+from segforge.data.io import pixel_dtype, read_image
 from segforge.inference.memory import check_fits, out_of_memory_hint
 from segforge.inference.probabilities import predict_probabilities
 from segforge.inference.tiling import predict_tiled
@@ -48,6 +47,51 @@ def _as_tensor(image: np.ndarray | str | Path, info: dict, in_channels: int) -> 
             f"channel or (H, W, C) with C = {in_channels}, channels last, as an image file stores them"
         )
     return to_tensor(scale_image(pixel_dtype(array, name, "image")), info.get("mean"), info.get("std"), name=name)
+
+
+def prepare_image(path: Path, info: dict, in_channels: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Reads ``path`` → (display image (H, W, C) in [0, 1], normalised tensor (1, C, H, W))."""
+    image = scale_image(read_image(path))
+    if image.shape[-1] != in_channels:
+        raise ValueError(
+            f"image {path} has {image.shape[-1]} channel(s) but the model expects {in_channels}; "
+            "convert the image, or use a model trained on such images"
+        )
+    return image, to_tensor(image, info.get("mean"), info.get("std"), name=str(path))[None]
+
+
+def image_probabilities(
+    model: nn.Module,
+    x: torch.Tensor,
+    what: str,
+    *,
+    device: torch.device | str,
+    tile: int | None = None,
+    overlap: float = 0.25,
+    tile_batch: int = 4,
+    blend: str = "gaussian",
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+) -> torch.Tensor:
+    """Class probabilities ``(K, H, W)`` (on the CPU) of one normalised image ``x: (C, H, W)``: tile by tile
+    with ``tile``, else in one piece once ``check_fits`` found the memory for it (``what`` names the image in
+    the error that advises tiles)."""
+    if tile is not None:
+        return predict_tiled(
+            model,
+            x,
+            tile=tile,
+            overlap=overlap,
+            batch=tile_batch,
+            blend=blend,
+            flip=flip,
+            scales=scales,
+            device=device,
+            progress=False,
+        )
+    check_fits(model, (1, *x.shape), device, what, scale=max(scales))
+    with out_of_memory_hint(what):
+        return predict_probabilities(model, x[None].to(device), flip=flip, scales=scales)[0].cpu()
 
 
 def predict(
@@ -85,21 +129,16 @@ def predict(
     x = _as_tensor(image, info, model.in_channels)
     model.eval()
     what = f"image {image}" if isinstance(image, (str, Path)) else "the image"
-    if tile is not None:
-        probs = predict_tiled(
-            model,
-            x,
-            tile=tile,
-            overlap=overlap,
-            batch=tile_batch,
-            blend=blend,
-            flip=flip,
-            scales=scales,
-            device=device,
-            progress=False,
-        )
-    else:
-        check_fits(model, (1, *x.shape), device, what, scale=max(scales))
-        with out_of_memory_hint(what):
-            probs = predict_probabilities(model, x[None].to(device), flip=flip, scales=scales)[0].cpu()
+    probs = image_probabilities(
+        model,
+        x,
+        what,
+        device=device,
+        tile=tile,
+        overlap=overlap,
+        tile_batch=tile_batch,
+        blend=blend,
+        flip=flip,
+        scales=scales,
+    )
     return Prediction(mask=probs.argmax(0).numpy(), probabilities=probs.numpy())
