@@ -55,6 +55,12 @@ def check_model_config(config: object, info: object, source: str) -> tuple[dict,
             )
     if encoder is not None and (not isinstance(encoder, str) or not encoder):
         raise ValueError(f"{source}: the encoder is {encoder!r}, not a name; the file is damaged")
+    widths = config.get("decoder_channels")
+    if widths is not None and not (
+        isinstance(widths, list)
+        and all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 2**16 for w in widths)
+    ):
+        raise ValueError(f"{source}: decoder_channels is {widths!r}, not a list of widths; the file is damaged")
     return config, info
 
 
@@ -124,6 +130,8 @@ def model_from_config(config: dict, source: str) -> nn.Module:
             in_channels=config["in_channels"],
             encoder=config.get("encoder"),
             encoder_weights=recorded if isinstance(recorded, dict) else None,
+            # a checkpoint from before decoder widths were a choice: its decoders were as wide as the skips
+            decoder_channels=config.get("decoder_channels", "skips"),
         )
     except ValueError as err:  # a model or encoder this segforge does not have
         raise ValueError(f"{source}: {err}") from None

@@ -14,13 +14,15 @@ from segforge.files import check_output_file, check_output_folder
 
 
 def _models(args: argparse.Namespace) -> int:
-    from segforge.summary import summary_table
+    from segforge.summary import decoder_table, summary_table
 
     print(
         f"Architectures at {args.size}x{args.size}, {args.num_classes} classes, batch 1 "
         "(GFLOPs: one forward pass, multiply-add = 2 FLOPs)\n"
     )
     print(summary_table(args.size, num_classes=args.num_classes))
+    print(f"\nunet_padded's decoder widths (--decoder-channels) on each encoder, at {args.size}x{args.size}\n")
+    print(decoder_table(args.size, num_classes=args.num_classes))
     return 0
 
 
@@ -123,6 +125,18 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
         (data, "--class-weights", "data.class_weights", {"choices": ["none", "median_frequency"]}),
         (model, "--model", "model.name", {"choices": registered("model.name")}),
         (model, "--encoder", "model.encoder", {"choices": registered("model.encoder")}),
+        (
+            model,
+            "--decoder-channels",
+            "model.decoder_channels",
+            {
+                "type": _widths,
+                "metavar": "W,W,...|skips",
+                "help": "unet_padded's decoder widths, deepest first, e.g. 256,128,64,32,16; skips: as wide as the "
+                "encoder's skips (default: the paper's on U-Net's own encoder, no wider than 256,128,64,32,16 on "
+                "the others; segforge models lists the cost of each)",
+            },
+        ),
         (
             model,
             "--encoder-weights",
@@ -437,6 +451,18 @@ def _fraction(text: str) -> float:
 
 def _scale(text: str) -> float:
     return _number(text, float, lambda v: 0.1 <= v <= 10, "a scale factor between 0.1 and 10, e.g. 0.75")
+
+
+def _widths(text: str) -> list[int] | str:
+    if text.strip() == "skips":
+        return "skips"
+    try:
+        widths = [int(part) for part in text.split(",")]
+    except ValueError:
+        widths = []
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected widths such as 256,128,64,32,16 or skips, got {text!r}")
+    return widths
 
 
 def _positive_int(text: str) -> int:

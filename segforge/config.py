@@ -30,6 +30,9 @@ class ModelConfig:
     encoder: str | None = None  # None: the recipe's choice, or the architecture's own
     encoder_weights: str | None = None  # "imagenet", or the path or URL of torchvision-format weights
     in_channels: int | None = None  # default: the dataset's channels
+    # the decoder's widths, deepest first, where the architecture has the choice (unet_padded); "skips": as wide
+    # as the encoder's skips; None: the architecture's default
+    decoder_channels: list[int] | Literal["skips"] | None = None
 
 
 @dataclass
@@ -260,6 +263,9 @@ def _check_values(config: Config) -> None:
         value = getattr(getattr(config, section), name)
         if value is not None and not allowed(value):
             raise ValueError(f"{key} must be {what}, got {value}")
+    widths = config.model.decoder_channels
+    if isinstance(widths, list) and (not widths or min(widths) < 1):
+        raise ValueError(f"model.decoder_channels must be positive widths, deepest first, or skips; got {widths}")
     for key, *_ in NAMES:
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from segforge.encoders import list_encoders
 from segforge.models import MODELS, count_parameters, create_model, list_models
 
 
@@ -19,9 +20,18 @@ class ModelSummary:
     input_size: int
     output_size: int
     description: str
+    decoder_channels: tuple[int, ...] | None = None  # the decoder's widths, where they are a choice
 
 
-def summarize(name: str, size: int = 512, *, num_classes: int = 21, in_channels: int | None = None) -> ModelSummary:
+def summarize(
+    name: str,
+    size: int = 512,
+    *,
+    num_classes: int = 21,
+    in_channels: int | None = None,
+    encoder: str | None = None,
+    decoder_channels: list[int] | str | None = None,
+) -> ModelSummary:
     """Builds ``name`` on the meta device (no memory, no init) and counts one forward pass at size×size.
 
     The original U-Net takes the smallest valid input whose output covers ``size`` pixels, and a
@@ -30,7 +40,9 @@ def summarize(name: str, size: int = 512, *, num_classes: int = 21, in_channels:
     ``torch.utils.flop_counter`` (pooling, normalisation and activations are not counted).
     """
     with torch.device("meta"):
-        model = create_model(name, num_classes, in_channels=in_channels).eval()
+        model = create_model(
+            name, num_classes, in_channels=in_channels, encoder=encoder, decoder_channels=decoder_channels
+        ).eval()
         input_size = model.geometry.input_size(size)
         x = torch.empty(1, model.in_channels, input_size, input_size)
     counter = FlopCounterMode(display=False)
@@ -45,6 +57,7 @@ def summarize(name: str, size: int = 512, *, num_classes: int = 21, in_channels:
         input_size=input_size,
         output_size=logits.shape[-1],
         description=doc[0] if doc else "",
+        decoder_channels=tuple(widths) if (widths := model.config.get("decoder_channels")) else None,
     )
 
 
@@ -63,8 +76,31 @@ def summary_table(size: int = 512, *, num_classes: int = 21) -> str:
         )
         for r in rows
     ]
+    return _table(header, lines, right={2, 3})
+
+
+def decoder_table(size: int = 512, *, num_classes: int = 21, name: str = "unet_padded") -> str:
+    """``name``'s parameters and GFLOPs on each encoder, with its default decoder widths and as wide as the
+    skips (``decoder_channels="skips"``): what the width choice costs."""
+    from segforge.models.unet import OWN_ENCODERS
+
+    header = ("encoder", "decoder_channels", "params (M)", "GFLOPs")
+    lines = []
+    for encoder in list_encoders():
+        default = summarize(name, size, num_classes=num_classes, encoder=encoder)
+        choices = [(default, "default")]
+        if encoder not in OWN_ENCODERS:  # (theirs is as wide as the skips)
+            skips = summarize(name, size, num_classes=num_classes, encoder=encoder, decoder_channels="skips")
+            if skips.decoder_channels != default.decoder_channels:
+                choices.append((skips, "skips"))
+        for r, label in choices:
+            widths = f"{', '.join(map(str, r.decoder_channels))} ({label})"
+            lines.append((encoder, widths, f"{r.parameters / 1e6:.2f}", f"{r.flops / 1e9:.1f}"))
+    return _table(header, lines, right={2, 3})
+
+
+def _table(header: tuple, lines: list[tuple], *, right: set[int]) -> str:
     widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
-    right = {2, 3}
 
     def fmt(row: tuple) -> str:
         cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))]

@@ -17,11 +17,12 @@ from segforge.summary import summarize
 
 def test_models_prints_a_row_per_architecture(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--size", "256"]) == 0
-    out = capsys.readouterr().out
-    rows = {line.split()[0]: line for line in out.splitlines()[4:]}
+    architectures, decoders = capsys.readouterr().out.split("unet_padded's decoder widths")
+    rows = {line.split()[0]: line for line in architectures.strip().splitlines()[4:]}
     assert set(rows) == set(list_models())
     assert "256 → 256" in rows["segnet"]
     assert "444 → 260" in rows["unet"]  # the smallest valid input whose output covers 256
+    assert "resnet50            256, 128, 64, 32, 16 (default)" in decoders and "(skips)" in decoders
 
 
 def test_python_dash_m_runs_the_same_command() -> None:

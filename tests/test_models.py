@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import input_size_for
@@ -62,6 +64,7 @@ def test_any_class_and_channel_count(name: str, num_classes: int, in_channels: i
         "in_channels": in_channels,
         "encoder": None if name in ("segnet_basic", "unet") else model.encoder_name,
         "encoder_weights": None,
+        "decoder_channels": [512, 256, 128, 64] if name == "unet_padded" else None,
     }
     rebuilt = create_model(**model.config)  # a checkpoint's config rebuilds the same architecture
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
@@ -287,3 +290,72 @@ def test_folding_batch_norm_keeps_the_logits_and_leaves_the_model_alone(name: st
     with torch.no_grad():
         expected = model(x)
         torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize(
+    "encoder, widths",
+    [
+        (None, [512, 256, 128, 64]),  # U-Net's own encoder: the paper's decoder
+        ("unet16", [128, 64, 32, 16]),
+        ("resnet50", [256, 128, 64, 32, 16]),  # skips of 2048..64: no wider than smp's light decoder
+        ("resnet34", [256, 128, 64, 32, 16]),
+        ("efficientnet_lite0", [112, 40, 24, 16, 16]),  # narrower skips: as wide as they are
+    ],
+)
+def test_unet_padded_decoder_widths_default_by_encoder(encoder, widths) -> None:
+    with torch.device("meta"):
+        model = create_model("unet_padded", 3, encoder=encoder)
+    assert model.config["decoder_channels"] == widths
+    assert [block.conv[0].out_channels for block in model.decoder.blocks] == widths
+
+
+def test_decoder_widths_are_a_choice_that_checkpoints_keep(tmp_path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from segforge.checkpoint import load_model, save_checkpoint
+
+    light = create_model("unet_padded", 2, encoder="resnet18", decoder_channels=[64, 32, 16, 16, 8])
+    skips = create_model("unet_padded", 2, encoder="resnet18", decoder_channels="skips")
+    assert skips.config["decoder_channels"] == [256, 128, 64, 64, 32]
+    assert count_parameters(light) < count_parameters(skips)
+    x = torch.randn(1, 3, 64, 96)
+    assert light.eval()(x).shape == (1, 2, 64, 96)
+    loaded, _ = load_model(save_checkpoint(tmp_path / "light.safetensors", light))
+    assert loaded.config["decoder_channels"] == [64, 32, 16, 16, 8]
+    torch.testing.assert_close(loaded.eval()(x), light(x))
+    # a checkpoint written before the option (no decoder_channels) was as wide as the skips: it still loads
+    path = save_checkpoint(tmp_path / "old.safetensors", skips)
+    with safe_open(str(path), "pt") as f:
+        metadata, tensors = f.metadata(), {key: f.get_tensor(key) for key in f.keys()}
+    config = json.loads(metadata["config"])
+    del config["decoder_channels"]
+    save_file(tensors, str(path), metadata=metadata | {"config": json.dumps(config)})
+    assert load_model(path)[0].config["decoder_channels"] == [256, 128, 64, 64, 32]
+    with pytest.raises(ValueError, match=r"decoder_channels must be 5 positive widths .* got \[64, 32\]"):
+        create_model("unet_padded", 2, encoder="resnet18", decoder_channels=[64, 32])
+    with pytest.raises(ValueError, match=r"model 'segnet' has the paper's decoder.*\['unet_padded'\]"):
+        create_model("segnet", 2, decoder_channels=[64, 32])
+
+
+def test_the_decoder_widths_come_from_the_command_line_and_the_config() -> None:
+    from segforge.cli import build_parser
+    from segforge.config import config_from_dict
+
+    args = build_parser().parse_args(["train", "--data", "d", "--decoder-channels", "128,64,32,16,8"])
+    assert getattr(args, "model.decoder_channels") == [128, 64, 32, 16, 8]
+    args = build_parser().parse_args(["train", "--data", "d", "--decoder-channels", "skips"])
+    assert getattr(args, "model.decoder_channels") == "skips"
+    assert config_from_dict({"model": {"decoder_channels": "skips"}}).model.decoder_channels == "skips"
+    with pytest.raises(ValueError, match="model.decoder_channels must be positive widths"):
+        config_from_dict({"model": {"decoder_channels": [64, 0]}})
+
+
+def test_segforge_models_lists_what_each_decoder_width_costs() -> None:
+    from segforge.summary import decoder_table
+
+    rows = {tuple(line.split()[:2]): line for line in decoder_table(256).splitlines()[2:]}
+    resnet50 = [line for key, line in rows.items() if key[0] == "resnet50"]
+    assert len(resnet50) == 2 and "(default)" in resnet50[0] and "(skips)" in resnet50[1]
+    flops = [float(line.split()[-1]) for line in resnet50]
+    assert flops[0] < flops[1] / 3  # 2048-wide skips cost over three times the light decoder

@@ -15,6 +15,10 @@ from torch import nn
 
 from segforge.encoders.unet import DoubleConv
 
+#: a light decoder for pretrained encoders, as segmentation_models.pytorch's U-Net has: the levels' widths,
+#: deepest first, whatever the encoder's (ResNet-50's skips would make it 2048→1024→512→256 wide)
+LIGHT_WIDTHS = (256, 128, 64, 32, 16)
+
 
 def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Crops the centre ``height x width`` of ``x: (N, C, H, W)``; floor offsets as in Caffe's crop."""
@@ -44,12 +48,28 @@ class UpBlock(nn.Module):
         return self.conv(x)
 
 
+def decoder_levels(reductions: Sequence[int]) -> int:
+    """How many up-blocks a U-Net decoder has on an encoder with these reductions: one per skip, then one per
+    doubling without a skip down to reduction 1."""
+    return len(reductions) - 1 + max(int(reductions[0]).bit_length() - 1, 0)
+
+
+def skip_widths(encoder_channels: Sequence[int], reductions: Sequence[int]) -> tuple[int, ...]:
+    """Each level as wide as its skip (the paper's 1024→512→...→64 with U-Net's own encoder), the levels
+    without a skip at half the width before them (at least 16)."""
+    widths = list(reversed(encoder_channels[:-1]))
+    while len(widths) < decoder_levels(reductions):
+        widths.append(max(widths[-1] // 2 if widths else encoder_channels[-1] // 2, 16))
+    return tuple(widths)
+
+
 class UNetDecoder(nn.Module):
     """Consumes encoder maps from deepest to shallowest, then upsamples without skips to reduction 1.
 
-    Each level's width is the skip's channel count, which reproduces the paper's 1024→512→...→64
+    ``widths``: each level's output channels, deepest first (``decoder_levels`` of them); by default
+    each level is as wide as its skip (``skip_widths``), which reproduces the paper's 1024→512→...→64
     with U-Net's own encoder. Encoders whose shallowest map is at reduction 2 (VGG, ResNet,
-    MobileNetV2) get a last level without a skip, at half the width.
+    MobileNetV2, EfficientNet) get a last level without a skip.
     """
 
     def __init__(
@@ -59,22 +79,27 @@ class UNetDecoder(nn.Module):
         *,
         padding: bool = True,
         batch_norm: bool = True,
+        widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        channels, reduction = encoder_channels[-1], reductions[-1]
-        blocks = []
-        for skip_channels, skip_reduction in zip(reversed(encoder_channels[:-1]), reversed(reductions[:-1])):
-            scale = reduction // skip_reduction
-            blocks.append(
-                UpBlock(channels, skip_channels, skip_channels, scale=scale, padding=padding, batch_norm=batch_norm)
+        levels = decoder_levels(reductions)
+        widths = tuple(skip_widths(encoder_channels, reductions) if widths is None else widths)
+        if len(widths) != levels or not all(isinstance(w, int) and w >= 1 for w in widths):
+            raise ValueError(
+                f"decoder_channels must be {levels} positive widths on this encoder, one per up-block, deepest "
+                f"first (e.g. {list(LIGHT_WIDTHS[:levels])}), got {list(widths)}"
             )
-            channels, reduction = skip_channels, skip_reduction
-        self.num_skips = len(blocks)
-        while reduction > 1:
-            width = max(channels // 2, 16)
-            blocks.append(UpBlock(channels, 0, width, scale=2, padding=padding, batch_norm=batch_norm))
-            channels, reduction = width, reduction // 2
+        channels, reduction = encoder_channels[-1], reductions[-1]
+        skips = list(zip(reversed(encoder_channels[:-1]), reversed(reductions[:-1])))
+        blocks = []
+        for level, width in enumerate(widths):
+            skip_channels, skip_reduction = skips[level] if level < len(skips) else (0, reduction // 2)
+            scale = reduction // skip_reduction
+            blocks.append(UpBlock(channels, skip_channels, width, scale=scale, padding=padding, batch_norm=batch_norm))
+            channels, reduction = width, skip_reduction
+        self.num_skips = len(skips)
         self.blocks = nn.ModuleList(blocks)
+        self.widths = widths
         self.out_channels = channels
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
+
 from torch import nn
 
 from segforge.encoders import ENCODERS
@@ -20,6 +23,7 @@ def create_model(
     in_channels: int | None = None,
     encoder: str | None = None,
     encoder_weights: str | dict | None = None,
+    decoder_channels: Sequence[int] | str | None = None,
 ) -> Segmenter:
     """Builds a registered architecture.
 
@@ -32,6 +36,9 @@ def create_model(
         encoder_weights: ``"imagenet"`` (the encoder's published weights, downloaded once and verified),
             or the path or URL of a torchvision-format ImageNet state dict for the encoder. A dict is a
             checkpoint config's record of them: recorded again, nothing loaded (the checkpoint has the weights).
+        decoder_channels: the decoder's widths, for an architecture whose decoder has a width choice
+            (``unet_padded``: one per up-block, deepest first; ``"skips"``: as wide as the encoder's skips);
+            default the architecture's. The built widths are recorded in ``model.config``.
 
     Returns:
         A ``Segmenter``: ``model(x: (N, in_channels, H, W))`` gives logits ``(N, num_classes, H, W)``.
@@ -47,6 +54,14 @@ def create_model(
         raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
     kwargs = {} if in_channels is None else {"in_channels": in_channels}
     record = encoder_weights if isinstance(encoder_weights, dict) else None
+    takes_widths = "decoder_channels" in inspect.signature(builder).parameters
+    if takes_widths:
+        kwargs["decoder_channels"] = decoder_channels
+    elif decoder_channels not in (None, "skips"):  # ("skips": a checkpoint from before the option; fixed decoders)
+        raise ValueError(
+            f"model {name!r} has the paper's decoder, without a width choice: drop decoder_channels (it applies "
+            f"to {[n for n in MODELS.names() if 'decoder_channels' in inspect.signature(MODELS.get(n)).parameters]})"
+        )
     model = builder(num_classes, encoder=encoder, encoder_weights=None if record else encoder_weights, **kwargs)
     # Record the resolved encoder when it is a registered one, so a checkpoint rebuilds the same network
     # even if a default changes; architectures with their own encoder (segnet_basic, unet) record None.
@@ -58,6 +73,7 @@ def create_model(
         "encoder": resolved,
         # what the encoder started from: {"weights", "file", "sha256"}, or None (from scratch)
         "encoder_weights": record or getattr(getattr(model, "encoder", None), "pretrained", None),
+        "decoder_channels": list(model.decoder.widths) if takes_widths else None,
     }
     return model
 

@@ -12,8 +12,9 @@ The padded variant keeps the input size, adds batch norm, and accepts any regist
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
-from segforge.decoders.unet import UNetDecoder
+from segforge.decoders.unet import LIGHT_WIDTHS, UNetDecoder, decoder_levels, skip_widths
 from segforge.encoders import create_encoder
 from segforge.encoders.unet import UNetEncoder
 from segforge.models.geometry import ValidGeometry
@@ -122,13 +123,33 @@ def unet(
     )
 
 
+#: U-Net's own encoders: their decoder is the paper's, each level as wide as its skip
+OWN_ENCODERS = ("unet", "unet16", "unet32")
+
+
 @MODELS.register("unet_padded")
 def unet_padded(
-    num_classes: int, *, in_channels: int = 3, encoder: str | None = None, encoder_weights: str | None = None
+    num_classes: int,
+    *,
+    in_channels: int = 3,
+    encoder: str | None = None,
+    encoder_weights: str | None = None,
+    decoder_channels: Sequence[int] | str | None = None,
 ) -> Segmenter:
-    """U-Net with padded convolutions and batch norm on any encoder (default: U-Net's own)."""
-    enc = create_encoder(encoder or "unet", in_channels=in_channels, weights=encoder_weights)
-    decoder = UNetDecoder(enc.out_channels, enc.reductions, padding=True, batch_norm=True)
+    """U-Net with padded convolutions and batch norm on any encoder (default: U-Net's own).
+
+    ``decoder_channels``: the up-blocks' widths, deepest first; by default the paper's (as wide as each
+    skip) on U-Net's own encoders, and on the others each level as wide as its skip but no wider than
+    smp's light decoder (256, 128, 64, 32, 16): ResNet-50's skips would make it 2048→1024→512→256 wide,
+    EfficientNet-Lite's and MobileNetV2's are narrower already; ``"skips"``: as wide as the skips."""
+    encoder = encoder or "unet"
+    enc = create_encoder(encoder, in_channels=in_channels, weights=encoder_weights)
+    if decoder_channels is None and encoder not in OWN_ENCODERS:
+        levels = decoder_levels(enc.reductions)
+        light = LIGHT_WIDTHS[:levels] + (LIGHT_WIDTHS[-1],) * (levels - len(LIGHT_WIDTHS))
+        decoder_channels = [min(a, b) for a, b in zip(skip_widths(enc.out_channels, enc.reductions), light)]
+    widths = None if decoder_channels in (None, "skips") else tuple(decoder_channels)
+    decoder = UNetDecoder(enc.out_channels, enc.reductions, padding=True, batch_norm=True, widths=widths)
     head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=1)
     return Segmenter(
         enc,
@@ -137,5 +158,5 @@ def unet_padded(
         num_classes=num_classes,
         in_channels=in_channels,
         stride=enc.stride,
-        encoder_name=encoder or "unet",
+        encoder_name=encoder,
     )

@@ -206,6 +206,10 @@ def _build_model(
         in_channels=data.in_channels,
         encoder=config.model.encoder,
         encoder_weights=config.model.encoder_weights if state is None else None,
+        # a resumed run rebuilds the decoder it has weights for (one saved before the option: as wide as the skips)
+        decoder_channels=config.model.decoder_channels
+        if state is None
+        else (state.get("model_config") or {}).get("decoder_channels", "skips"),
     )
     if state is not None:
         net.load_state_dict(state["model"])
