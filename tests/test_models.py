@@ -64,7 +64,7 @@ def test_any_class_and_channel_count(name: str, num_classes: int, in_channels: i
         "in_channels": in_channels,
         "encoder": None if name in ("segnet_basic", "unet") else model.encoder_name,
         "encoder_weights": None,
-        "decoder_channels": [512, 256, 128, 64] if name == "unet_padded" else None,
+        "decoder_channels": {"unet_padded": [512, 256, 128, 64], "pspnet": [512, 512]}.get(name),
     }
     rebuilt = create_model(**model.config)  # a checkpoint's config rebuilds the same architecture
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
@@ -334,8 +334,19 @@ def test_decoder_widths_are_a_choice_that_checkpoints_keep(tmp_path) -> None:
     assert load_model(path)[0].config["decoder_channels"] == [256, 128, 64, 64, 32]
     with pytest.raises(ValueError, match=r"decoder_channels must be 5 positive widths .* got \[64, 32\]"):
         create_model("unet_padded", 2, encoder="resnet18", decoder_channels=[64, 32])
-    with pytest.raises(ValueError, match=r"model 'segnet' has the paper's decoder.*\['unet_padded'\]"):
+    with pytest.raises(ValueError, match=r"model 'segnet' has the paper's decoder.*\['pspnet', 'unet_padded'\]"):
         create_model("segnet", 2, decoder_channels=[64, 32])
+
+
+def test_pspnet_pyramid_and_fusing_widths_are_a_choice() -> None:
+    with torch.device("meta"):
+        paper = create_model("pspnet", 21)
+        light = create_model("pspnet", 21, decoder_channels=[128, 256])
+    assert paper.config["decoder_channels"] == [512, 512]  # ResNet-50: 2048 / 4 per branch, then 512
+    assert [branch[1][0].out_channels for branch in light.decoder.ppm.branches] == [128] * 4
+    assert light.decoder.out_channels == 256 and count_parameters(light) < count_parameters(paper)
+    with pytest.raises(ValueError, match=r"PSPNet's decoder_channels are 2 widths"):
+        create_model("pspnet", 21, decoder_channels=[128])
 
 
 def test_the_decoder_widths_come_from_the_command_line_and_the_config() -> None:

@@ -47,9 +47,11 @@ class AdaptiveAvgPool(nn.AdaptiveAvgPool2d):
 class PyramidPooling(nn.Module):
     """Concatenates the input with its bin-pooled, 1x1-reduced, upsampled versions."""
 
-    def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6)) -> None:
+    def __init__(
+        self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6), branch_channels: int | None = None
+    ) -> None:
         super().__init__()
-        branch_channels = in_channels // len(bins)
+        branch_channels = branch_channels or in_channels // len(bins)  # the paper's: 1/N of the channels each
         self.branches = nn.ModuleList(
             nn.Sequential(AdaptiveAvgPool(b), ConvBNReLU(in_channels, branch_channels, 1)) for b in bins
         )
@@ -62,13 +64,29 @@ class PyramidPooling(nn.Module):
 
 
 class PSPDecoder(nn.Module):
-    """Pyramid pooling → 3x3 conv (512) → dropout 0.1, on the encoder's last map."""
+    """Pyramid pooling → 3x3 conv (512) → dropout 0.1, on the encoder's last map.
 
-    def __init__(self, encoder_channels: Sequence[int], *, bins: Sequence[int] = (1, 2, 3, 6), channels: int = 512):
+    ``widths``: (each pyramid branch's channels, the fusing convolution's); default the paper's, a quarter
+    of the encoder's channels per branch (512 on ResNet-50) and 512."""
+
+    def __init__(
+        self,
+        encoder_channels: Sequence[int],
+        *,
+        bins: Sequence[int] = (1, 2, 3, 6),
+        widths: Sequence[int] | None = None,
+    ):
         super().__init__()
-        self.ppm = PyramidPooling(encoder_channels[-1], bins)
-        self.fuse = nn.Sequential(ConvBNReLU(self.ppm.out_channels, channels, 3), nn.Dropout2d(0.1))
-        self.out_channels = channels
+        widths = tuple(widths) if widths is not None else (encoder_channels[-1] // len(bins), 512)
+        if len(widths) != 2 or not all(isinstance(w, int) and w >= 1 for w in widths):
+            raise ValueError(
+                "PSPNet's decoder_channels are 2 widths: each pyramid branch's and the fusing convolution's "
+                f"(the paper's on this encoder: {[encoder_channels[-1] // len(bins), 512]}), got {list(widths)}"
+            )
+        self.ppm = PyramidPooling(encoder_channels[-1], bins, branch_channels=widths[0])
+        self.fuse = nn.Sequential(ConvBNReLU(self.ppm.out_channels, widths[1], 3), nn.Dropout2d(0.1))
+        self.widths = widths
+        self.out_channels = widths[1]
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.fuse(self.ppm(features[-1]))

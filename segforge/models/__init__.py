@@ -37,7 +37,8 @@ def create_model(
             or the path or URL of a torchvision-format ImageNet state dict for the encoder. A dict is a
             checkpoint config's record of them: recorded again, nothing loaded (the checkpoint has the weights).
         decoder_channels: the decoder's widths, for an architecture whose decoder has a width choice
-            (``unet_padded``: one per up-block, deepest first; ``"skips"``: as wide as the encoder's skips);
+            (``unet_padded``: one per up-block, deepest first, ``"skips"``: as wide as the encoder's skips;
+            ``pspnet``: each pyramid branch's and the fusing convolution's);
             default the architecture's. The built widths are recorded in ``model.config``.
 
     Returns:

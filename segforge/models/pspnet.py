@@ -11,6 +11,8 @@ Caffe ResNet has a three-convolution stem instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from segforge.decoders.pspnet import PSPDecoder
@@ -22,13 +24,21 @@ from segforge.models.segmenter import SegmentationHead, Segmenter
 
 @MODELS.register("pspnet")
 def pspnet(
-    num_classes: int, *, in_channels: int = 3, encoder: str | None = None, encoder_weights: str | None = None
+    num_classes: int,
+    *,
+    in_channels: int = 3,
+    encoder: str | None = None,
+    encoder_weights: str | None = None,
+    decoder_channels: Sequence[int] | str | None = None,
 ) -> Segmenter:
-    """PSPNet: dilated ResNet (output stride 8), pyramid pooling 1/2/3/6, auxiliary head."""
+    """PSPNet: dilated ResNet (output stride 8), pyramid pooling 1/2/3/6, auxiliary head.
+
+    ``decoder_channels``: (each pyramid branch's width, the fusing convolution's); default (and ``"skips"``,
+    a checkpoint's from before the option) the paper's: a quarter of the encoder's channels, and 512."""
     encoder = encoder or "resnet50"
     check_encoder("pspnet", encoder, ("resnet50", "resnet101", "resnet18", "resnet34"))
     enc = create_encoder(encoder, in_channels=in_channels, output_stride=8, weights=encoder_weights)
-    decoder = PSPDecoder(enc.out_channels)
+    decoder = PSPDecoder(enc.out_channels, widths=None if decoder_channels in (None, "skips") else decoder_channels)
     head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=1, upsample=enc.reductions[-1])
     aux_channels = enc.out_channels[-2]
     aux_head = nn.Sequential(
