@@ -132,9 +132,9 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
             {
                 "type": _widths,
                 "metavar": "W,W,...|skips",
-                "help": "unet_padded's decoder widths, deepest first, e.g. 256,128,64,32,16 (pspnet: branch,fuse); skips: as wide as the "
-                "encoder's skips (default: the paper's on U-Net's own encoder, no wider than 256,128,64,32,16 on "
-                "the others; segforge models lists the cost of each)",
+                "help": "unet_padded's decoder widths, deepest first, e.g. 256,128,64,32,16 (pspnet: branch,fuse); "
+                "skips: as wide as the encoder's skips (default: the paper's on U-Net's own encoder, no wider than "
+                "256,128,64,32,16 on the others; segforge models lists the cost of each)",
             },
         ),
         (
