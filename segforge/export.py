@@ -62,10 +62,11 @@ def example_sizes(model: nn.Module) -> tuple[int, int, int]:
 
 def _dynamic_shapes(model: nn.Module) -> tuple[dict, ...]:
     dim, geometry = torch.export.Dim, geometry_of(model)
-    if geometry.valid_convolutions:  # min_size + k x tile_period (U-Net: 16k + 124, k >= 4: even poolings)
-        period, smallest = geometry.tile_period, geometry.min_size
-        rows, cols = dim("k_height", min=smallest // period), dim("k_width", min=smallest // period)
-        return ({0: dim("batch"), 2: period * rows + smallest % period, 3: period * cols + smallest % period},)
+    if geometry.valid_convolutions:  # tile_period x k + offset (U-Net: 16k + 124, k >= 4: even poolings)
+        period, offset = geometry.tile_period, geometry.offset
+        smallest = (geometry.min_size - offset) // period
+        rows, cols = dim("k_height", min=smallest), dim("k_width", min=smallest)
+        return ({0: dim("batch"), 2: period * rows + offset, 3: period * cols + offset},)
     smallest = max(geometry.min_size, 2)
     return ({0: dim("batch"), 2: dim("height", min=smallest), 3: dim("width", min=smallest)},)
 

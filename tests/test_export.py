@@ -37,9 +37,10 @@ SLOW = [
 def _sizes(model) -> list[tuple[int, int, int, int]]:
     """Two inputs the export's own check does not use: another batch, sides off the stride grid."""
     base = example_sizes(model)[0]
-    if hasattr(model, "input_size"):  # the original U-Net: 16k + 124 only
+    if model.geometry.valid_convolutions:  # the original U-Net: 16k + 124 only
         return [(1, model.in_channels, base + 32, base), (3, model.in_channels, base + 16, base + 48)]
-    return [(1, model.in_channels, base + 5, base + 2 * model.stride + 7), (3, model.in_channels, base + 1, base)]
+    stride = model.geometry.tile_period
+    return [(1, model.in_channels, base + 5, base + 2 * stride + 7), (3, model.in_channels, base + 1, base)]
 
 
 def _export_and_compare(tmp_path, name: str, encoder: str | None) -> None:

@@ -56,9 +56,14 @@ class Geometry:
 
 class ValidGeometry(Geometry):
     """A valid-convolution network: ``output_size`` and ``input_size`` are the architecture's arithmetic, the
-    border centres the output on the input (the original U-Net: 92 pixels before, enough after)."""
+    border centres the output on the input (the original U-Net: 92 pixels before, enough after). Its valid
+    input sides are ``tile_period * k + offset`` from ``min_size`` on (the original U-Net: 16k + 124, k >= 4)."""
 
     valid_convolutions = True
+
+    def __init__(self, *, min_size: int, tile_period: int, offset: int) -> None:
+        super().__init__(min_size=min_size, tile_period=tile_period)
+        self.offset = offset
 
     def border(self, height: int, width: int) -> tuple[int, int, int, int]:
         in_h, in_w = self.input_size(height), self.input_size(width)

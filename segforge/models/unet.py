@@ -87,7 +87,8 @@ class UNetGeometry(ValidGeometry):
     sides = "16k + 124 (the original U-Net's valid sizes)"
 
     def __init__(self, depth: int = DEPTH) -> None:
-        super().__init__(min_size=unet_input_size(1, depth), tile_period=2**depth)
+        # each level adds two 3x3 convolutions (4 pixels) at its scale: 4 (1 + 2 + ... + 2**depth) in all
+        super().__init__(min_size=unet_input_size(1, depth), tile_period=2**depth, offset=4 * (2 ** (depth + 1) - 1))
         self.depth = depth
 
     def output_size(self, input_size: int) -> int:
