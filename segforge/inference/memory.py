@@ -6,7 +6,7 @@ too large to run through a network whole: a U-Net keeps 64 float32 maps of the f
 on the meta device (shapes only, no memory, no arithmetic), adds up the activations alive at each
 step, and refuses before the real pass when the peak exceeds the memory available to the device,
 pointing at tiled prediction. The count is a lower bound: the resident memory a real pass on the CPU
-adds measured 1.0-1.5 times it at 1024x1024 (the convolutions' workspace comes on top).
+adds measured 1.0-1.5 times it at 1024x1024 (``bench/memory.py``; the convolutions' workspace comes on top).
 ``out_of_memory_hint`` turns an allocation failure that gets past the estimate into the same advice.
 """
 
