@@ -1,6 +1,7 @@
 """How close ``segforge.inference.memory``'s count comes to the memory a real forward pass takes.
 
     PYTHONPATH=. .venv/bin/python bench/memory.py --size 1024 --models unet segnet_basic fcn8s pspnet unet_padded
+    PYTHONPATH=. .venv/bin/python bench/memory.py --size 12000 --count-only   # the count alone (no real pass)
 
 For each model, in a fresh process with freed memory returned to the kernel (``SEGFORGE_KEEP_FREED_MEMORY=0``,
 so the resident set measures this pass alone): the count on the meta device (``forward_peak_bytes``), then one
@@ -49,8 +50,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--models", nargs="+", default=["unet", "segnet_basic", "fcn8s", "pspnet", "unet_padded"])
+    parser.add_argument("--count-only", action="store_true", help="print the count alone, for sizes no machine holds")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.count_only:
+        from segforge import create_model
+        from segforge.inference.memory import forward_peak_bytes
+
+        print(f"one {args.size}x{args.size} image, inference: the activations alive at once, counted\n")
+        print("| model | counted (GB) |")
+        print("|---|---:|")
+        for name in args.models:
+            model = create_model(name, 5).eval()
+            counted = forward_peak_bytes(model, (1, model.in_channels, args.size, args.size))
+            print(f"| {name} | {counted / 2**30:,.1f} |")
+        return 0
     if args.child:
         print("RESULT " + json.dumps(_child(args.child, args.size)), flush=True)
         return 0
