@@ -43,7 +43,13 @@ def _build(library: str, architecture: str, encoder: str, classes: int):
         import segforge
 
         return segforge.create_model(architecture, classes, encoder=encoder)
-    import segmentation_models_pytorch as smp
+    try:  # only in the peers' environment: smp does not import beside segforge's CPU torch
+        import segmentation_models_pytorch as smp
+    except ImportError as err:
+        raise SystemExit(
+            f"smp is not importable here ({err}): run this script with the peers' environment, "
+            "bash ../shared/peers/setup.sh, then $TMPDIR/peers/venv/bin/python bench/vs_smp.py"
+        ) from None
 
     return getattr(smp, architecture)(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=classes)
 

@@ -48,6 +48,7 @@ def _doctor(args: argparse.Namespace) -> int:
 def _train_options() -> list[tuple[str, str, str, dict]]:
     """(group, flag, config key, argparse options) of every ``segforge train`` flag. Every flag defaults to
     None, so an unset flag never overrides the config file."""
+    # (one declarative row per flag: a table, not logic, so it stays one function)
     data, model, run = "data", "model and optimisation", "run"
     return [
         (data, "--data", "data.root", {"help": "dataset folder"}),
@@ -470,6 +471,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # (the commands' flags, one add_argument each: declarations, not logic, so one function)
     parser = argparse.ArgumentParser(
         prog="segforge", description="Semantic segmentation with the papers' architectures."
     )
