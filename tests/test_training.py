@@ -411,3 +411,29 @@ def test_a_task_plugs_another_batch_and_metrics_into_the_same_loop(data_root, tm
     assert _DictTask.calls.count("forward") == 2 * 2 and _DictTask.calls.count("validate") == 2  # 8 images, batch 4
     best = max(float(r["val_pixel_accuracy"]) for r in rows)
     assert read_checkpoint(folder / "best.safetensors")[2]["best_pixel_accuracy"] == pytest.approx(best, abs=1e-6)
+
+
+def test_leaving_the_process_group_frees_the_data_parallel_model_first(tmp_path) -> None:
+    # DistributedDataParallel sits in a reference cycle: left to interpreter exit, its gloo work was
+    # destroyed too late and aborted a finished torchrun process (SIGABRT) now and then.
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+
+    from segforge.training import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    gc.disable()  # as if the collector had not run by the end of the run
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2))
+        model(torch.ones(2, 3)).sum().backward()
+        alive = weakref.ref(model)
+        del model
+        assert alive() is not None  # the cycle: only a collection frees it
+        distributed.stop(distributed.Process(owns_group=True))
+        assert alive() is None and not dist.is_initialized()
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -13,6 +13,7 @@ weighs processes whose images hold different numbers of labelled pixels).
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,7 +87,14 @@ def start(device_name: str) -> tuple[Process, torch.device]:
 
 
 def stop(process: Process) -> None:
+    """Leaves the process group this run joined.
+
+    ``DistributedDataParallel`` lives in a reference cycle, so without a collection it (and the gloo or
+    NCCL work it holds) is freed at interpreter exit, where a gloo worker thread destroyed too late
+    aborts the process ("terminate called without an active exception") after a run that succeeded.
+    """
     if process.owns_group and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
