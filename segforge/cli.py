@@ -167,6 +167,12 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
         (run, "--accumulate", "train.accumulate", {"type": _positive_int}),
         (run, "--amp", "train.amp", {"choices": ["auto", "on", "off"]}),
         (run, "--channels-last", "train.channels_last", {"action": argparse.BooleanOptionalAction}),
+        (
+            run,
+            "--compile",
+            "train.compile",
+            {"choices": ["auto", "on", "off"], "help": "torch.compile the training step (auto: where it pays)"},
+        ),
         (run, "--seed", "train.seed", {"type": int}),
         (run, "--device", "train.device", {}),
         (run, "--eval-every", "train.eval_every", {"type": _positive_int, "metavar": "EPOCHS"}),

@@ -92,6 +92,7 @@ class TrainConfig:
     accumulate: int = 1  # gradient accumulation steps
     amp: Literal["auto", "on", "off"] = "auto"  # mixed precision, CUDA only
     channels_last: bool = True
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the training step (segforge.training.compilation)
     seed: int = 0
     device: str = "auto"  # auto: CUDA if present
     eval_every: int = 1  # epochs, when the run's length is in epochs

@@ -414,7 +414,7 @@ def test_a_task_plugs_another_batch_and_metrics_into_the_same_loop(data_root, tm
 
 
 def test_leaving_the_process_group_frees_the_data_parallel_model_first(tmp_path) -> None:
-    # DistributedDataParallel sits in a reference cycle: left to interpreter exit, its gloo work was
+    # DistributedDataParallel can sit in a reference cycle: left to interpreter exit, its gloo work was
     # destroyed too late and aborted a finished torchrun process (SIGABRT) now and then.
     import gc
     import weakref
@@ -428,9 +428,11 @@ def test_leaving_the_process_group_frees_the_data_parallel_model_first(tmp_path)
     try:
         model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2))
         model(torch.ones(2, 3)).sum().backward()
+        cycle = {"model": model}
+        cycle["cycle"] = cycle
         alive = weakref.ref(model)
-        del model
-        assert alive() is not None  # the cycle: only a collection frees it
+        del model, cycle
+        assert alive() is not None  # only a collection frees it
         distributed.stop(distributed.Process(owns_group=True))
         assert alive() is None and not dist.is_initialized()
     finally:

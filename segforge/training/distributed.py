@@ -89,7 +89,7 @@ def start(device_name: str) -> tuple[Process, torch.device]:
 def stop(process: Process) -> None:
     """Leaves the process group this run joined.
 
-    ``DistributedDataParallel`` lives in a reference cycle, so without a collection it (and the gloo or
+    ``DistributedDataParallel`` can sit in a reference cycle, so without a collection it (and the gloo or
     NCCL work it holds) is freed at interpreter exit, where a gloo worker thread destroyed too late
     aborts the process ("terminate called without an active exception") after a run that succeeded.
     """

@@ -52,6 +52,7 @@ from segforge.labels import NO_LABEL
 from segforge.plots import plot_curves
 from segforge.training import distributed, recipe
 from segforge.training.budget import Clock, describe_seconds, fit_steps
+from segforge.training.compilation import StepCompilation, is_compile_error
 from segforge.training.distributed import StreamBatchSampler
 from segforge.training.optim import create_optimizer, create_scheduler
 from segforge.training.prepare import dataset_options, prepare
@@ -371,6 +372,7 @@ class _Session:
     save: functools.partial
     partial: dict | None  # the counts of a round interrupted by a mid-round save
     progress: bool | None  # progress bars: True, False, or None (on a terminal only)
+    compilation: StepCompilation  # eager or compiled training steps (train.compile)
 
 
 def _train(
@@ -469,6 +471,7 @@ def _start(
         save,
         state.get("round") if state is not None else None,
         None if quiet is None else not quiet,
+        StepCompilation.of(config, process, task),
     )
 
 
@@ -571,6 +574,10 @@ def _rounds(s: _Session, stop: _StopRequest) -> None:
     run = s.run
     round_ = _Round.start(s.task, s.partial, s.process.is_main)
     saves = _SaveClock(s.config.train.checkpoint_minutes)
+    if s.compilation.mode == "on":
+        if s.process.is_main:
+            print("train.compile on: compiling the training step; the first step takes longer", flush=True)
+        s.compilation.switch(s.task)
     with _progress_bar(s) as bar:
         while run.step < run.total_steps:
             started = time.perf_counter()
@@ -650,23 +657,18 @@ def _optimizer_step(s: _Session, round_: _Round, stop: bool, save: bool, spent: 
     → backward → the round's metrics; returns what the processes agreed on."""
     run, config = s.run, s.config
     s.optimizer.zero_grad(set_to_none=True)
+    flags = (stop, save, spent)
     for _ in range(config.train.accumulate):
         batch = s.task.to_device(next(s.batches), s.device)
-        with torch.autocast(s.device.type, enabled=s.amp):
-            loss, outputs = s.task.forward(batch)
-        loss_value, stop, save, spent = _agree(loss.detach(), (stop, save, spent), s.process)
-        if not math.isfinite(loss_value):
-            saved = (
-                f"the last good weights are {s.folder / 'last.safetensors'}"
-                if (s.folder / "last.safetensors").exists()
-                else "no checkpoint was saved before it, so the run folder was removed"
-            )
-            raise TrainingError(
-                f"the loss became {loss_value} at step {run.step + 1} (epoch {math.floor(run.epoch) + 1}, batch "
-                f"{run.batches + 1}): lower the learning rate (optimizer.lr = {config.optimizer.lr}), add warm-up "
-                f"(schedule.warmup_iters), or turn off mixed precision (train.amp: off); {saved}"
-            )
-        s.scaler.scale(loss / config.train.accumulate).backward()
+        try:
+            loss_value, outputs, flags = _forward_backward(s, batch, flags)
+        except Exception as err:  # the compiled network's first step compiles: it may fail, the batch is still good
+            if not (s.compilation.first and is_compile_error(err)):
+                raise
+            if s.process.is_main:
+                print(s.compilation.fall_back(s.task, err), flush=True)
+            s.optimizer.zero_grad(set_to_none=True)  # (the first batch of the step: nothing else accumulated)
+            loss_value, outputs, flags = _forward_backward(s, batch, flags)
         round_.metrics.update(batch, outputs)
         round_.loss += loss_value
         round_.batches += 1
@@ -675,7 +677,28 @@ def _optimizer_step(s: _Session, round_: _Round, stop: bool, save: bool, spent: 
     s.scaler.update()
     s.scheduler.step()
     run.step += 1
-    return _Agreed(stop, save, spent)
+    return _Agreed(*flags)
+
+
+def _forward_backward(s: _Session, batch, flags: tuple[bool, ...]) -> tuple[float, object, tuple[bool, ...]]:
+    """The task's loss of one batch, agreed over the processes and checked, then its gradients."""
+    run, config = s.run, s.config
+    with torch.autocast(s.device.type, enabled=s.amp):
+        loss, outputs = s.task.forward(batch)
+    loss_value, *flags = _agree(loss.detach(), flags, s.process)
+    if not math.isfinite(loss_value):
+        saved = (
+            f"the last good weights are {s.folder / 'last.safetensors'}"
+            if (s.folder / "last.safetensors").exists()
+            else "no checkpoint was saved before it, so the run folder was removed"
+        )
+        raise TrainingError(
+            f"the loss became {loss_value} at step {run.step + 1} (epoch {math.floor(run.epoch) + 1}, batch "
+            f"{run.batches + 1}): lower the learning rate (optimizer.lr = {config.optimizer.lr}), add warm-up "
+            f"(schedule.warmup_iters), or turn off mixed precision (train.amp: off); {saved}"
+        )
+    s.scaler.scale(loss / config.train.accumulate).backward()
+    return loss_value, outputs, tuple(flags)
 
 
 def _agree(loss: torch.Tensor, flags: tuple[bool, ...], process: distributed.Process) -> tuple:
@@ -702,8 +725,12 @@ def _out_of_time(s: _Session) -> bool:
 def _bookkeeping(s: _Session, round_: _Round, bar: tqdm, started: float) -> None:
     """After a step: its time (the first warms up allocations and workers: not a measure of speed), the progress
     bar, and with a time budget, the check after the first step and the fit after the first measured ones."""
-    run = s.run
-    if run.step > 1:
+    run, compilation = s.run, s.compilation
+    if compilation.first:  # it compiled: the compiled steps' times replace the eager ones from the next on
+        compilation.first, compilation.retime = False, True
+    elif run.step > 1:
+        if compilation.retime:
+            run.step_seconds, run.timed_steps, compilation.retime = 0.0, 0, False
         run.step_seconds += time.perf_counter() - started
         run.timed_steps += 1
     bar.update(1)
@@ -713,6 +740,26 @@ def _bookkeeping(s: _Session, round_: _Round, bar: tqdm, started: float) -> None
     if s.budget is not None and not run.fitted and run.timed_steps >= MEASURED_STEPS:
         _fit_to_budget(run, s.budget, s.clock, s.config, s.data, s.process)
         bar.total = run.total_steps
+    if compilation.pending and run.timed_steps >= MEASURED_STEPS:
+        _compile_if_it_pays(s)
+
+
+def _compile_if_it_pays(s: _Session) -> None:
+    """``train.compile: auto``, after the first measured steps: compiles when the eager training left is long
+    enough for a minute of compiling to pay back."""
+    run = s.run
+    if s.budget is not None:
+        left = s.budget - s.clock.elapsed() - _final_seconds(run, s.data)
+    else:
+        left = (run.total_steps - run.step) * _step_seconds(run)
+    if s.compilation.pays(left):
+        if s.process.is_main:
+            print(
+                f"train.compile auto: compiling the training step (about {describe_seconds(left)} of training "
+                "left); the next step takes longer",
+                flush=True,
+            )
+        s.compilation.switch(s.task)
 
 
 def _close_round(s: _Session, round_: _Round, agreed: _Agreed, bar: tqdm) -> bool:

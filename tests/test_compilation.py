@@ -1,0 +1,126 @@
+"""``train.compile``: when ``auto`` compiles the training step, and that a failed compilation loses nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from segforge.checkpoint import read_checkpoint
+from segforge.config import load_config
+from segforge.data import write_synthetic_dataset
+from segforge.training import compilation, fit
+from segforge.training.distributed import Process
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("synthetic"), num_train=8, num_val=2, size=32, num_classes=3, seed=0
+    )
+
+
+def config(data_root, out, name, **overrides):
+    values = {
+        "data.root": str(data_root),
+        "data.format": "folder",
+        "data.batch_size": 4,
+        "data.workers": 0,
+        "data.crop_size": 32,
+        "model.name": "segnet_basic",
+        "train.epochs": 5,  # 10 steps: auto decides after the sixth (a warm-up step, then 5 measured)
+        "train.out": str(out),
+        "train.name": name,
+        "optimizer.name": "adam",
+        "optimizer.lr": 0.01,
+    }
+    return load_config(None, values | overrides)
+
+
+class Counting(nn.Module):
+    """Stands in for the compiled network: calls the eager one, counting the calls; ``fail`` first raises what
+    a failed compilation raises."""
+
+    def __init__(self, model: nn.Module, fail: bool = False) -> None:
+        super().__init__()
+        self.model, self.fail, self.calls = model, fail, 0
+
+    def forward(self, x):
+        if self.fail:
+            self.fail = False
+            raise torch._dynamo.exc.TorchRuntimeError("no working C++ compiler\nmore lines")
+        self.calls += 1
+        return self.model(x)
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    made = []
+
+    def compile_network(model, fail=False):
+        made.append(Counting(model, fail))
+        return made[-1]
+
+    monkeypatch.setattr(compilation, "compile_network", compile_network)
+    return made
+
+
+def test_auto_compiles_after_the_measured_steps_when_enough_training_is_left(
+    data_root, tmp_path, stand_ins, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(compilation, "AUTO_MIN_SECONDS", 0.0)
+    fit(config(data_root, tmp_path, "auto"), progress=False)
+    assert len(stand_ins) == 1 and stand_ins[0].calls == 4  # steps 7-10
+    assert "train.compile auto: compiling the training step" in capsys.readouterr().out
+
+
+def test_auto_stays_eager_for_short_runs_and_changing_shapes(data_root, tmp_path, stand_ins, monkeypatch) -> None:
+    fit(config(data_root, tmp_path, "short"), progress=False)  # 4 steps left: seconds, not AUTO_MIN_SECONDS
+    monkeypatch.setattr(compilation, "AUTO_MIN_SECONDS", 0.0)
+    fit(config(data_root, tmp_path, "uncropped", **{"data.crop_size": None, "train.epochs": 4}), progress=False)
+    fit(config(data_root, tmp_path, "off", **{"train.compile": "off"}), progress=False)
+    assert stand_ins == []
+
+
+def test_a_failed_compilation_goes_on_eager_from_the_same_batch(data_root, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(compilation, "compile_network", lambda model: Counting(model, fail=True))
+    failed = fit(config(data_root, tmp_path, "failed", **{"train.compile": "on"}), progress=False)
+    out = capsys.readouterr().out
+    assert "torch.compile failed (TorchRuntimeError: no working C++ compiler); training goes on eager" in out
+    eager = fit(config(data_root, tmp_path, "eager", **{"train.compile": "off"}), progress=False)
+    weights_a, _, _ = read_checkpoint(failed / "last.safetensors")
+    weights_b, _, _ = read_checkpoint(eager / "last.safetensors")
+    for key, value in weights_b.items():
+        torch.testing.assert_close(weights_a[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_an_error_of_the_step_itself_is_not_taken_for_a_compile_failure(data_root, tmp_path, monkeypatch) -> None:
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("a real bug")
+
+    monkeypatch.setattr(compilation, "compile_network", lambda model: Broken())
+    with pytest.raises(RuntimeError, match="a real bug"):
+        fit(config(data_root, tmp_path, "broken", **{"train.compile": "on"}), progress=False)
+
+
+def test_why_auto_leaves_a_run_eager(data_root, tmp_path, monkeypatch) -> None:
+    cropped = config(data_root, tmp_path, "x")
+    assert compilation.compile_blocker(cropped, Process()) is None
+    assert "torchrun" in compilation.compile_blocker(cropped, Process(rank=0, world_size=2))
+    uncropped = config(data_root, tmp_path, "x", **{"data.crop_size": None})
+    assert "data.crop_size" in compilation.compile_blocker(uncropped, Process())
+    monkeypatch.setattr(compilation.shutil, "which", lambda name: None)
+    assert "no C++ compiler" in compilation.compile_blocker(cropped, Process())
+
+
+@pytest.mark.slow  # 20-60 s: Inductor compiles SegNet-Basic's forward and backward
+def test_a_compiled_run_trains_as_the_eager_one(data_root, tmp_path) -> None:
+    # SGD: Adam's first steps are nearly sign(gradient), which turns float rounding into 2 x lr
+    sgd = {"optimizer.name": "sgd", "optimizer.lr": 0.01, "optimizer.momentum": 0.9, "train.epochs": 2}
+    compiled = fit(config(data_root, tmp_path, "compiled", **sgd, **{"train.compile": "on"}), progress=False)
+    eager = fit(config(data_root, tmp_path, "eager", **sgd, **{"train.compile": "off"}), progress=False)
+    weights_a, _, _ = read_checkpoint(compiled / "last.safetensors")
+    weights_b, _, _ = read_checkpoint(eager / "last.safetensors")
+    for key, value in weights_b.items():  # the same steps, up to Inductor's order of float operations
+        torch.testing.assert_close(weights_a[key], value, rtol=0, atol=1e-4, msg=key)
