@@ -8,11 +8,13 @@ smp lives in a separate environment (``../shared/peers``), never in segforge's d
 (a library's model at one setting) runs in a fresh process, and the cells take turns in rounds, so the
 machine's drift falls on all of them alike; each figure is the median over the rounds of the median
 over ``--repeats`` timed calls after ``--warmup``. Settings: **as shipped** is what each library does
-when used as documented (segforge: channels-last tensors and freed memory kept, as its commands run;
-smp: contiguous tensors, glibc's default allocator), **the same** gives the other library those
-settings too. Training is an SGD step (momentum 0.9) on cross entropy; FLOPs are counted by
-``torch.utils.flop_counter`` for the forward pass and for the whole training step, so training GFLOP/s
-is measured, not assumed to be three forward passes.
+when used as documented (segforge: channels-last tensors and freed memory kept, as its commands run,
+batch norm folded for inference as ``segforge predict`` does, the training step compiled as a long
+``segforge train`` run does (``train.compile: auto``; its compile time is reported apart, not in the
+rate) and fused optimizer kernels; smp: contiguous tensors, glibc's default allocator, eager PyTorch),
+**the same** gives the other library those settings too. Training is an SGD step (momentum 0.9) on
+cross entropy; FLOPs are counted by ``torch.utils.flop_counter`` for the forward pass and for the whole
+training step, so training GFLOP/s is measured, not assumed to be three forward passes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ import subprocess
 import sys
 import time
 
+# what differs between the libraries as shipped: memory format, allocator, batch norm folded for inference,
+# the training step compiled, fused optimizer kernels
+SETTINGS = ("format", "memory", "fold", "compile", "fused")
 PAIRS = {  # name: (segforge model, encoder, smp architecture, encoder)
     "U-Net ResNet-34": ("unet_padded", "resnet34", "Unet", "resnet34"),
     "U-Net ResNet-50": ("unet_padded", "resnet50", "Unet", "resnet50"),
@@ -42,7 +47,7 @@ def _build(library: str, architecture: str, encoder: str, classes: int):
     if library == "segforge":
         import segforge
 
-        return segforge.create_model(architecture, classes, encoder=encoder)
+        return segforge.create_model(architecture, classes, encoder=None if encoder == "default" else encoder)
     try:  # only in the peers' environment: smp does not import beside segforge's CPU torch
         import segmentation_models_pytorch as smp
     except ImportError as err:
@@ -79,11 +84,15 @@ def worker(args: argparse.Namespace) -> dict:
     target = torch.randint(0, args.classes, (args.batch, args.size, args.size))
     parameters = sum(p.numel() for p in model.parameters())
 
-    model.eval()
+    evaluated = model.eval()
+    if args.fold == "on":  # batch norm folded into the convolutions, as `segforge predict` runs a model
+        from segforge.models.fold import fold_batch_norm
+
+        evaluated = fold_batch_norm(model)
 
     def forward() -> None:
         with torch.inference_mode():
-            model(x)
+            evaluated(x)
 
     with FlopCounterMode(display=False) as flops:
         forward()
@@ -91,17 +100,25 @@ def worker(args: argparse.Namespace) -> dict:
     eval_seconds = _median_seconds(forward, args.warmup, args.repeats)
 
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    fused = True if args.fused == "on" else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, fused=fused)
     loss_fn = torch.nn.CrossEntropyLoss()
+    stepped = model
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), target).backward()
+        loss_fn(stepped(x), target).backward()
         optimizer.step()
 
     with FlopCounterMode(display=False) as flops:
-        step()
+        step()  # (eager: the FLOPs of the computation, whatever runs it)
     step_flops = flops.get_total_flops() / args.batch
+    compile_seconds = 0.0
+    if args.compile == "on":
+        stepped = torch.compile(model)
+        started = time.perf_counter()
+        step()
+        compile_seconds = time.perf_counter() - started
     train_seconds = _median_seconds(step, args.warmup, args.repeats)
     return {
         "parameters": parameters,
@@ -109,6 +126,7 @@ def worker(args: argparse.Namespace) -> dict:
         "step_gflop": step_flops / 1e9,
         "eval_img_s": args.batch / eval_seconds,
         "train_img_s": args.batch / train_seconds,
+        "compile_s": compile_seconds,
     }
 
 
@@ -122,15 +140,18 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
-    for name in ("library", "architecture", "encoder", "format", "memory"):  # one cell, in its own process
+    for name in ("library", "architecture", "encoder", *SETTINGS):  # one cell, in its own process
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.library:
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return 0
 
-    shipped = {"segforge": ("channels_last", "keep"), "smp": ("contiguous", "default")}
-    cells = []  # (pair, library, setting, architecture, encoder, format, memory)
+    shipped = {
+        "segforge": ("channels_last", "keep", "on", "on", "on"),
+        "smp": ("contiguous", "default", "off", "off", "off"),
+    }
+    cells = []  # (pair, library, setting, architecture, encoder, *SETTINGS)
     for pair in args.pairs:
         sf_model, sf_encoder, smp_model, smp_encoder = PAIRS[pair]
         for library, architecture, encoder in (("segforge", sf_model, sf_encoder), ("smp", smp_model, smp_encoder)):
@@ -143,9 +164,9 @@ def main() -> int:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     for round_ in range(args.rounds):
         for cell in cells:
-            pair, library, setting, architecture, encoder, memory_format, memory = cell
+            pair, library, setting, architecture, encoder, *values = cell
             command = [sys.executable, __file__, "--library", library, "--architecture", architecture]
-            command += ["--encoder", encoder, "--format", memory_format, "--memory", memory]
+            command += ["--encoder", encoder, *(f"--{name}={value}" for name, value in zip(SETTINGS, values))]
             command += [
                 f"--{k}={getattr(args, k)}" for k in ("size", "batch", "classes", "threads", "warmup", "repeats")
             ]
