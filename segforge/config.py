@@ -91,7 +91,7 @@ class TrainConfig:
     time_budget: str | None = None  # e.g. "30m", "1h30m": the steps that fit, measured; overrides both
     accumulate: int = 1  # gradient accumulation steps
     amp: Literal["auto", "on", "off"] = "auto"  # mixed precision, CUDA only
-    channels_last: bool = True
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on CUDA; on the CPU as the architecture trains faster
     compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the training step (segforge.training.compilation)
     seed: int = 0
     device: str = "auto"  # auto: CUDA if present

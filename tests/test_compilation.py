@@ -9,7 +9,7 @@ from torch import nn
 from segforge.checkpoint import read_checkpoint
 from segforge.config import load_config
 from segforge.data import write_synthetic_dataset
-from segforge.training import compilation, fit
+from segforge.training import compilation, fit, loop
 from segforge.training.distributed import Process
 
 
@@ -72,6 +72,25 @@ def test_auto_compiles_after_the_measured_steps_when_enough_training_is_left(
     fit(config(data_root, tmp_path, "auto"), progress=False)
     assert len(stand_ins) == 1 and stand_ins[0].calls == 4  # steps 7-10
     assert "train.compile auto: compiling the training step" in capsys.readouterr().out
+
+
+def test_a_resumed_run_that_had_compiled_compiles_from_its_first_step(
+    data_root, tmp_path, stand_ins, monkeypatch
+) -> None:
+    monkeypatch.setattr(compilation, "AUTO_MIN_SECONDS", 0.0)
+    original = loop._save
+
+    def save_then_interrupt(*args, **kwargs):
+        original(*args, **kwargs)
+        if args[7].step == 8:  # epoch 4 is saved, two steps after auto compiled
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(data_root, tmp_path, "resumed"), progress=False)
+    monkeypatch.setattr(loop, "_save", original)
+    fit(None, resume=tmp_path / "resumed", progress=False)
+    assert [made.calls for made in stand_ins] == [2, 2]  # steps 7-8, then 9-10 of the resumed sitting
 
 
 def test_auto_stays_eager_for_short_runs_and_changing_shapes(data_root, tmp_path, stand_ins, monkeypatch) -> None:

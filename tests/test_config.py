@@ -45,7 +45,7 @@ def test_unknown_key_names_it_and_lists_the_valid_ones(tmp_path) -> None:
     "values, message",
     [
         ({"data": {"batch_size": "8"}}, r"'data.batch_size' must be int \| null, got '8'"),
-        ({"train": {"channels_last": 1}}, r"'train.channels_last' must be bool, got 1"),
+        ({"train": {"channels_last": 1}}, r"'train.channels_last' must be bool \| 'auto', got 1"),
         (
             {"optimizer": {"name": "rmsprop"}},
             r"optimizer.name 'rmsprop' is not one segforge knows; choose from "

@@ -103,6 +103,9 @@ class Segmenter(nn.Module):
         self.config: dict = {}
         #: what its training run recorded (classes, mean and std, ...); set by ``segforge.load_model``
         self.info: dict = {}
+        #: whether its training steps on the CPU run faster on channels-last tensors (``train.channels_last:
+        #: auto``); measured per architecture by ``bench/train_speed.py`` and set by its builder
+        self.cpu_training_channels_last = True
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raises ValueError with a fix for inputs this model cannot take."""

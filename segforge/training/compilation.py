@@ -96,6 +96,14 @@ class StepCompilation:
             return cls("off", None)
         return cls(mode, compile_blocker(config, process) if mode == "auto" else None)
 
+    def resumes_compiled(self, compiled_before: bool) -> bool:
+        """Whether to compile before the sitting's first step: ``on``, or ``auto`` in a run that had compiled
+        (the same steps as had it not been interrupted)."""
+        if self.mode == "on" or (compiled_before and self.pending):
+            self.pending = False
+            return True
+        return False
+
     def pays(self, seconds_left: float) -> bool:
         """``auto``'s decision, once, from the eager training time left; switches when it pays."""
         self.pending = False

@@ -99,6 +99,7 @@ class Progress:
     fitted: bool = False  # the total has been fitted to the time budget
     decay_step: int = 0  # the step since which the decay runs over (decay_done, 1] of its course
     decay_done: float = 0.0
+    compiled: bool = False  # train.compile: auto compiled the step; a resumed sitting compiles from its first
 
     @property
     def epoch(self) -> float:
@@ -574,9 +575,9 @@ def _rounds(s: _Session, stop: _StopRequest) -> None:
     run = s.run
     round_ = _Round.start(s.task, s.partial, s.process.is_main)
     saves = _SaveClock(s.config.train.checkpoint_minutes)
-    if s.compilation.mode == "on":
+    if s.compilation.resumes_compiled(run.compiled):
         if s.process.is_main:
-            print("train.compile on: compiling the training step; the first step takes longer", flush=True)
+            print(f"train.compile {s.compilation.mode}: compiling the training step (a slow first step)", flush=True)
         s.compilation.switch(s.task)
     with _progress_bar(s) as bar:
         while run.step < run.total_steps:
@@ -665,8 +666,10 @@ def _optimizer_step(s: _Session, round_: _Round, stop: bool, save: bool, spent: 
         except Exception as err:  # the compiled network's first step compiles: it may fail, the batch is still good
             if not (s.compilation.first and is_compile_error(err)):
                 raise
+            note = s.compilation.fall_back(s.task, err)
+            run.compiled = False
             if s.process.is_main:
-                print(s.compilation.fall_back(s.task, err), flush=True)
+                print(note, flush=True)
             s.optimizer.zero_grad(set_to_none=True)  # (the first batch of the step: nothing else accumulated)
             loss_value, outputs, flags = _forward_backward(s, batch, flags)
         round_.metrics.update(batch, outputs)
@@ -753,6 +756,7 @@ def _compile_if_it_pays(s: _Session) -> None:
     else:
         left = (run.total_steps - run.step) * _step_seconds(run)
     if s.compilation.pays(left):
+        run.compiled = True
         if s.process.is_main:
             print(
                 f"train.compile auto: compiling the training step (about {describe_seconds(left)} of training "

@@ -214,7 +214,7 @@ def _build_model(
     if state is not None:
         net.load_state_dict(state["model"])
         net.config = state.get("model_config", net.config)  # what the encoder started from
-    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if _trains_channels_last(config, net, device) else torch.contiguous_format
     net = net.to(device).to(memory_format=memory_format)
     model: nn.Module = net
     if process.distributed:
@@ -227,6 +227,14 @@ def _build_model(
             net = model = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     return net, model, memory_format
+
+
+def _trains_channels_last(config: Config, net: nn.Module, device: torch.device) -> bool:
+    """``train.channels_last``; ``auto``: on CUDA (tensor cores want it), on the CPU as the architecture says
+    (``Segmenter.cpu_training_channels_last``, from ``bench/train_speed.py``'s measurements)."""
+    if config.train.channels_last != "auto":
+        return config.train.channels_last
+    return device.type == "cuda" or getattr(net, "cpu_training_channels_last", True)
 
 
 def _build_loss(
