@@ -439,3 +439,16 @@ def test_leaving_the_process_group_frees_the_data_parallel_model_first(tmp_path)
         gc.enable()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_channels_last_auto_follows_the_architecture_on_the_cpu_and_a_setting_overrides_it(data_root, tmp_path) -> None:
+    from segforge.training.task import _trains_channels_last
+
+    net = torch.nn.Conv2d(3, 3, 1)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = tiny_config(data_root, tmp_path, "x")
+    assert auto.train.channels_last == "auto" and _trains_channels_last(auto, net, cpu)  # no attribute: channels-last
+    net.cpu_training_channels_last = False
+    assert not _trains_channels_last(auto, net, cpu) and _trains_channels_last(auto, net, cuda)
+    assert _trains_channels_last(tiny_config(data_root, tmp_path, "x", **{"train.channels_last": True}), net, cpu)
+    assert not _trains_channels_last(tiny_config(data_root, tmp_path, "x", **{"train.channels_last": False}), net, cuda)
