@@ -16,3 +16,23 @@ def input_size_for(name: str) -> tuple[int, int]:
     if name == "deconvnet":
         return (225, 231)  # fc6 is a valid 7x7 convolution on pool5: at least 224
     return (97, 131)
+
+
+def tiny_config(data_root, out, name, **overrides):
+    """A config for a few seconds of training: SegNet-Basic on 32x32 crops of a synthetic dataset, Adam."""
+    from segforge.config import load_config
+
+    values = {
+        "data.root": str(data_root),
+        "data.format": "folder",
+        "data.batch_size": 4,
+        "data.workers": 0,
+        "data.crop_size": 32,
+        "model.name": "segnet_basic",
+        "train.epochs": 2,
+        "train.out": str(out),
+        "train.name": name,
+        "optimizer.name": "adam",
+        "optimizer.lr": 0.01,
+    }
+    return load_config(None, values | overrides)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_config
 from torch import nn
 
 from segforge.checkpoint import read_checkpoint
-from segforge.config import load_config
 from segforge.data import write_synthetic_dataset
 from segforge.training import compilation, fit, loop
 from segforge.training.distributed import Process
@@ -21,20 +21,8 @@ def data_root(tmp_path_factory):
 
 
 def config(data_root, out, name, **overrides):
-    values = {
-        "data.root": str(data_root),
-        "data.format": "folder",
-        "data.batch_size": 4,
-        "data.workers": 0,
-        "data.crop_size": 32,
-        "model.name": "segnet_basic",
-        "train.epochs": 5,  # 10 steps: auto decides after the sixth (a warm-up step, then 5 measured)
-        "train.out": str(out),
-        "train.name": name,
-        "optimizer.name": "adam",
-        "optimizer.lr": 0.01,
-    }
-    return load_config(None, values | overrides)
+    # 10 steps: auto decides after the sixth (a warm-up step, then 5 measured)
+    return tiny_config(data_root, out, name, **{"train.epochs": 5} | overrides)
 
 
 class Counting(nn.Module):

@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 from segforge.checkpoint import load_model, load_state, read_checkpoint
 from segforge.config import load_config
@@ -21,23 +22,6 @@ def data_root(tmp_path_factory):
     return write_synthetic_dataset(
         tmp_path_factory.mktemp("synthetic"), num_train=8, num_val=4, size=32, num_classes=3, seed=0
     )
-
-
-def tiny_config(data_root, out, name, **overrides):
-    values = {
-        "data.root": str(data_root),
-        "data.format": "folder",
-        "data.batch_size": 4,
-        "data.workers": 0,
-        "data.crop_size": 32,
-        "model.name": "segnet_basic",
-        "train.epochs": 2,
-        "train.out": str(out),
-        "train.name": name,
-        "optimizer.name": "adam",
-        "optimizer.lr": 0.01,
-    }
-    return load_config(None, values | overrides)
 
 
 def test_a_run_writes_its_folder_and_the_best_model_reloads(data_root, tmp_path) -> None:
