@@ -60,7 +60,8 @@ def profile_model(spec: str, *, size: int, batch: int, classes: int, steps: int,
     model = segforge.create_model(name, classes, encoder=encoder or None)
     memory_format = torch.contiguous_format if contiguous else torch.channels_last
     model = model.to(memory_format=memory_format).train()
-    loss_fn = create_loss("ce", ignore_index=255, validate=False)
+    aux_weight = 0.4 if model.aux_head is not None else None  # PSPNet's auxiliary loss, as segforge train weighs it
+    loss_fn = create_loss("ce", ignore_index=255, validate=False, aux_weight=aux_weight)
     optimizer = create_optimizer(model, OptimizerConfig(name="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4))
     images = torch.randn(batch, model.in_channels, size, size)
     masks = torch.randint(0, classes, (batch, size, size))

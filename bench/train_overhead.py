@@ -49,6 +49,7 @@ def main() -> int:
     encoder = ["--encoder", args.encoder] if args.encoder != "default" else []
     command = [sys.executable, "-m", "segforge", "train", "--data", str(args.data), "--model", args.model, *encoder]
     command += ["--crop-size", str(args.crop), "--batch-size", str(args.batch), "--iterations", str(args.iterations)]
+    command += ["--eval-steps", str(args.iterations)]  # one validation, at the end (233 full-size test images)
     command += ["--compile", args.compile, "--out", str(out), "--name", "run"]
     started = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)

@@ -3,6 +3,7 @@ fresh process, the cells in turns over rounds (``bench/vs_smp.py``'s worker and 
 
     PYTHONPATH=. .venv/bin/python bench/train_speed.py                          # 256², batch 4, 2 rounds
     PYTHONPATH=. .venv/bin/python bench/train_speed.py --models unet_padded:resnet34 pspnet --rounds 3
+    PYTHONPATH=. .venv/bin/python bench/train_speed.py --models pspnet --settings contiguous:off channels_last:off
 
 Prints a Markdown table: training images/s and GFLOP/s (FLOPs of the whole step counted by
 ``torch.utils.flop_counter``), the same model's inference GFLOP/s in that memory format (batch norm
@@ -42,14 +43,21 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=[f"{memory_format}:{compiled}" for memory_format, compiled in SETTINGS],
+        help="FORMAT:COMPILE cells, e.g. contiguous:off channels_last:on",
+    )
     args = parser.parse_args()
+    settings = [tuple(setting.split(":")) for setting in args.settings]
     cache = tempfile.mkdtemp(prefix="segforge-inductor-")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TORCHINDUCTOR_CACHE_DIR=cache)
     results: dict[tuple[str, str, str], list[dict]] = {}
     for round_ in range(args.rounds):
         for model in args.models:
             architecture, _, encoder = model.partition(":")
-            for memory_format, compiled in SETTINGS:
+            for memory_format, compiled in settings:
                 command = [sys.executable, str(VS_SMP), "--library", "segforge", "--architecture", architecture]
                 command += ["--encoder", encoder or "default", "--format", memory_format, "--memory", "keep"]
                 command += ["--fold", "on", "--compile", compiled, "--fused", "on"]

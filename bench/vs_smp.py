@@ -107,7 +107,12 @@ def worker(args: argparse.Namespace) -> dict:
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(stepped(x), target).backward()
+        output = stepped(x)
+        if isinstance(output, tuple):  # segforge's PSPNet in training: (logits, auxiliary logits), weighed 1 : 0.4
+            loss = loss_fn(output[0], target) + 0.4 * loss_fn(output[1], target)
+        else:
+            loss = loss_fn(output, target)
+        loss.backward()
         optimizer.step()
 
     with FlopCounterMode(display=False) as flops:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from conftest import tiny_config
@@ -27,17 +29,18 @@ def config(data_root, out, name, **overrides):
 
 class Counting(nn.Module):
     """Stands in for the compiled network: calls the eager one, counting the calls; ``fail`` first raises what
-    a failed compilation raises."""
+    a failed compilation raises; ``delay`` makes each call slower by that many seconds."""
 
-    def __init__(self, model: nn.Module, fail: bool = False) -> None:
+    def __init__(self, model: nn.Module, fail: bool = False, delay: float = 0.0) -> None:
         super().__init__()
-        self.model, self.fail, self.calls = model, fail, 0
+        self.model, self.fail, self.delay, self.calls = model, fail, delay, 0
 
     def forward(self, x):
         if self.fail:
             self.fail = False
             raise torch._dynamo.exc.TorchRuntimeError("no working C++ compiler\nmore lines")
         self.calls += 1
+        time.sleep(self.delay)
         return self.model(x)
 
 
@@ -60,6 +63,27 @@ def test_auto_compiles_after_the_measured_steps_when_enough_training_is_left(
     fit(config(data_root, tmp_path, "auto"), progress=False)
     assert len(stand_ins) == 1 and stand_ins[0].calls == 4  # steps 7-10
     assert "train.compile auto: compiling the training step" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("faster", [False, True])
+def test_auto_keeps_the_compiled_step_only_when_its_measured_steps_are_faster(
+    data_root, tmp_path, monkeypatch, capsys, faster
+) -> None:
+    made = []
+    monkeypatch.setattr(compilation, "AUTO_MIN_SECONDS", 0.0)
+    # slower: each call 0.2 s late; faster: a gain threshold of -100 % that any speed meets
+    monkeypatch.setattr(compilation, "AUTO_MIN_GAIN", -1.0 if faster else compilation.AUTO_MIN_GAIN)
+    monkeypatch.setattr(
+        compilation,
+        "compile_network",
+        lambda model: made.append(Counting(model, delay=0 if faster else 0.2)) or made[-1],
+    )
+    fit(config(data_root, tmp_path, "trial", **{"train.epochs": 8}), progress=False)  # 16 steps
+    out = capsys.readouterr().out
+    if faster:  # compiled from step 7 to the end
+        assert made[0].calls == 10 and "s eager: keeping it" in out
+    else:  # step 7 compiles, steps 8-12 are measured, then eager again
+        assert made[0].calls == 6 and "s eager: going on eager" in out
 
 
 def test_a_resumed_run_that_had_compiled_compiles_from_its_first_step(

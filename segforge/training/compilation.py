@@ -9,7 +9,10 @@ forward and backward on 2 CPU cores, less when TorchInductor's on-disk cache alr
 ``auto`` (the default) therefore decides after the first measured steps, where it can count the cost:
 it compiles when one process trains (no torchrun), every batch has one shape (``data.crop_size``), the
 machine has the C++ compiler Inductor generates code for, and at least ``AUTO_MIN_SECONDS`` of eager
-training are left. ``on`` compiles from the first step, ``off`` never. Validation, the report and saved
+training are left; then it times the compiled steps and keeps them only when they beat the eager ones
+by ``AUTO_MIN_GAIN`` (on a 2-core CPU the gain depends on the architecture and its memory format, from
+none to 1.2x: ``README.md``, Training speed). ``on`` compiles from the first step and keeps it, ``off``
+never compiles. Validation, the report and saved
 checkpoints always use the eager network: the compiled one shares its parameters and buffers.
 
 A compilation that fails is never the end of a run: ``auto`` and ``on`` alike print why and go on
@@ -27,6 +30,7 @@ from segforge.config import Config
 from segforge.training import distributed
 
 AUTO_MIN_SECONDS = 600.0  # eager training left for `auto` to compile: a minute of compiling then pays back
+AUTO_MIN_GAIN = 0.03  # auto keeps the compiled step when its measured steps are this much faster than eager
 
 
 def compile_blocker(config: Config, process: distributed.Process) -> str | None:
@@ -84,6 +88,7 @@ class StepCompilation:
         self.eager: nn.Module | None = None
         self.first = False  # the next step is the compiled network's first: it compiles, and is not timed
         self.retime = False  # the next timed step is the first compiled one: the eager times are dropped
+        self.eager_seconds: float | None = None  # auto's trial: the eager step time the compiled one must beat
 
     @classmethod
     def of(cls, config: Config, process: distributed.Process, task) -> StepCompilation:
@@ -109,9 +114,25 @@ class StepCompilation:
         self.pending = False
         return seconds_left >= AUTO_MIN_SECONDS
 
-    def switch(self, task) -> None:
+    def switch(self, task, *, trial_against: float | None = None) -> None:
+        """Swaps in the compiled network; ``trial_against``: the eager seconds per step its first measured
+        steps must beat (``auto``), or ``None`` to keep it whatever its speed."""
         self.eager, self.first = task.model, True
+        self.eager_seconds = trial_against
         task.model = compile_network(task.model)
+
+    @property
+    def on_trial(self) -> bool:
+        return self.eager_seconds is not None and self.eager is not None
+
+    def keeps(self, task, compiled_seconds: float) -> bool:
+        """``auto``'s verdict on the compiled step after its first measured steps: kept when it is faster than
+        the eager one by more than ``AUTO_MIN_GAIN``; else the eager network comes back."""
+        eager_seconds, self.eager_seconds = self.eager_seconds, None
+        if compiled_seconds * (1 + AUTO_MIN_GAIN) < eager_seconds:
+            return True
+        task.model, self.eager = self.eager, None
+        return False
 
     def fall_back(self, task, err: BaseException) -> str:
         task.model, self.eager, self.first = self.eager, None, False

@@ -745,6 +745,8 @@ def _bookkeeping(s: _Session, round_: _Round, bar: tqdm, started: float) -> None
         bar.total = run.total_steps
     if compilation.pending and run.timed_steps >= MEASURED_STEPS:
         _compile_if_it_pays(s)
+    elif compilation.on_trial and not compilation.retime and run.timed_steps >= MEASURED_STEPS:
+        _judge_compiled(s)
 
 
 def _compile_if_it_pays(s: _Session) -> None:
@@ -763,7 +765,23 @@ def _compile_if_it_pays(s: _Session) -> None:
                 "left); the next step takes longer",
                 flush=True,
             )
-        s.compilation.switch(s.task)
+        s.compilation.switch(s.task, trial_against=_step_seconds(run))
+
+
+def _judge_compiled(s: _Session) -> None:
+    """``train.compile: auto``, after the compiled step's first measured steps: keeps it if it is faster."""
+    run, eager = s.run, s.compilation.eager_seconds
+    compiled = _step_seconds(run)
+    kept = s.compilation.keeps(s.task, compiled)
+    run.compiled = kept
+    if not kept:  # the eager steps' times again, their earlier average as the first
+        run.step_seconds, run.timed_steps = eager, 1
+    if s.process.is_main:
+        verdict = "keeping it" if kept else "going on eager"
+        print(
+            f"train.compile auto: {compiled:.2f} s per compiled step against {eager:.2f} s eager: {verdict}",
+            flush=True,
+        )
 
 
 def _close_round(s: _Session, round_: _Round, agreed: _Agreed, bar: tqdm) -> bool:
