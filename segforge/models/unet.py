@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Sequence
 
 from segforge.decoders.unet import LIGHT_WIDTHS, UNetDecoder, decoder_levels, skip_widths
-from segforge.encoders import create_encoder
+from segforge.encoders import Encoder, create_encoder
 from segforge.encoders.unet import UNetEncoder
 from segforge.models.geometry import ValidGeometry
 from segforge.models.registry import MODELS
@@ -128,6 +128,19 @@ def unet(
 OWN_ENCODERS = ("unet", "unet16", "unet32")
 
 
+def padded_decoder_widths(
+    encoder: str, enc: Encoder, decoder_channels: Sequence[int] | str | None
+) -> tuple[int, ...] | None:
+    """The up-blocks' widths of a padded U-Net decoder (None: as wide as the skips). By default the paper's
+    (as wide as each skip) on U-Net's own encoders, and on the others each level as wide as its skip but no
+    wider than smp's light decoder (256, 128, 64, 32, 16)."""
+    if decoder_channels is None and encoder not in OWN_ENCODERS:
+        levels = decoder_levels(enc.reductions)
+        light = LIGHT_WIDTHS[:levels] + (LIGHT_WIDTHS[-1],) * (levels - len(LIGHT_WIDTHS))
+        decoder_channels = [min(a, b) for a, b in zip(skip_widths(enc.out_channels, enc.reductions), light)]
+    return None if decoder_channels in (None, "skips") else tuple(decoder_channels)
+
+
 @MODELS.register("unet_padded")
 def unet_padded(
     num_classes: int,
@@ -145,11 +158,7 @@ def unet_padded(
     EfficientNet-Lite's and MobileNetV2's are narrower already; ``"skips"``: as wide as the skips."""
     encoder = encoder or "unet"
     enc = create_encoder(encoder, in_channels=in_channels, weights=encoder_weights)
-    if decoder_channels is None and encoder not in OWN_ENCODERS:
-        levels = decoder_levels(enc.reductions)
-        light = LIGHT_WIDTHS[:levels] + (LIGHT_WIDTHS[-1],) * (levels - len(LIGHT_WIDTHS))
-        decoder_channels = [min(a, b) for a, b in zip(skip_widths(enc.out_channels, enc.reductions), light)]
-    widths = None if decoder_channels in (None, "skips") else tuple(decoder_channels)
+    widths = padded_decoder_widths(encoder, enc, decoder_channels)
     decoder = UNetDecoder(enc.out_channels, enc.reductions, padding=True, batch_norm=True, widths=widths)
     head = SegmentationHead(decoder.out_channels, num_classes, kernel_size=1)
     return Segmenter(
