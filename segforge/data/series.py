@@ -1,0 +1,584 @@
+"""Image time series: one sample is a stack of dates and one mask.
+
+::
+
+    root/
+      series/   a.npy  b.tif  c/            (one per sample: a T x C x H x W array, a multi-page TIFF
+                                             of T dates, or a folder of one image per date)
+      masks/    a.png  b.png  c.png         (class index per pixel, matched by name)
+      dates.csv                             (optional: series,date[,valid] - one row per date, in order)
+      train.txt val.txt classes.txt         (optional, as in the folder layout)
+
+A ``dates.csv`` row names the series (its file or folder stem), the acquisition date (``2024-05-17``,
+``20240517``, or a day number) and optionally ``valid`` (0 for a cloud-covered or missing date). In a
+folder of dates the file names may be the dates themselves (``2024-05-17.tif``). Without dates the
+acquisitions count as days 0, 1, 2, ...; a date whose pixels are all NaN counts as missing.
+
+Days are counted from 1 January of the dataset's earliest year (the same reference for every split,
+so that a day means one season for training and validation alike). Series may differ in length:
+``SeriesCollate`` pads a batch with empty, invalid dates.
+
+PASTIS (Garnot & Landrieu, ICCV 2021) is read as it is distributed: ``DATA_S2/S2_<id>.npy``
+(T x 10 x 128 x 128), ``ANNOTATIONS/TARGET_<id>.npy`` (its first channel: 20 classes, 19 = void, ignored)
+and ``metadata.geojson`` (each patch's ``ID_PATCH``, ``Fold`` and ``dates-S2``).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from segforge.data.base import SegmentationDataset, scale_image
+from segforge.data.io import (
+    DatasetError,
+    _read_tiff,
+    check_decoded_size,
+    is_image_file,
+    list_images,
+    natural_key,
+    pixel_dtype,
+    read_image,
+    read_mask,
+)
+from segforge.data.transforms import Transform as SeededTransform
+
+SERIES_DIR = "series"
+SERIES_EXTENSIONS = (".npy", ".tif", ".tiff")
+PASTIS_CLASSES = (
+    "Background",
+    "Meadow",
+    "Soft winter wheat",
+    "Corn",
+    "Winter barley",
+    "Winter rapeseed",
+    "Spring barley",
+    "Sunflower",
+    "Grapevine",
+    "Beet",
+    "Winter triticale",
+    "Winter durum wheat",
+    "Fruits, vegetables, flowers",
+    "Potatoes",
+    "Leguminous fodder",
+    "Soybeans",
+    "Orchard",
+    "Mixed cereal",
+    "Sorghum",
+    "Void label",
+)
+PASTIS_VOID = 19
+
+
+class SeriesSample(NamedTuple):
+    """One series as tensors."""
+
+    images: torch.Tensor  # (T, C, H, W) float32, normalised
+    mask: torch.Tensor  # (H, W) int64
+    valid: torch.Tensor  # (T,) bool
+    days: torch.Tensor  # (T,) int64
+
+
+@dataclass(frozen=True)
+class SeriesItem:
+    """Where one series is stored, and its dates (None: days 0, 1, ... and all valid)."""
+
+    source: Path  # an .npy or .tif file, or a folder of one image per date
+    mask: Path | None
+    days: tuple[int, ...] | None = None
+    valid: tuple[bool, ...] | None = None
+
+
+def parse_day(text: str | int) -> int:
+    """A date as a day number: ``2024-05-17`` and ``20240517`` → the proleptic ordinal, a small integer (a day
+    count already) → itself.
+
+    Raises:
+        ValueError: neither a date nor an integer.
+    """
+    value = str(text).strip()
+    try:
+        if len(value) == 10 and value[4] == "-":
+            return dt.date.fromisoformat(value).toordinal()
+        if len(value) == 8 and value.isdigit():
+            return dt.date(int(value[:4]), int(value[4:6]), int(value[6:])).toordinal()
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a date (YYYY-MM-DD or YYYYMMDD) or a day number") from None
+
+
+def day_reference(days: Sequence[int]) -> int:
+    """What day 0 is for these day numbers: 1 January of the earliest year when they are calendar dates
+    (ordinals), else 0 (they are day counts already)."""
+    earliest = min(days, default=0)
+    if earliest < dt.date(1900, 1, 1).toordinal():
+        return 0
+    return dt.date(dt.date.fromordinal(earliest).year, 1, 1).toordinal()
+
+
+def read_series(source: Path) -> np.ndarray:
+    """One series as ``(T, H, W, C)`` in a pixel type segforge computes with; a date whose pixels are all NaN
+    is returned as NaN (a missing acquisition: ``SeriesDataset`` marks it invalid).
+
+    Raises:
+        DatasetError: missing, unreadable or of an unsupported shape; partly non-finite dates.
+    """
+    if source.is_dir():
+        dates = list_images(source)
+        if not dates:
+            raise DatasetError(
+                f"series folder {source} holds no images; put one image per date in it", path=source, kind="missing"
+            )
+        images = [read_image(path) for path in dates]
+        shapes = {image.shape for image in images}
+        if len(shapes) > 1:
+            raise DatasetError(
+                f"the dates of series {source} differ in size or channels ({sorted(shapes)}); every date of a "
+                "series must be the same (H, W, C)",
+                path=source,
+                kind="size_mismatch",
+            )
+        return np.stack(images)
+    if not source.is_file():
+        raise DatasetError(f"series {source} does not exist", path=source, kind="missing")
+    if source.suffix.lower() == ".npy":
+        try:
+            array = np.load(source, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DatasetError(
+                f"cannot read series {source}: {err}; save it with numpy.save as a T x C x H x W array",
+                path=source,
+                kind="unreadable",
+            ) from None
+        check_decoded_size(source, "series", array.shape, array.dtype.itemsize)
+        if array.ndim == 3:
+            array = array[:, None]
+        if array.ndim != 4:
+            raise DatasetError(
+                f"series {source} has shape {array.shape}; expected T x C x H x W (or T x H x W for one band)",
+                path=source,
+                kind="unsupported",
+            )
+        array = np.moveaxis(np.asarray(array), 1, -1)
+    else:
+        array, axes = _read_tiff(source, "series")
+        if array.ndim == 2 or (array.ndim == 3 and axes.endswith("S")):
+            array = array[None]  # a single date
+        if array.ndim == 3:
+            array = array[..., None]  # pages of one band
+        elif array.ndim == 4 and not axes.endswith("S"):
+            array = np.moveaxis(array, 1, -1)  # dates of separate band planes: T x C x H x W
+        if array.ndim != 4:
+            raise DatasetError(
+                f"series {source} has shape {array.shape}; expected one page per date", path=source, kind="unsupported"
+            )
+    if array.dtype.kind == "f":
+        missing = ~np.isfinite(array).any(axis=(1, 2, 3))
+        rest = array[~missing]
+        pixel_dtype(rest, source, "series")  # partly non-finite dates are refused, naming the file
+        return array.astype(np.float32, copy=False)
+    return np.ascontiguousarray(pixel_dtype(array, source, "series"))
+
+
+class SeriesDataset(SegmentationDataset):
+    """``dataset[i]`` → ``SeriesSample(images (T, C, H, W), mask (H, W), valid (T,), days (T,))``.
+
+    Reading, label checks, augmentation and normalisation as ``SegmentationDataset`` does them for one image,
+    with every date of a series transformed alike (the dates are stacked on the channel axis for the
+    transform) and ``mean``/``std`` per band. ``temporal_dropout`` (training) drops each valid date with
+    this chance, keeping at least one.
+
+    Args:
+        items: the series, their masks and dates.
+        classes, palette, ignore_index, mean, std, transform: as ``SegmentationDataset``'s.
+        reference: the day numbers' day 0 (``day_reference`` of the whole dataset's dates).
+    """
+
+    layout = "series"
+
+    def __init__(
+        self,
+        items: Sequence[SeriesItem],
+        *,
+        classes: Sequence[str],
+        palette: Sequence[Sequence[int]] | None = None,
+        ignore_index: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        transform=None,
+        reference: int = 0,
+        temporal_dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            [(item.source, item.mask) for item in items],
+            classes=classes,
+            palette=palette,
+            ignore_index=ignore_index,
+            mean=mean,
+            std=std,
+            transform=transform,
+        )
+        if not 0 <= temporal_dropout < 1:
+            raise ValueError(f"temporal_dropout must be in [0, 1), got {temporal_dropout}")
+        self.items, self.reference, self.temporal_dropout = list(items), reference, temporal_dropout
+
+    def subset(self, indices: Sequence[int]) -> SeriesDataset:
+        indices = [range(len(self))[i] for i in indices]
+        subset = SeriesDataset(
+            [self.items[i] for i in indices],
+            classes=self.classes,
+            palette=self.palette,
+            ignore_index=self.ignore_index,
+            mean=self.mean,
+            std=self.std,
+            transform=self.transform,
+            reference=self.reference,
+            temporal_dropout=self.temporal_dropout,
+        )
+        subset.label_map, subset.layout = self.label_map, self.layout
+        return subset
+
+    def load_image(self, index: int) -> np.ndarray:
+        """``(T, H, W, C)`` in the files' dtype (missing dates NaN)."""
+        return read_series(self.items[index].source)
+
+    def load_raw_mask(self, index: int) -> np.ndarray | None:
+        mask = self.items[index].mask
+        if mask is None:
+            return None
+        if mask.suffix.lower() == ".npy":
+            values = np.load(mask, allow_pickle=False)
+            return np.asarray(values[0] if values.ndim == 3 else values).astype(np.int64)
+        return read_mask(mask)
+
+    def dates(self, index: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(days (T,) int64 from the reference, valid (T,) bool)`` of series ``index`` with ``count`` dates.
+
+        Raises:
+            DatasetError: the dates listed for the series are not as many as it has.
+        """
+        item = self.items[index]
+        if item.days is None:
+            return np.arange(count, dtype=np.int64), np.ones(count, dtype=bool)
+        if len(item.days) != count:
+            raise DatasetError(
+                f"series {item.source} has {count} dates but {len(item.days)} are listed for it; list one "
+                "row per date, in the order of the series",
+                path=item.source,
+                kind="size_mismatch",
+            )
+        valid = np.ones(count, dtype=bool) if item.valid is None else np.asarray(item.valid, dtype=bool)
+        return np.asarray(item.days, dtype=np.int64) - self.reference, valid
+
+    def sample(self, index: int, *, transform=None, augment_seed: int | None = None) -> SeriesSample:
+        series = self.load_image(index)
+        t, height, width, channels = series.shape
+        mask = self.load_mask(index, (height, width))
+        days, valid = self.dates(index, t)
+        if series.dtype.kind == "f":
+            missing = ~np.isfinite(series).any(axis=(1, 2, 3))
+            valid = valid & ~missing
+            series = np.where(missing[:, None, None, None], 0, series)
+        rng = None if augment_seed is None else np.random.default_rng([augment_seed, index])
+        if self.temporal_dropout and rng is not None:
+            kept = valid & (rng.uniform(size=t) >= self.temporal_dropout)
+            valid = kept if kept.any() else valid
+        stacked = scale_image(series.transpose(1, 2, 0, 3).reshape(height, width, t * channels))
+        if isinstance(transform, SeededTransform) and rng is not None:
+            stacked, mask = transform(stacked, mask, rng=rng)
+        elif transform is not None:
+            stacked, mask = transform(stacked, mask)
+        images = np.ascontiguousarray(stacked.reshape(*stacked.shape[:2], t, channels).transpose(2, 3, 0, 1))
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) != channels:
+                raise ValueError(
+                    f"series {self.describe(index)} has {channels} bands but mean/std have {len(self.mean)} "
+                    "values; give one mean and std per band"
+                )
+            images -= np.asarray(self.mean, np.float32)[:, None, None]
+            images /= np.asarray(self.std, np.float32)[:, None, None]
+        images[~valid] = 0  # what an invalid date holds is never read; keep it finite and small
+        return SeriesSample(
+            torch.from_numpy(images),
+            torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
+            torch.from_numpy(valid),
+            torch.from_numpy(days),
+        )
+
+
+class SeriesCollate:
+    """Batches series of different lengths and sizes: dates padded at the end (zeros, invalid, day 0), images
+    at the bottom and right (zeros), masks with the ignore index: nothing padded reaches the loss."""
+
+    def __init__(self, ignore_index: int) -> None:
+        self.ignore_index = ignore_index
+
+    def __call__(self, batch: list[SeriesSample]) -> SeriesSample:
+        t = max(sample.images.shape[0] for sample in batch)
+        height = max(sample.images.shape[-2] for sample in batch)
+        width = max(sample.images.shape[-1] for sample in batch)
+        channels = batch[0].images.shape[1]
+        images = batch[0].images.new_zeros((len(batch), t, channels, height, width))
+        masks = torch.full((len(batch), height, width), self.ignore_index, dtype=torch.int64)
+        valid = torch.zeros(len(batch), t, dtype=torch.bool)
+        days = torch.zeros(len(batch), t, dtype=torch.int64)
+        for i, sample in enumerate(batch):
+            n, h, w = sample.images.shape[0], *sample.images.shape[-2:]
+            images[i, :n, :, :h, :w] = sample.images
+            masks[i, : sample.mask.shape[0], : sample.mask.shape[1]] = sample.mask
+            valid[i, :n], days[i, :n] = sample.valid, sample.days
+        return SeriesSample(images, masks, valid, days)
+
+
+def read_dates_csv(path: Path) -> dict[str, tuple[list[int], list[bool] | None]]:
+    """``{series name: (day numbers, valid flags or None)}`` from a ``series,date[,valid]`` CSV.
+
+    Raises:
+        DatasetError: a missing column, or a row whose date or flag cannot be read (naming the line).
+    """
+    table: dict[str, tuple[list[int], list[bool] | None]] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"series", "date"} <= set(reader.fieldnames):
+            raise DatasetError(
+                f"{path} must have a header with the columns series,date (and optionally valid), got "
+                f"{reader.fieldnames}",
+                path=path,
+                kind="unsupported",
+            )
+        flagged = "valid" in reader.fieldnames
+        for line, row in enumerate(reader, start=2):
+            try:
+                day = parse_day(row["date"])
+                ok = str(row["valid"]).strip().lower() in ("1", "true", "yes") if flagged else True
+            except (ValueError, TypeError, AttributeError) as err:
+                raise DatasetError(f"{path} line {line}: {err}", path=path, kind="unsupported") from None
+            days, valid = table.setdefault(row["series"], ([], [] if flagged else None))
+            days.append(day)
+            if valid is not None:
+                valid.append(ok)
+    return table
+
+
+def _date_names(folder: Path) -> list[int] | None:
+    """The day numbers of a folder of dates whose file stems are dates, else None."""
+    try:
+        return [parse_day(path.stem) for path in list_images(folder)]
+    except ValueError:
+        return None
+
+
+def series_sources(folder: Path) -> list[Path]:
+    """The series in ``folder``: .npy and TIFF files and sub-folders holding images, naturally sorted."""
+    return sorted(
+        (
+            path
+            for path in folder.iterdir()
+            if not path.name.startswith(".")
+            and (
+                (path.is_file() and path.suffix.lower() in SERIES_EXTENSIONS)
+                or (path.is_dir() and any(is_image_file(p) for p in path.iterdir()))
+            )
+        ),
+        key=natural_key,
+    )
+
+
+def _read_names(path: Path) -> list[str]:
+    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.split()]
+
+
+def _split_names(root: Path, split: str | None) -> list[str] | None:
+    """The series names of ``split`` (a list ``root/<split>.txt``), or None for every series."""
+    if split is None or split == "all":
+        return None
+    listed = root / f"{split}.txt"
+    if not listed.is_file():
+        found = sorted(p.stem for p in root.glob("*.txt") if p.stem not in ("classes", "README", "readme"))
+        raise DatasetError(
+            f"split {split!r} has no list {listed} (splits found: {', '.join(found) or 'none'}); write one series "
+            "name per line, or name every series with the split 'all'",
+            path=listed,
+            kind="missing",
+        )
+    return [Path(name).stem if Path(name).suffix.lower() in SERIES_EXTENSIONS else name for name in _read_names(listed)]
+
+
+def series_folder(
+    root: str | Path,
+    split: str | None = None,
+    *,
+    classes: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    ignore_index: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    transform=None,
+) -> SeriesDataset:
+    """The series layout (module docstring): ``root/series/``, ``root/masks/``, ``root/dates.csv``.
+
+    Raises:
+        DatasetError: a missing folder or split list, a series without a mask, dates that do not parse.
+    """
+    root = Path(root)
+    series_dir, masks_dir = root / SERIES_DIR, root / "masks"
+    for folder, what in (
+        (series_dir, "series (one .npy/.tif file or folder of dates per sample)"),
+        (masks_dir, "masks"),
+    ):
+        if not folder.is_dir():
+            raise DatasetError(f"folder {folder} does not exist; put the {what} there", path=folder, kind="missing")
+    sources = {path.stem if path.is_file() else path.name: path for path in series_sources(series_dir)}
+    masks = {path.stem: path for path in list_images(masks_dir)}
+    masks |= {path.stem: path for path in masks_dir.glob("*.npy")}
+    names = _split_names(root, split) or list(sources)
+    missing = [name for name in names if name not in sources]
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} series named in split {split!r} are not in {series_dir}, e.g. {', '.join(missing[:3])}",
+            path=series_dir,
+            kind="missing",
+        )
+    unmasked = [name for name in names if name not in masks]
+    if unmasked:
+        raise DatasetError(
+            f"{len(unmasked)} series have no mask in {masks_dir} (e.g. {', '.join(unmasked[:3])}); add one per "
+            "series, named like it",
+            path=sources[unmasked[0]],
+            kind="unpaired",
+        )
+    table = read_dates_csv(root / "dates.csv") if (root / "dates.csv").is_file() else {}
+    items = []
+    for name in names:
+        days, valid = table.get(name, (None, None))
+        if days is None and sources[name].is_dir():
+            days = _date_names(sources[name])
+        items.append(SeriesItem(sources[name], masks[name], None if days is None else tuple(days), _tuple(valid)))
+    every_day = [day for days, _ in table.values() for day in days] + [d for item in items for d in item.days or ()]
+    if classes is None and (root / "classes.txt").is_file():
+        classes = _read_names(root / "classes.txt")
+    if classes is None and num_classes is not None:
+        classes = [f"class_{i}" for i in range(num_classes)]
+    return SeriesDataset(
+        items,
+        classes=classes or [],
+        ignore_index=ignore_index,
+        mean=mean,
+        std=std,
+        transform=transform,
+        reference=day_reference(every_day),
+    )
+
+
+def _tuple(values: list | None) -> tuple | None:
+    return None if values is None else tuple(values)
+
+
+#: PASTIS's official 5 folds; ``train``/``val``/``test`` are U-TAE's first fold configuration
+PASTIS_SPLITS = {"train": (1, 2, 3), "val": (4,), "test": (5,), **{f"fold{k}": (k,) for k in range(1, 6)}}
+
+
+def pastis(
+    root: str | Path,
+    split: str | None = "train",
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    transform=None,
+) -> SeriesDataset:
+    """PASTIS as distributed (module docstring); ``split``: ``train`` (folds 1-3), ``val`` (4), ``test`` (5),
+    ``fold1`` ... ``fold5``, or ``all``.
+
+    Raises:
+        DatasetError: a missing file or folder, an unknown split, metadata without the fields PASTIS has.
+    """
+    root = Path(root)
+    metadata = root / "metadata.geojson"
+    if not metadata.is_file():
+        raise DatasetError(
+            f"{metadata} does not exist; pass the PASTIS folder (metadata.geojson, DATA_S2/, ANNOTATIONS/)",
+            path=metadata,
+            kind="missing",
+        )
+    split = split or "all"
+    if split != "all" and split not in PASTIS_SPLITS:
+        raise DatasetError(f"PASTIS has no split {split!r}; choose from {['all', *PASTIS_SPLITS]}", kind="missing")
+    try:
+        features = json.loads(metadata.read_text(encoding="utf-8"))["features"]
+        patches = [
+            (str(f["properties"]["ID_PATCH"]), int(f["properties"]["Fold"]), f["properties"]["dates-S2"])
+            for f in features
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DatasetError(
+            f"cannot read PASTIS metadata {metadata}: {err!r}; each feature needs ID_PATCH, Fold and dates-S2",
+            path=metadata,
+            kind="unreadable",
+        ) from None
+    folds = range(1, 6) if split == "all" else PASTIS_SPLITS[split]
+    every_day, items = [], []
+    for patch, fold, dates in patches:
+        dates = json.loads(dates) if isinstance(dates, str) else dates
+        days = tuple(parse_day(dates[key]) for key in sorted(dates, key=int))
+        every_day += days
+        if fold in folds:
+            source, target = root / "DATA_S2" / f"S2_{patch}.npy", root / "ANNOTATIONS" / f"TARGET_{patch}.npy"
+            items.append(SeriesItem(source, target, days))
+    dataset = SeriesDataset(
+        items,
+        classes=PASTIS_CLASSES,
+        ignore_index=PASTIS_VOID,
+        mean=mean,
+        std=std,
+        transform=transform,
+        reference=day_reference(every_day),
+    )
+    dataset.layout = "pastis"
+    return dataset
+
+
+def write_synthetic_series_dataset(
+    root: str | Path,
+    *,
+    num_train: int = 16,
+    num_val: int = 4,
+    size: int | Sequence[int] = 64,
+    num_classes: int = 4,
+    channels: int = 4,
+    seed: int = 0,
+    dates: tuple[int, int] = (8, 16),
+    cloud_rate: float = 0.2,
+    year: int = 2024,
+) -> Path:
+    """Writes ``segforge.data.synthetic_series`` samples in the series layout: ``series/NNNN.npy``
+    (T x C x H x W float32), ``masks/NNNN.png``, ``dates.csv`` (the dates of ``year``, clouded ones invalid),
+    ``train.txt``, ``val.txt`` and ``classes.txt``."""
+    from segforge.data.base import default_palette
+    from segforge.data.synthetic_series import synthetic_series
+    from segforge.plots import save_index_png
+
+    root = Path(root)
+    (root / SERIES_DIR).mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    names = [f"{i:04d}" for i in range(num_train + num_val)]
+    first = dt.date(year, 1, 1)
+    rows = ["series,date,valid"]
+    for index, name in enumerate(names):
+        sample = synthetic_series(
+            index, size=size, num_classes=num_classes, channels=channels, seed=seed, dates=dates, cloud_rate=cloud_rate
+        )
+        np.save(root / SERIES_DIR / f"{name}.npy", sample.images)
+        save_index_png(sample.mask, default_palette(num_classes), root / "masks" / f"{name}.png")
+        rows += [f"{name},{first + dt.timedelta(days=int(d))},{int(v)}" for d, v in zip(sample.days, sample.valid)]
+    (root / "dates.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (root / "train.txt").write_text("".join(f"{n}\n" for n in names[:num_train]), encoding="utf-8")
+    (root / "val.txt").write_text("".join(f"{n}\n" for n in names[num_train:]), encoding="utf-8")
+    (root / "classes.txt").write_text("".join(f"season_peak_{k}\n" for k in range(num_classes)), encoding="utf-8")
+    return root
