@@ -142,7 +142,8 @@ def test_each_layout_gives_float_chw_images_and_its_labels(tmp_path: Path, layou
 
 
 def test_every_layout_is_tested() -> None:
-    assert set(LAYOUTS) == set(list_dataset_layouts())
+    series_layouts = {"series", "pastis"}  # time series: tests/test_series_data.py
+    assert set(LAYOUTS) | series_layouts == set(list_dataset_layouts())
 
 
 def test_isbi_slices_and_foreground_choice(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -12,17 +13,18 @@ import tifffile
 import torch
 from PIL import Image
 
+from segforge.data import create_dataset, detect_layout
 from segforge.data.errors import DatasetError
 from segforge.data.series import (
     PASTIS_VOID,
+    PastisDataset,
     SeriesCollate,
     SeriesDataset,
+    SeriesFolderDataset,
     SeriesItem,
     day_reference,
     parse_day,
-    pastis,
     read_series,
-    series_folder,
     write_synthetic_series_dataset,
 )
 from segforge.data.synthetic_series import synthetic_series
@@ -35,7 +37,7 @@ def synthetic(tmp_path_factory):
 
 
 def test_the_synthetic_dataset_reads_back_as_written(synthetic) -> None:
-    train, val = series_folder(synthetic, "train"), series_folder(synthetic, "val")
+    train, val = SeriesFolderDataset(synthetic, "train"), SeriesFolderDataset(synthetic, "val")
     assert (len(train), len(val)) == (6, 2) and train.classes == [f"season_peak_{k}" for k in range(4)]
     for index in range(len(train)):
         expected = synthetic_series(index, size=32)
@@ -51,7 +53,7 @@ def test_the_synthetic_dataset_reads_back_as_written(synthetic) -> None:
 
 
 def test_a_batch_pads_shorter_series_with_invalid_dates(synthetic) -> None:
-    train = series_folder(synthetic, "train")
+    train = SeriesFolderDataset(synthetic, "train")
     samples = [train[i] for i in range(3)]
     batch = SeriesCollate(ignore_index=-100)(samples)
     t = max(len(s.days) for s in samples)
@@ -78,7 +80,7 @@ def test_every_date_gets_the_same_spatial_transform(tmp_path) -> None:
 
 
 def test_temporal_dropout_drops_dates_and_keeps_one(synthetic) -> None:
-    train = series_folder(synthetic, "train")
+    train = SeriesFolderDataset(synthetic, "train")
     train.temporal_dropout = 0.5
     plain = train.sample(0)
     dropped = [train.sample(0, augment_seed=seed).valid for seed in range(8)]
@@ -96,7 +98,7 @@ def test_a_folder_of_dates_named_by_their_days(tmp_path) -> None:
         Image.fromarray(np.full((16, 20, 3), 7, np.uint8)).save(root / "series" / "field" / f"{day}.png")
     (root / "masks").mkdir()
     Image.fromarray(np.ones((16, 20), np.uint8)).save(root / "masks" / "field.png")
-    dataset = series_folder(root, num_classes=2)
+    dataset = SeriesFolderDataset(root, num_classes=2)
     sample = dataset[0]
     assert sample.images.shape == (3, 3, 16, 20)
     assert sample.days.tolist() == [10, 59, 180]  # sorted by name: 11 January, 1 March, 30 June 2023
@@ -155,8 +157,8 @@ def _pastis(root, patches: dict[int, int]) -> None:
 
 def test_pastis_as_distributed(tmp_path) -> None:
     _pastis(tmp_path, {10000: 1, 10001: 2, 10002: 4, 10003: 5})
-    train, val, test = (pastis(tmp_path, split) for split in ("train", "val", "test"))
-    assert (len(train), len(val), len(test)) == (2, 1, 1) and len(pastis(tmp_path, "all")) == 4
+    train, val, test = (PastisDataset(tmp_path, split) for split in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (2, 1, 1) and len(PastisDataset(tmp_path, "all")) == 4
     assert len(train.classes) == 20 and train.ignore_index == PASTIS_VOID
     sample = val[0]  # patch 10002: 3 dates of 10 bands
     assert sample.images.shape == (3, 10, 16, 16) and sample.mask[0, 0] == PASTIS_VOID
@@ -164,7 +166,7 @@ def test_pastis_as_distributed(tmp_path) -> None:
     start = (dt.date(2018, 9, 24) - dt.date(2018, 1, 1)).days
     assert sample.days.tolist() == [start + 10 * i for i in range(3)]
     with pytest.raises(DatasetError, match="PASTIS has no split 'fold9'; choose from"):
-        pastis(tmp_path, "fold9")
+        PastisDataset(tmp_path, "fold9")
 
 
 def test_dates_that_do_not_fit_their_series_are_named(synthetic, tmp_path) -> None:
@@ -174,14 +176,14 @@ def test_dates_that_do_not_fit_their_series_are_named(synthetic, tmp_path) -> No
     last_of_first = [row for row in rows if row.startswith("0000,")][-1]
     (root / "dates.csv").write_text("\n".join(row for row in rows if row != last_of_first))  # one date short
     with pytest.raises(DatasetError, match=r"series .*0000\.npy has \d+ dates but \d+ are listed for it"):
-        series_folder(root, "train")[0]
+        SeriesFolderDataset(root, "train")[0]
     (root / "dates.csv").write_text("series,date\n0000,spring\n")
     with pytest.raises(DatasetError, match=r"dates\.csv line 2: 'spring' is not a date"):
-        series_folder(root, "train")
+        SeriesFolderDataset(root, "train")
     (root / "masks" / "0001.png").unlink()
     (root / "dates.csv").unlink()
     with pytest.raises(DatasetError, match=r"1 series have no mask in .*masks \(e\.g\. 0001\)"):
-        series_folder(root, "train")
+        SeriesFolderDataset(root, "train")
 
 
 def test_day_numbers() -> None:
@@ -189,3 +191,17 @@ def test_day_numbers() -> None:
     assert parse_day(" 42 ") == 42
     assert day_reference([parse_day("2019-03-01"), parse_day("2018-09-24")]) == dt.date(2018, 1, 1).toordinal()
     assert day_reference([3, 40]) == 0
+
+
+@pytest.mark.parametrize("layout", ["series", "pastis"])
+def test_each_series_layout_is_detected_and_survives_pickling(tmp_path, layout) -> None:
+    """DataLoader workers started with "spawn" pickle the dataset."""
+    if layout == "series":
+        write_synthetic_series_dataset(tmp_path, num_train=2, num_val=1, size=16)
+    else:
+        _pastis(tmp_path, {1: 1, 2: 5})
+    assert detect_layout(tmp_path) == layout
+    dataset = create_dataset("auto", tmp_path, "train")
+    copy = pickle.loads(pickle.dumps(dataset))
+    for a, b in zip(dataset[0], copy[0], strict=True):
+        assert torch.equal(a, b)

@@ -27,6 +27,7 @@ from segforge.data.io import DatasetError, read_image, read_mask, read_volume
 from segforge.data.isbi import ISBIDataset
 from segforge.data.normalisation import combine_moments, compute_stats, image_moments
 from segforge.data.registry import DATASETS, create_dataset, detect_layout, list_dataset_layouts
+from segforge.data.series import PastisDataset, SeriesDataset, SeriesFolderDataset
 from segforge.data.synthetic import SyntheticDataset, synthetic_sample, write_synthetic_dataset
 from segforge.data.transforms import (
     Compose,
@@ -42,6 +43,9 @@ from segforge.data.transforms import (
 from segforge.data.voc import VOCDataset
 
 __all__ = [
+    "PastisDataset",
+    "SeriesDataset",
+    "SeriesFolderDataset",
     "Compose",
     "ElasticDeformation",
     "HorizontalFlip",

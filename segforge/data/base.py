@@ -252,6 +252,12 @@ class SegmentationDataset(Dataset):
         """``(H, W, C)`` in the file's dtype."""
         return read_image(self.samples[index][0])
 
+    def load_pixels(self, index: int) -> np.ndarray:
+        """The stored pixels of sample ``index`` that statistics and the doctor read: ``(H, W, C)`` here, the
+        valid dates ``(T, H, W, C)`` of a time series; the last three axes are always the mask's H and W and
+        the channels."""
+        return self.load_image(index)
+
     def load_raw_mask(self, index: int) -> np.ndarray | None:
         """``(H, W)`` int64 values as stored (after the colour map, before the label map); None if unlabelled."""
         mask_path = self.samples[index][1]

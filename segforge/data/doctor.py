@@ -149,8 +149,8 @@ def _value_counts(raw: np.ndarray, region: np.ndarray | None) -> tuple[np.ndarra
 def _inspect(dataset: SegmentationDataset, index: int) -> _Check:
     check = _Check()
     try:
-        image = dataset.load_image(index)
-        check.image_shape, check.image_dtype = image.shape, str(image.dtype)
+        image = dataset.load_pixels(index)
+        check.image_shape, check.image_dtype = image.shape[-3:], str(image.dtype)
         check.moments, check.max_value = image_moments(image), float(image.max(initial=0))
     except DatasetError as err:
         check.errors.append(err)

@@ -92,6 +92,6 @@ def compute_stats(
     """
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
     moments = map_files(
-        lambda i: image_moments(dataset.load_image(i)), count, desc="statistics", workers=workers, progress=progress
+        lambda i: image_moments(dataset.load_pixels(i)), count, desc="statistics", workers=workers, progress=progress
     )
     return combine_moments(moments, describe=dataset.describe)

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 #: layout name → dataset class; each class has ``detect(root) -> bool`` and ``splits(root) -> list[str]``
 DATASETS: Registry = Registry("dataset layout")
 #: the order in which ``detect_layout`` tries the layouts: specific structures before the generic folder
-DETECTION_ORDER = ("voc", "cityscapes", "ade20k", "camvid", "isbi", "folder")
-Layout = Literal["folder", "voc", "cityscapes", "camvid", "ade20k", "isbi", "auto"]
+DETECTION_ORDER = ("pastis", "series", "voc", "cityscapes", "ade20k", "camvid", "isbi", "folder")
+Layout = Literal["folder", "voc", "cityscapes", "camvid", "ade20k", "isbi", "series", "pastis", "auto"]
 
 
 def list_dataset_layouts() -> list[str]:
@@ -131,6 +131,11 @@ def create_dataset(
     common = {"mean": mean, "std": std, "transform": transform, "strict": strict}
     if split is not None:
         common["split"] = split
+    if kind == "series":  # image time series in the plain layout: classes as the folder layout takes them
+        for option, value in (("colour_map", colour_map), ("label_map", label_map), ("region_masks", region_masks)):
+            if value is not None:
+                raise ValueError(f"{option} does not apply to the series layout yet; store class indices in the masks")
+        return cls(root, num_classes=num_classes, classes=classes, ignore_index=ignore_index, **common)
     if kind == "folder":
         dataset = cls(
             root,

@@ -48,6 +48,7 @@ from segforge.data.io import (
     read_image,
     read_mask,
 )
+from segforge.data.registry import DATASETS
 from segforge.data.transforms import Transform as SeededTransform
 
 SERIES_DIR = "series"
@@ -249,6 +250,14 @@ class SeriesDataset(SegmentationDataset):
         """``(T, H, W, C)`` in the files' dtype (missing dates NaN)."""
         return read_series(self.items[index].source)
 
+    def load_pixels(self, index: int) -> np.ndarray:
+        """The valid dates ``(T, H, W, C)`` (missing and cloud-covered ones left out)."""
+        series = self.load_image(index)
+        _, valid = self.dates(index, len(series))
+        if series.dtype.kind == "f":
+            valid = valid & np.isfinite(series).any(axis=(1, 2, 3))
+        return series[valid]
+
     def load_raw_mask(self, index: int) -> np.ndarray | None:
         mask = self.items[index].mask
         if mask is None:
@@ -411,70 +420,93 @@ def _split_names(root: Path, split: str | None) -> list[str] | None:
     return [Path(name).stem if Path(name).suffix.lower() in SERIES_EXTENSIONS else name for name in _read_names(listed)]
 
 
-def series_folder(
-    root: str | Path,
-    split: str | None = None,
-    *,
-    classes: Sequence[str] | None = None,
-    num_classes: int | None = None,
-    ignore_index: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    transform=None,
-) -> SeriesDataset:
+@DATASETS.register("series")
+class SeriesFolderDataset(SeriesDataset):
     """The series layout (module docstring): ``root/series/``, ``root/masks/``, ``root/dates.csv``.
+
+    Args:
+        root: the dataset folder.
+        split: None or ``"all"`` for every series; else a list ``root/<split>.txt`` of series names.
+        classes, num_classes, ignore_index: as the folder layout takes them (``classes.txt`` is read).
+        mean, std, transform: see ``SeriesDataset``.
 
     Raises:
         DatasetError: a missing folder or split list, a series without a mask, dates that do not parse.
     """
-    root = Path(root)
-    series_dir, masks_dir = root / SERIES_DIR, root / "masks"
-    for folder, what in (
-        (series_dir, "series (one .npy/.tif file or folder of dates per sample)"),
-        (masks_dir, "masks"),
-    ):
-        if not folder.is_dir():
-            raise DatasetError(f"folder {folder} does not exist; put the {what} there", path=folder, kind="missing")
-    sources = {path.stem if path.is_file() else path.name: path for path in series_sources(series_dir)}
-    masks = {path.stem: path for path in list_images(masks_dir)}
-    masks |= {path.stem: path for path in masks_dir.glob("*.npy")}
-    names = _split_names(root, split) or list(sources)
-    missing = [name for name in names if name not in sources]
-    if missing:
-        raise DatasetError(
-            f"{len(missing)} series named in split {split!r} are not in {series_dir}, e.g. {', '.join(missing[:3])}",
-            path=series_dir,
-            kind="missing",
+
+    layout = "series"
+    expects = "series/ (a T x C x H x W .npy, multi-page TIFF or folder of dates per sample) and masks/"
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = None,
+        *,
+        classes: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        ignore_index: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        transform=None,
+        strict: bool = True,
+    ) -> None:
+        root = Path(root)
+        series_dir, masks_dir = root / SERIES_DIR, root / "masks"
+        wanted = ((series_dir, "series (one .npy/.tif file or folder of dates per sample)"), (masks_dir, "masks"))
+        for folder, what in wanted:
+            if not folder.is_dir():
+                raise DatasetError(f"folder {folder} does not exist; put the {what} there", path=folder, kind="missing")
+        sources = {path.stem if path.is_file() else path.name: path for path in series_sources(series_dir)}
+        masks = {path.stem: path for path in list_images(masks_dir)}
+        masks |= {path.stem: path for path in masks_dir.glob("*.npy")}
+        names = _split_names(root, split) or list(sources)
+        missing = [name for name in names if name not in sources]
+        if missing:
+            raise DatasetError(
+                f"{len(missing)} series named in split {split!r} are not in {series_dir}, e.g. "
+                f"{', '.join(missing[:3])}",
+                path=series_dir,
+                kind="missing",
+            )
+        unmasked = [name for name in names if name not in masks]
+        if unmasked:
+            raise DatasetError(
+                f"{len(unmasked)} series have no mask in {masks_dir} (e.g. {', '.join(unmasked[:3])}); add one "
+                "per series, named like it",
+                path=sources[unmasked[0]],
+                kind="unpaired",
+            )
+        table = read_dates_csv(root / "dates.csv") if (root / "dates.csv").is_file() else {}
+        items = []
+        for name in names:
+            days, valid = table.get(name, (None, None))
+            if days is None and sources[name].is_dir():
+                days = _date_names(sources[name])
+            items.append(SeriesItem(sources[name], masks[name], _tuple(days), _tuple(valid)))
+        every_day = [day for days, _ in table.values() for day in days] + [d for item in items for d in item.days or ()]
+        if classes is None and (root / "classes.txt").is_file():
+            classes = _read_names(root / "classes.txt")
+        if classes is None and num_classes is not None:
+            classes = [f"class_{i}" for i in range(num_classes)]
+        if num_classes is not None and len(classes) != num_classes:
+            raise ValueError(f"num_classes={num_classes} but {len(classes)} class names are given; make them agree")
+        super().__init__(
+            items,
+            classes=classes or [],
+            ignore_index=ignore_index,
+            mean=mean,
+            std=std,
+            transform=transform,
+            reference=day_reference(every_day),
         )
-    unmasked = [name for name in names if name not in masks]
-    if unmasked:
-        raise DatasetError(
-            f"{len(unmasked)} series have no mask in {masks_dir} (e.g. {', '.join(unmasked[:3])}); add one per "
-            "series, named like it",
-            path=sources[unmasked[0]],
-            kind="unpaired",
-        )
-    table = read_dates_csv(root / "dates.csv") if (root / "dates.csv").is_file() else {}
-    items = []
-    for name in names:
-        days, valid = table.get(name, (None, None))
-        if days is None and sources[name].is_dir():
-            days = _date_names(sources[name])
-        items.append(SeriesItem(sources[name], masks[name], None if days is None else tuple(days), _tuple(valid)))
-    every_day = [day for days, _ in table.values() for day in days] + [d for item in items for d in item.days or ()]
-    if classes is None and (root / "classes.txt").is_file():
-        classes = _read_names(root / "classes.txt")
-    if classes is None and num_classes is not None:
-        classes = [f"class_{i}" for i in range(num_classes)]
-    return SeriesDataset(
-        items,
-        classes=classes or [],
-        ignore_index=ignore_index,
-        mean=mean,
-        std=std,
-        transform=transform,
-        reference=day_reference(every_day),
-    )
+
+    @staticmethod
+    def detect(root: Path) -> bool:
+        return (root / SERIES_DIR).is_dir() and (root / "masks").is_dir()
+
+    @staticmethod
+    def splits(root: Path) -> list[str]:
+        return sorted(p.stem for p in root.glob("*.txt") if p.stem not in ("classes", "README", "readme"))
 
 
 def _tuple(values: list | None) -> tuple | None:
@@ -485,63 +517,77 @@ def _tuple(values: list | None) -> tuple | None:
 PASTIS_SPLITS = {"train": (1, 2, 3), "val": (4,), "test": (5,), **{f"fold{k}": (k,) for k in range(1, 6)}}
 
 
-def pastis(
-    root: str | Path,
-    split: str | None = "train",
-    *,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    transform=None,
-) -> SeriesDataset:
+@DATASETS.register("pastis")
+class PastisDataset(SeriesDataset):
     """PASTIS as distributed (module docstring); ``split``: ``train`` (folds 1-3), ``val`` (4), ``test`` (5),
     ``fold1`` ... ``fold5``, or ``all``.
 
     Raises:
         DatasetError: a missing file or folder, an unknown split, metadata without the fields PASTIS has.
     """
-    root = Path(root)
-    metadata = root / "metadata.geojson"
-    if not metadata.is_file():
-        raise DatasetError(
-            f"{metadata} does not exist; pass the PASTIS folder (metadata.geojson, DATA_S2/, ANNOTATIONS/)",
-            path=metadata,
-            kind="missing",
+
+    layout = "pastis"
+    expects = "metadata.geojson, DATA_S2/S2_<id>.npy and ANNOTATIONS/TARGET_<id>.npy (PASTIS as distributed)"
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = "train",
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        transform=None,
+        strict: bool = True,
+    ) -> None:
+        root = Path(root)
+        metadata = root / "metadata.geojson"
+        if not metadata.is_file():
+            raise DatasetError(
+                f"{metadata} does not exist; pass the PASTIS folder (metadata.geojson, DATA_S2/, ANNOTATIONS/)",
+                path=metadata,
+                kind="missing",
+            )
+        split = split or "all"
+        if split != "all" and split not in PASTIS_SPLITS:
+            raise DatasetError(f"PASTIS has no split {split!r}; choose from {['all', *PASTIS_SPLITS]}", kind="missing")
+        try:
+            features = json.loads(metadata.read_text(encoding="utf-8"))["features"]
+            patches = [
+                (str(f["properties"]["ID_PATCH"]), int(f["properties"]["Fold"]), f["properties"]["dates-S2"])
+                for f in features
+            ]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DatasetError(
+                f"cannot read PASTIS metadata {metadata}: {err!r}; each feature needs ID_PATCH, Fold and dates-S2",
+                path=metadata,
+                kind="unreadable",
+            ) from None
+        folds = range(1, 6) if split == "all" else PASTIS_SPLITS[split]
+        every_day, items = [], []
+        for patch, fold, dates in patches:
+            dates = json.loads(dates) if isinstance(dates, str) else dates
+            days = tuple(parse_day(dates[key]) for key in sorted(dates, key=int))
+            every_day += days
+            if fold in folds:
+                source, target = root / "DATA_S2" / f"S2_{patch}.npy", root / "ANNOTATIONS" / f"TARGET_{patch}.npy"
+                items.append(SeriesItem(source, target, days))
+        super().__init__(
+            items,
+            classes=PASTIS_CLASSES,
+            ignore_index=PASTIS_VOID,
+            mean=mean,
+            std=std,
+            transform=transform,
+            reference=day_reference(every_day),
         )
-    split = split or "all"
-    if split != "all" and split not in PASTIS_SPLITS:
-        raise DatasetError(f"PASTIS has no split {split!r}; choose from {['all', *PASTIS_SPLITS]}", kind="missing")
-    try:
-        features = json.loads(metadata.read_text(encoding="utf-8"))["features"]
-        patches = [
-            (str(f["properties"]["ID_PATCH"]), int(f["properties"]["Fold"]), f["properties"]["dates-S2"])
-            for f in features
-        ]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DatasetError(
-            f"cannot read PASTIS metadata {metadata}: {err!r}; each feature needs ID_PATCH, Fold and dates-S2",
-            path=metadata,
-            kind="unreadable",
-        ) from None
-    folds = range(1, 6) if split == "all" else PASTIS_SPLITS[split]
-    every_day, items = [], []
-    for patch, fold, dates in patches:
-        dates = json.loads(dates) if isinstance(dates, str) else dates
-        days = tuple(parse_day(dates[key]) for key in sorted(dates, key=int))
-        every_day += days
-        if fold in folds:
-            source, target = root / "DATA_S2" / f"S2_{patch}.npy", root / "ANNOTATIONS" / f"TARGET_{patch}.npy"
-            items.append(SeriesItem(source, target, days))
-    dataset = SeriesDataset(
-        items,
-        classes=PASTIS_CLASSES,
-        ignore_index=PASTIS_VOID,
-        mean=mean,
-        std=std,
-        transform=transform,
-        reference=day_reference(every_day),
-    )
-    dataset.layout = "pastis"
-    return dataset
+
+    @staticmethod
+    def detect(root: Path) -> bool:
+        return (root / "metadata.geojson").is_file() and (root / "DATA_S2").is_dir()
+
+    @staticmethod
+    def splits(root: Path) -> list[str]:
+        return list(PASTIS_SPLITS)
 
 
 def write_synthetic_series_dataset(

@@ -150,7 +150,7 @@ def build_datasets(config: Config) -> Datasets:
             "(2 or more; a binary task has 2)"
         )
     ignore_index = train.ignore_index if train.ignore_index is not None else NO_LABEL
-    in_channels = train[0][0].shape[0]
+    in_channels = train[0][0].shape[-3]  # (C, H, W) images; (T, C, H, W) time series
     return Datasets(train, val, num_classes, ignore_index, in_channels)
 
 
