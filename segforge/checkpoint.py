@@ -61,6 +61,9 @@ def check_model_config(config: object, info: object, source: str) -> tuple[dict,
         and all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 2**16 for w in widths)
     ):
         raise ValueError(f"{source}: decoder_channels is {widths!r}, not a list of widths; the file is damaged")
+    temporal = config.get("temporal")
+    if temporal is not None and not isinstance(temporal, str):
+        raise ValueError(f"{source}: temporal is {temporal!r}, not the name of a temporal module; the file is damaged")
     return config, info
 
 
@@ -132,6 +135,7 @@ def model_from_config(config: dict, source: str) -> nn.Module:
             encoder_weights=recorded if isinstance(recorded, dict) else None,
             # a checkpoint from before decoder widths were a choice: its decoders were as wide as the skips
             decoder_channels=config.get("decoder_channels", "skips"),
+            temporal=config.get("temporal"),
         )
     except ValueError as err:  # a model or encoder this segforge does not have
         raise ValueError(f"{source}: {err}") from None

@@ -128,6 +128,16 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
         (model, "--encoder", "model.encoder", {"choices": registered("model.encoder")}),
         (
             model,
+            "--temporal",
+            "model.temporal",
+            {
+                "choices": ["gru", "lstm", "attention"],
+                "help": "how temporal_unet reads the dates: a ConvGRU or ConvLSTM through them in order, or U-TAE's "
+                "temporal attention (default gru)",
+            },
+        ),
+        (
+            model,
             "--decoder-channels",
             "model.decoder_channels",
             {

@@ -33,6 +33,8 @@ class ModelConfig:
     # the decoder's widths, deepest first, where the architecture has the choice (unet_padded); "skips": as wide
     # as the encoder's skips; None: the architecture's default
     decoder_channels: list[int] | Literal["skips"] | None = None
+    # how a model of image time series reads the dates (temporal_unet); None: the architecture's default
+    temporal: Literal["gru", "lstm", "attention"] | None = None
 
 
 @dataclass

@@ -10,13 +10,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from segforge.encoders import list_encoders
 from segforge.models import MODELS, count_parameters, create_model, list_models
 
+#: a model of image time series is counted on a series of this many dates
+SUMMARY_DATES = 10
+
 
 @dataclass(frozen=True)
 class ModelSummary:
     name: str
     encoder: str
     parameters: int
-    flops: int  # of one forward pass of one image; a multiply-add counts as 2
+    flops: int  # of one forward pass of one image (of a series of SUMMARY_DATES dates); a multiply-add counts as 2
     input_size: int
     output_size: int
     description: str
@@ -45,10 +48,14 @@ def summarize(
         ).eval()
         input_size = model.geometry.input_size(size)
         x = torch.empty(1, model.in_channels, input_size, input_size)
+        if model.inputs == "series":
+            x = torch.empty(1, SUMMARY_DATES, model.in_channels, input_size, input_size)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         logits = model(x)
     doc = (MODELS.get(name).__doc__ or "").strip().splitlines()
+    if doc and model.inputs == "series":
+        doc[0] += f" ({SUMMARY_DATES} dates)"
     return ModelSummary(
         name=name,
         encoder=model.encoder_name,

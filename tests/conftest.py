@@ -9,6 +9,14 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+def image_models() -> list[str]:
+    """The registered models that take images (not time series: tests/test_temporal.py), by their declaration."""
+    from segforge.models import create_model, list_models
+
+    with torch.device("meta"):
+        return [name for name in list_models() if create_model(name, 2).inputs == "images"]
+
+
 def input_size_for(name: str) -> tuple[int, int]:
     """A small, odd input size each architecture accepts (the original U-Net: a valid one)."""
     if name == "unet":

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-from conftest import input_size_for
+from conftest import image_models, input_size_for
 from torch import nn
 
 from segforge import count_parameters, create_model, list_models
 from segforge.models.unet import unet_input_size, unet_output_size
 
-MODELS = list_models()
+MODELS = image_models()
 
 
 def expected_output_size(name: str, height: int, width: int) -> tuple[int, int]:
@@ -22,6 +22,7 @@ def expected_output_size(name: str, height: int, width: int) -> tuple[int, int]:
 
 
 def test_registry_lists_every_architecture_of_the_notes() -> None:
+    assert set(list_models()) - set(MODELS) == {"temporal_unet"}  # (a model of time series)
     assert set(MODELS) == {
         "fcn32s",
         "fcn16s",
@@ -334,7 +335,8 @@ def test_decoder_widths_are_a_choice_that_checkpoints_keep(tmp_path) -> None:
     assert load_model(path)[0].config["decoder_channels"] == [256, 128, 64, 64, 32]
     with pytest.raises(ValueError, match=r"decoder_channels must be 5 positive widths .* got \[64, 32\]"):
         create_model("unet_padded", 2, encoder="resnet18", decoder_channels=[64, 32])
-    with pytest.raises(ValueError, match=r"model 'segnet' has the paper's decoder.*\['pspnet', 'unet_padded'\]"):
+    choices = r"\['pspnet', 'temporal_unet', 'unet_padded'\]"
+    with pytest.raises(ValueError, match=r"model 'segnet' has the paper's decoder.*" + choices):
         create_model("segnet", 2, decoder_channels=[64, 32])
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import image_models
 
-from segforge import create_model, list_models
+from segforge import create_model
 from segforge.inference import plan_tiles, predict_tiff, predict_tiled, prepare_image, tiled_map
 from segforge.models.segmenter import full_size_forward
 
@@ -224,7 +225,7 @@ def test_streaming_with_threaded_compression_holds_one_row_of_blocks(tmp_path, m
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(name, marks=pytest.mark.slow) if name == "deconvnet" else name for name in list_models()]
+    "name", [pytest.param(name, marks=pytest.mark.slow) if name == "deconvnet" else name for name in image_models()]
 )  # (deconvnet's smallest tile is 224 pixels)
 def test_every_model_goes_through_the_tiler_by_its_declared_geometry(name) -> None:
     # A tile of the geometry's smallest valid size covering 64 pixels, an image of about 1.5 x 1.2 tiles:

@@ -14,6 +14,7 @@ from segforge.models.segmenter import SegmentationHead, SegmentationOutput, Segm
 
 # Importing the modules registers their builders.
 from segforge.models import deconvnet, fcn, pspnet, segnet, unet  # noqa: E402,F401  isort: skip
+from segforge.models import temporal as _series_models  # noqa: E402,F401  isort: skip
 
 
 def create_model(
@@ -24,6 +25,7 @@ def create_model(
     encoder: str | None = None,
     encoder_weights: str | dict | None = None,
     decoder_channels: Sequence[int] | str | None = None,
+    temporal: str | None = None,
 ) -> Segmenter:
     """Builds a registered architecture.
 
@@ -40,6 +42,8 @@ def create_model(
             (``unet_padded``: one per up-block, deepest first, ``"skips"``: as wide as the encoder's skips;
             ``pspnet``: each pyramid branch's and the fusing convolution's);
             default the architecture's. The built widths are recorded in ``model.config``.
+        temporal: how a model of image time series reads the dates (``temporal_unet``: ``"gru"``, ``"lstm"`` or
+            ``"attention"``); default the architecture's. Image models take none.
 
     Returns:
         A ``Segmenter``: ``model(x: (N, in_channels, H, W))`` gives logits ``(N, num_classes, H, W)``.
@@ -63,6 +67,11 @@ def create_model(
             f"model {name!r} has the paper's decoder, without a width choice: drop decoder_channels (it applies "
             f"to {[n for n in MODELS.names() if 'decoder_channels' in inspect.signature(MODELS.get(n)).parameters]})"
         )
+    takes_temporal = "temporal" in inspect.signature(builder).parameters
+    if takes_temporal:
+        kwargs["temporal"] = temporal or "gru"
+    elif temporal is not None:
+        raise ValueError(f"model {name!r} is an image model: drop temporal (it applies to models of time series)")
     model = builder(num_classes, encoder=encoder, encoder_weights=None if record else encoder_weights, **kwargs)
     # Record the resolved encoder when it is a registered one, so a checkpoint rebuilds the same network
     # even if a default changes; architectures with their own encoder (segnet_basic, unet) record None.
@@ -76,6 +85,8 @@ def create_model(
         "encoder_weights": record or getattr(getattr(model, "encoder", None), "pretrained", None),
         "decoder_channels": list(model.decoder.widths) if takes_widths else None,
     }
+    if takes_temporal:  # (image models' configs, and the checkpoints holding them, stay as they were)
+        model.config["temporal"] = kwargs["temporal"]
     return model
 
 

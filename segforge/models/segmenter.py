@@ -73,6 +73,9 @@ class Segmenter(nn.Module):
         encoder_name: the registered encoder, for summaries and checkpoints.
     """
 
+    #: what the model takes: a batch of images ``(N, C, H, W)`` (a model of time series: ``"series"``)
+    inputs = "images"
+
     def __init__(
         self,
         encoder: nn.Module,

@@ -31,6 +31,7 @@ from segforge.decoders.unet import UNetDecoder
 from segforge.encoders import create_encoder
 from segforge.layers.temporal import Recurrence, TemporalAttention, masked_mean
 from segforge.models.geometry import Geometry
+from segforge.models.registry import MODELS
 from segforge.models.segmenter import SegmentationHead, pad_to_multiple
 from segforge.models.unet import padded_decoder_widths
 
@@ -40,6 +41,8 @@ TEMPORAL_MODULES = ("gru", "lstm", "attention")
 class TemporalUNet(nn.Module):
     """A shared 2D encoder, a temporal module at the bottleneck, time-collapsed skips, a 2D decoder and head.
 
+    ``inputs = "series"`` declares what it takes (``segforge.models.Segmenter``: ``"images"``).
+
     Args:
         encoder: a registered encoder (``segforge.encoders``), built for one date's channels.
         temporal: ``"gru"``, ``"lstm"`` (recurrent, the dates in order) or ``"attention"`` (U-TAE's L-TAE).
@@ -47,6 +50,8 @@ class TemporalUNet(nn.Module):
         decoder_channels: the up-blocks' widths, deepest first (``UNetDecoder``).
         heads: attention heads (``temporal="attention"``); the bottleneck's channels split among them.
     """
+
+    inputs = "series"
 
     def __init__(
         self,
@@ -80,6 +85,12 @@ class TemporalUNet(nn.Module):
         self.info: dict = {}  # what its training run recorded (load_model)
         self.cpu_training_channels_last = True
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether the network was converted to channels-last (``model.to(memory_format=...)``): the dates are
+        then too, as a 5-D series cannot be."""
+        return self.encoder.parameters().__next__().is_contiguous(memory_format=torch.channels_last)
+
     def check_input(self, x: torch.Tensor, valid: torch.Tensor | None, days: torch.Tensor | None) -> None:
         """Raises ValueError with a fix for inputs this model cannot take."""
         if x.ndim != 5:
@@ -104,11 +115,11 @@ class TemporalUNet(nn.Module):
     ) -> torch.Tensor:
         self.check_input(x, valid, days)
         n, t, c, height, width = x.shape
+        features = self._encode(x, valid)
         if valid is None:
             valid = torch.ones(n, t, dtype=torch.bool, device=x.device)
         if days is None:
             days = torch.arange(t, device=x.device).expand(n, t)
-        features = self._encode(x, valid)
         if self.kind == "attention":
             bottom, attention = self.temporal(features[-1], valid, days)
             skips = [_attention_collapse(skip, attention) for skip in features[:-1]]
@@ -117,11 +128,15 @@ class TemporalUNet(nn.Module):
             skips = [masked_mean(skip, valid) for skip in features[:-1]]
         return self.head(self.decoder([*skips, bottom]))[..., :height, :width]
 
-    def _encode(self, x: torch.Tensor, valid: torch.Tensor) -> list[torch.Tensor]:
-        """The encoder's maps of every valid date, ``(N, T, C_i, H_i, W_i)`` each, zero at invalid dates: those
-        are never encoded, so they reach no batch-norm statistics either."""
+    def _encode(self, x: torch.Tensor, valid: torch.Tensor | None) -> list[torch.Tensor]:
+        """The encoder's maps of every valid date (``valid`` None: every date), ``(N, T, C_i, H_i, W_i)`` each,
+        zero at invalid dates: those are never encoded, so they reach no batch-norm statistics either."""
         n, t = x.shape[:2]
         dates = pad_to_multiple(x.flatten(0, 1), self.stride)
+        if self.channels_last:
+            dates = dates.contiguous(memory_format=torch.channels_last)
+        if valid is None:
+            return [feature.unflatten(0, (n, t)) for feature in self.encoder(dates)]
         taken = valid.flatten().nonzero().squeeze(1)
         encoded = self.encoder(dates.index_select(0, taken))
         maps = []
@@ -146,6 +161,7 @@ def _attention_collapse(skip: torch.Tensor, attention: torch.Tensor) -> torch.Te
     return torch.einsum("nkthw,ntkchw->nkchw", weights, grouped).reshape(n, channels, *size)
 
 
+@MODELS.register("temporal_unet")
 def temporal_unet(
     num_classes: int,
     *,
@@ -155,8 +171,10 @@ def temporal_unet(
     decoder_channels: Sequence[int] | str | None = None,
     temporal: Literal["gru", "lstm", "attention"] = "gru",
 ) -> TemporalUNet:
-    """The temporal U-Net on any encoder (default ``unet16``, U-Net's own at a quarter of its widths); decoder
-    widths as ``unet_padded`` chooses them."""
+    """U-Net for image time series: shared encoder, ConvGRU/ConvLSTM or temporal attention, time-collapsed skips.
+
+    Any encoder (default ``unet16``, U-Net's own at a quarter of its widths); decoder widths as ``unet_padded``
+    chooses them; ``temporal``: ``"gru"``, ``"lstm"`` or ``"attention"``."""
     encoder = encoder or "unet16"
     enc = create_encoder(encoder, in_channels=in_channels, weights=encoder_weights)
     return TemporalUNet(

@@ -210,6 +210,7 @@ def _build_model(
         decoder_channels=config.model.decoder_channels
         if state is None
         else (state.get("model_config") or {}).get("decoder_channels", "skips"),
+        temporal=config.model.temporal,
     )
     if state is not None:
         net.load_state_dict(state["model"])
