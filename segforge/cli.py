@@ -343,6 +343,8 @@ def _predict(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model, info = _load_for_inference(args.checkpoint, args.engine, device)
     label_map = args.label_map if args.label_map is not None else _stored_label_map(info)
+    if args.stream and getattr(model, "inputs", "images") == "series":
+        raise ValueError("--stream reads one TIFF image by rows; predict time series in memory (--tile N works)")
     if args.stream:
         from segforge.inference import expand_inputs, predict_tiff, raw_values
 
@@ -381,6 +383,7 @@ def _predict(args: argparse.Namespace) -> int:
         tile_batch=args.tile_batch,
         blend=args.blend,
         label_map=label_map,
+        dates=args.dates,
     )
     print(f"{len(written)} mask(s) written to {args.out}")
     return 0
@@ -645,6 +648,12 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="read each TIFF input by rows (by its strips or tiles if compressed) and write "
         "<name>.tif labels tile by tile: memory is bounded by the tile, not the image",
+    )
+    predict.add_argument(
+        "--dates",
+        metavar="CSV",
+        help="a model of time series: the series' dates, a series,date[,valid] CSV as the series layout's "
+        "dates.csv (default: folders of dates named by their dates, else days 0, 1, ...)",
     )
     predict.set_defaults(run=_predict)
 

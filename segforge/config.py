@@ -59,6 +59,7 @@ class DataConfig:
     class_weights: Literal["none", "median_frequency"] | list[float] | None = None
     mean: list[float] | None = None  # per-channel normalisation of the [0, 1]-scaled images
     std: list[float] | None = None
+    temporal_dropout: float = 0.0  # time series: the chance that training leaves out each valid date
 
 
 @dataclass
@@ -221,6 +222,7 @@ RANGES: tuple[tuple[str, typing.Callable[[float], bool], str], ...] = (
     ("data.workers", lambda v: v >= 0, ">= 0 (0: load in the main process)"),
     ("data.num_classes", lambda v: v >= 1, ">= 1"),
     ("data.max_image_mb", lambda v: v > 0, "a positive number of megabytes"),
+    ("data.temporal_dropout", lambda v: 0 <= v < 1, "a chance in [0, 1) (time series only)"),
     ("model.in_channels", lambda v: v >= 1, ">= 1"),
     ("loss.dice_weight", lambda v: v >= 0, ">= 0"),
     ("loss.aux_weight", lambda v: v >= 0, ">= 0"),

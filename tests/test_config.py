@@ -93,6 +93,7 @@ BAD_NUMBERS = [
     ("data.workers", -2),
     ("data.num_classes", 0),
     ("data.max_image_mb", 0),
+    ("data.temporal_dropout", 1.0),
     ("model.in_channels", 0),
     ("loss.dice_weight", -1),
     ("loss.aux_weight", -0.4),

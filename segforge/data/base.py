@@ -118,6 +118,8 @@ class SegmentationDataset(Dataset):
     """
 
     layout = "custom"
+    #: what a sample is: an image (``SeriesDataset``: ``"series"``, a stack of dates); models declare the same
+    inputs = "images"
     #: how images and masks were paired when not by identical file stems (a line for the log), else None
     pairing: str | None = None
 

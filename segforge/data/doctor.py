@@ -66,6 +66,7 @@ class SplitSummary:
     scanned: bool = False
     labelled: int = 0
     sizes: Counter = field(default_factory=Counter)  # (width, height) -> images
+    dates: Counter = field(default_factory=Counter)  # valid dates per sample -> samples (1 for images)
     channels: Counter = field(default_factory=Counter)  # (channels, dtype) -> images
     raw_values: dict[int, int] = field(default_factory=dict)  # raw mask value -> pixels
     raw_top: Counter = field(default_factory=Counter)  # raw mask value -> pixels in the masks' top halves
@@ -126,6 +127,7 @@ class _Check:
     left: np.ndarray | None = None  # ... in the left half
     moments: tuple[int, np.ndarray, np.ndarray] | None = None  # image_moments of the image
     max_value: float = 0.0
+    dates: int = 1  # the valid dates of a time series (1: an image)
     errors: list[DatasetError] = field(default_factory=list)
 
 
@@ -151,6 +153,7 @@ def _inspect(dataset: SegmentationDataset, index: int) -> _Check:
     try:
         image = dataset.load_pixels(index)
         check.image_shape, check.image_dtype = image.shape[-3:], str(image.dtype)
+        check.dates = image.shape[0] if image.ndim == 4 else 1
         check.moments, check.max_value = image_moments(image), float(image.max(initial=0))
     except DatasetError as err:
         check.errors.append(err)
@@ -204,6 +207,7 @@ def _scan(
         if check.image_shape is not None:
             summary.sizes[(check.image_shape[1], check.image_shape[0])] += 1
             summary.channels[(check.image_shape[2], check.image_dtype)] += 1
+            summary.dates[check.dates] += 1
         if (
             check.image_shape is not None
             and check.mask_shape is not None

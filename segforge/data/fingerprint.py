@@ -39,6 +39,8 @@ class Fingerprint:
         class_pixels: the counts behind median-frequency class weights.
         raw_values: the mask values as stored (before the label map).
         classes: the class names (``class_<i>`` where the dataset has none).
+        inputs: ``"images"``, or ``"series"`` for image time series (the dataset's declaration).
+        dates: the median number of valid dates per series (1 for images).
     """
 
     images: int
@@ -57,6 +59,8 @@ class Fingerprint:
     class_pixels: ClassPixels
     raw_values: tuple[int, ...]
     classes: tuple[str, ...]
+    inputs: str = "images"
+    dates: int = 1
 
     def describe(self) -> list[str]:
         """A few lines for the log."""
@@ -134,6 +138,7 @@ def fingerprint(
     (channels, dtype), _ = summary.channels.most_common(1)[0]
     mean, std = combine_moments(summary.moments, describe=dataset.describe)
     labelled = pixels.class_pixels.sum()
+    dates = sorted(summary.dates.elements())
     return Fingerprint(
         images=summary.labelled,
         median_size=(heights[len(heights) // 2], widths[len(widths) // 2]),
@@ -151,4 +156,6 @@ def fingerprint(
         class_pixels=pixels,
         raw_values=tuple(int(v) for v in sorted(summary.raw_values)),
         classes=tuple(dataset.classes[c] if c < len(dataset.classes) else f"class_{c}" for c in range(num_classes)),
+        inputs=dataset.inputs,
+        dates=dates[len(dates) // 2] if dates else 1,
     )

@@ -203,6 +203,7 @@ class SeriesDataset(SegmentationDataset):
     """
 
     layout = "series"
+    inputs = "series"
 
     def __init__(
         self,

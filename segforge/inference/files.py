@@ -120,6 +120,7 @@ def predict_files(
     tile_batch: int = 4,
     blend: str = "gaussian",
     label_map: Mapping[int, int] | None = None,
+    dates: str | Path | None = None,
 ) -> list[Path]:
     """Writes ``out/<stem>.png`` (palette index mask), ``out/<stem>_overlay.png`` and, when asked,
     ``out/<stem>_probs.npy`` (float16 ``(K, H, W)``) for every input image. Returns the mask paths.
@@ -131,9 +132,20 @@ def predict_files(
     overlap-tile for the original U-Net, blended sliding windows otherwise), so the network's memory
     is bounded by the tile; ``overlap``, ``tile_batch`` and ``blend`` are passed on. Without it, an
     image the device has not the memory to run in one piece is refused before the pass
-    (``segforge.inference.memory.check_fits``), with the advice to tile."""
+    (``segforge.inference.memory.check_fits``), with the advice to tile.
+
+    A model of image time series (``model.inputs == "series"``) takes series instead of images
+    (``segforge.inference.series``: ``.npy``/TIFF files or folders of dates), one mask each, with the dates'
+    days and validity from ``dates`` (a ``series,date[,valid]`` CSV) or the date folders' file names."""
     out = Path(out)
-    paths = expand_inputs(inputs)
+    series = getattr(model, "inputs", "images") == "series"
+    if series:
+        from segforge.inference.series import expand_series_inputs, prepare_series, series_dates
+
+        paths = expand_series_inputs(inputs)
+        table = series_dates(paths, dates)
+    else:
+        paths = expand_inputs(inputs)
     model = model.to(device).eval()
     classes = max(model.num_classes, 2)  # a one-logit binary model predicts 2 classes
     palette = info.get("palette") or []
@@ -150,12 +162,16 @@ def predict_files(
         mask_palette = palette
     written = []
     quiet = None if progress is None else not progress  # tqdm's None: no bar when stderr is not a terminal
-    for path in tqdm(paths, desc="predict", unit="image", disable=quiet):
-        display, x = prepare_image(path, info, model.in_channels)
+    for path in tqdm(paths, desc="predict", unit="series" if series else "image", disable=quiet):
+        if series:
+            display, x, network = prepare_series(path, info, model, table[path])
+        else:
+            (display, x), network = prepare_image(path, info, model.in_channels), model
+            x = x[0]
         probs = image_probabilities(
-            model,
-            x[0],
-            f"image {path}",
+            network,
+            x,
+            f"{'series' if series else 'image'} {path}",
             device=device,
             tile=tile,
             overlap=overlap,
@@ -165,12 +181,11 @@ def predict_files(
             scales=scales,
         )
         labels = logits_to_labels(probs[None])[0].numpy()  # K >= 2 probabilities: the most likely class
-        written.append(
-            save_index_png(labels if stored is None else stored[labels], mask_palette, out / f"{path.stem}.png")
-        )
+        name = path.name if path.is_dir() else path.stem  # (a series may be a folder of dates)
+        written.append(save_index_png(labels if stored is None else stored[labels], mask_palette, out / f"{name}.png"))
         if overlays:
-            save_png(overlay_panel(display, None, labels, palette), out / f"{path.stem}_overlay.png")
+            save_png(overlay_panel(display, None, labels, palette), out / f"{name}_overlay.png")
         if probabilities:
             array = probs.numpy().astype(np.float16)
-            atomic_write(out / f"{path.stem}_probs.npy", lambda tmp: _save_npy(tmp, array))
+            atomic_write(out / f"{name}_probs.npy", lambda tmp: _save_npy(tmp, array))
     return written

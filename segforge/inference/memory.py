@@ -130,7 +130,7 @@ def check_fits(
     if per_pixel is None:  # one measured pass per model; an image needing under half the memory goes on at once
         side = geometry_of(model).input_size(PROBE_SIDE)
         per_pixel = _PER_PIXEL[model] = forward_peak_bytes(model, (1, *shape[1:-2], side, side)) / side**2
-    pixels = height * width * (shape[0] if len(shape) == 4 else 1)
+    pixels = height * width * (shape[0] if len(shape) >= 4 else 1)  # (a series: per series of its dates)
     if 2 * per_pixel * pixels < have:
         return
     need = forward_peak_bytes(model, (*shape[:-2], height, width))

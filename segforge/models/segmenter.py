@@ -37,17 +37,18 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h))
 
 
-def full_size_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor | SegmentationOutput:
+def full_size_forward(model: nn.Module, x: torch.Tensor, *dates: torch.Tensor) -> torch.Tensor | SegmentationOutput:
     """``model(x)`` with logits for every pixel of ``x``, for every architecture.
 
     Padded networks take ``x`` as it is. Valid-convolution networks (the original U-Net), whose
     output is smaller than their input, see ``x`` extended by mirroring as in the U-Net paper's
     overlap-tile strategy, and their logits are cut to ``x``'s size: so training crops, evaluation
-    images and predictions of any size work with them too.
+    images and predictions of any size work with them too. ``dates``: a time series' valid dates and
+    days, passed on (``segforge.models.temporal``).
     """
     top, bottom, left, right = geometry_of(model).border(*x.shape[-2:])
     if top == bottom == left == right == 0:
-        return model(x)
+        return model(x, *dates)
     height, width = x.shape[-2:]
     output = model(mirror_pad(x, top, bottom, left, right))
     if isinstance(output, SegmentationOutput):

@@ -54,6 +54,8 @@ def evaluate(
     processes (a collective call: every process makes it).
     """
     tta = flip or tuple(scales) != (1.0,)
+    if tta and getattr(model, "inputs", "images") == "series":
+        raise ValueError("test-time augmentation (flip, scales) is for images; evaluate time series without it")
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -61,20 +63,20 @@ def evaluate(
     total, batches = 0.0, 0
     quiet = None if progress is None else not progress  # tqdm's None: no bar when stderr is not a terminal
     checked = set()
-    for images, masks in tqdm(loader, desc="evaluate", unit="batch", disable=quiet, leave=False):
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=quiet, leave=False):
+        images, masks, dates = batch[0], batch[1].to(device), tuple(t.to(device) for t in batch[2:])
         if images.shape not in checked:  # the estimate is of shapes only: once per image size
             check_fits(
                 model, tuple(images.shape), device, "an evaluation image", scale=max(scales), advice=EVALUATION_ADVICE
             )
             checked.add(images.shape)
-        images = images.to(device).to(memory_format=memory_format)
-        masks = masks.to(device)
+        images = _to_device(images, device, memory_format)
         if tta:
             with out_of_memory_hint("an evaluation image", EVALUATION_ADVICE):
                 confusion.update(predict_probabilities(model, images, flip=flip, scales=scales), masks)
             continue
         with out_of_memory_hint("an evaluation image", EVALUATION_ADVICE):
-            logits = full_size_forward(model, images)
+            logits = full_size_forward(model, images, *dates)
         if loss_fn is not None:
             total += float(loss_fn(logits, masks))
             batches += 1
@@ -88,12 +90,30 @@ def evaluate(
     return Evaluation(confusion.compute(), confusion.matrix.cpu(), total / max(batches, 1))
 
 
+def _to_device(images: torch.Tensor, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` in ``memory_format``; a series ``(N, T, C, H, W)`` as it is (the model converts
+    the dates it encodes)."""
+    images = images.to(device)
+    return images.to(memory_format=memory_format) if images.ndim == 4 else images
+
+
 def _display_image(image: torch.Tensor, dataset: SegmentationDataset) -> np.ndarray:
-    """Undoes the dataset's normalisation: ``(C, H, W)`` → ``(H, W, C)`` float in [0, 1]."""
+    """Undoes the dataset's normalisation: ``(C, H, W)`` → ``(H, W, C)`` float in [0, 1]; more than 3 bands
+    (a multispectral image) are shown by their first 3."""
     array = image.permute(1, 2, 0).numpy()
     if dataset.mean is not None and dataset.std is not None:
         array = array * np.asarray(dataset.std, np.float32) + np.asarray(dataset.mean, np.float32)
-    return np.clip(array, 0, 1)
+    return np.clip(array[..., :3] if array.shape[-1] > 3 else array, 0, 1)
+
+
+def _shown(sample: tuple) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """``(the image shown (C, H, W), the mask, the model's inputs)`` of one sample; a series is shown by its
+    last valid date."""
+    if len(sample) == 2:
+        return sample[0], sample[1], (sample[0][None],)
+    images, mask, valid, days = sample
+    last = int(valid.nonzero().max()) if valid.any() else len(valid) - 1
+    return images[last], mask, (images[None], valid[None], days[None])
 
 
 @torch.inference_mode()
@@ -130,8 +150,9 @@ def write_report(
     plot_confusion(result.confusion, names, folder / "confusion.png")
     model.eval()
     for index in range(min(overlays, len(dataset))):
-        image, mask = dataset[index]
-        logits = full_size_forward(model, image[None].to(device).to(memory_format=memory_format))
+        image, mask, inputs = _shown(dataset[index])
+        images, *dates = inputs
+        logits = full_size_forward(model, _to_device(images, device, memory_format), *(t.to(device) for t in dates))
         pred = logits_to_labels(logits)[0]
         panel = overlay_panel(
             _display_image(image, dataset), mask.numpy(), pred.cpu().numpy(), dataset.palette, ignore_index

@@ -56,6 +56,7 @@ from segforge.training.compilation import StepCompilation, is_compile_error
 from segforge.training.distributed import StreamBatchSampler
 from segforge.training.optim import create_optimizer, create_scheduler
 from segforge.training.prepare import dataset_options, prepare
+from segforge.training.series_task import SeriesSegmentationTask
 from segforge.training.task import RoundMetrics, SegmentationTask, Task
 
 MEASURED_STEPS = 5  # steps timed (after a first, warm-up one) before a time budget is first fitted
@@ -149,6 +150,12 @@ def build_datasets(config: Config) -> Datasets:
             f"the dataset at {data.root} does not say how many classes it has: pass --num-classes N "
             "(2 or more; a binary task has 2)"
         )
+    if data.temporal_dropout:
+        if train.inputs != "series":
+            raise ValueError(
+                f"data.temporal_dropout leaves dates out of time series; the data at {data.root} are images: drop it"
+            )
+        train.temporal_dropout = data.temporal_dropout
     ignore_index = train.ignore_index if train.ignore_index is not None else NO_LABEL
     in_channels = train[0][0].shape[-3]  # (C, H, W) images; (T, C, H, W) time series
     return Datasets(train, val, num_classes, ignore_index, in_channels)
@@ -265,7 +272,7 @@ def fit(
     *,
     resume: str | Path | None = None,
     progress: bool | None = None,
-    task: type[Task] = SegmentationTask,
+    task: type[Task] | None = None,
 ) -> Path:
     """Trains ``config.model`` on ``config.data``; returns the run folder.
 
@@ -279,7 +286,7 @@ def fit(
             end, or mid-round after Ctrl-C or a ``train.checkpoint_minutes`` save).
         progress: show progress bars (default: when stderr is a terminal).
         task: what is trained (``segforge.training.task``): what a batch is, the loss, the round's metrics
-            and validation; the loop is the same for every task. A resumed run takes the task it ran with.
+            and validation; the loop is the same for every task. Default: the model's (``task_for``).
 
     Raises:
         ValueError: bad data, config or checkpoint (the message names the file or key and the fix).
@@ -314,7 +321,7 @@ def fit(
         else:
             config, folder, created = _new_run(config, process, device, progress)
         with _StopRequest(show=process.is_main) as stop:
-            return _train(config, task, state, folder, process, device, stop, progress, clock)
+            return _train(config, task or task_for(config), state, folder, process, device, stop, progress, clock)
     except Exception as err:
         if created and process.is_main and not (folder / "state.pt").exists():
             shutil.rmtree(folder, ignore_errors=True)  # a run that failed before its first save leaves no folder
@@ -323,6 +330,16 @@ def fit(
         raise
     finally:
         distributed.stop(process)
+
+
+def task_for(config: Config) -> type[Task]:
+    """The task that trains ``config.model``: ``SeriesSegmentationTask`` for a model of image time series (its
+    declared ``inputs``), ``SegmentationTask`` for images."""
+    from segforge.models import create_model
+
+    with torch.device("meta"):  # (shapes only: nothing allocated, nothing loaded)
+        inputs = create_model(config.model.name, 2).inputs
+    return SeriesSegmentationTask if inputs == "series" else SegmentationTask
 
 
 def _new_run(

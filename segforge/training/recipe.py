@@ -151,19 +151,31 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
 
     model, data, train = config.model, config.data, config.train
     choose(data, "num_classes", fp.num_classes, "from the masks' labels")
-    name = choose(model, "name", "unet_padded", "U-Net: learns from few images, keeps fine detail")
+    if fp.inputs == "series":
+        name = choose(model, "name", "temporal_unet", "image time series: a U-Net that reads the dates as a sequence")
+    else:
+        name = choose(model, "name", "unet_padded", "U-Net: learns from few images, keeps fine detail")
     if name == "unet_padded":
         _choose_encoder(model, fp, choose, cuda=cuda)
+    elif name == "temporal_unet":
+        choose(
+            model,
+            "encoder",
+            "unet" if cuda else "unet16",
+            "shared by every date, from scratch; "
+            + ("the paper's widths (64-1024)" if cuda else "a quarter of U-Net's widths (16-256) on a CPU"),
+        )
     crop = GPU_CROP if cuda else CPU_CROP
     side = min(fp.median_size)
     if side > crop * 1.25:
         crop_size = choose(data, "crop_size", crop, f"images are {side}+ px: random {crop}-px crops")
     else:
         crop_size = choose(data, "crop_size", 0, f"images are {side} px or less: whole images (0)")
-    pixels = crop_size**2 if crop_size else fp.median_size[0] * fp.median_size[1]
+    pixels = (crop_size**2 if crop_size else fp.median_size[0] * fp.median_size[1]) * fp.dates
     budget = GPU_PIXELS_PER_STEP if cuda else CPU_PIXELS_PER_STEP
     batch = max(2, min(32, round(budget / pixels), fp.images))
-    choose(data, "batch_size", batch, f"about {budget / 1e6:.2g} M pixels per step")
+    dates = f" (a series: {fp.dates} dates' pixels)" if fp.inputs == "series" else ""
+    choose(data, "batch_size", batch, f"about {budget / 1e6:.2g} M pixels per step{dates}")
     given = data.mean is not None
     if given:
         why = ""

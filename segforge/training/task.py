@@ -136,6 +136,12 @@ class SegmentationTask:
     ) -> SegmentationTask:
         """The configured network (restored from ``state``; wrapped for DistributedDataParallel) and its loss."""
         net, model, memory_format = _build_model(config, data, state, process, device)
+        if net.inputs != data.train.inputs:
+            other = "temporal_unet" if data.train.inputs == "series" else "an image model (segforge models lists them)"
+            raise ValueError(
+                f"model {config.model.name!r} takes {net.inputs} but the data at {config.data.root} are "
+                f"{'image time series' if data.train.inputs == 'series' else 'images'}: use --model {other}"
+            )
         return cls(
             net,
             model,
