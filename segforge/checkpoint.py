@@ -93,10 +93,26 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             names the file and what to do.
     """
     path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.safetensors"))
+        raise ValueError(
+            f"checkpoint {path} is a folder; pass the .safetensors file in it"
+            + (f", e.g. {found[0]}" if found else " (a run folder holds best.safetensors and last.safetensors)")
+        )
     if not path.is_file():
         raise ValueError(
             f"checkpoint {path} does not exist; pass the .safetensors file a training run wrote "
             "(runs/<name>/best.safetensors or last.safetensors)"
+        )
+    if path.suffix.lower() == ".onnx":
+        raise ValueError(
+            f"{path} is an exported ONNX model: this command takes the run's .safetensors checkpoint "
+            "(segforge predict --engine onnx runs an ONNX model)"
+        )
+    if path.name == "state.pt":
+        raise ValueError(
+            f"{path} is a run's resume state (segforge train --resume {path.parent}); give a checkpoint: "
+            f"{path.parent / 'best.safetensors'} or {path.parent / 'last.safetensors'}"
         )
     try:
         with safe_open(str(path), framework="pt") as f:

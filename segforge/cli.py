@@ -231,17 +231,21 @@ def _train(args: argparse.Namespace) -> int:
     from segforge.training import TrainingError, fit
 
     overrides = {key: getattr(args, key) for _, _, key, _ in _train_options()}
-    if args.resume and (args.config or any(v is not None for v in overrides.values()) or args.set):
-        raise ValueError("--resume continues a run with its own saved config; drop the other options")
+    others = {key for key, value in overrides.items() if value is not None} - {"data.root"}
+    if args.resume and (args.config or others or args.set):
+        raise ValueError(
+            "--resume continues a run with its own saved config; drop the other options (--data alone may "
+            "say where the run's data folder has moved)"
+        )
     try:
         folder = (
-            fit(None, resume=args.resume)
+            fit(None, resume=args.resume, data_root=overrides["data.root"])
             if args.resume
             else fit(load_config(args.config, overrides | dict(args.set or [])))
         )
-    except TrainingError as err:
-        print(f"segforge train: {err}", file=sys.stderr)
-        return 1
+    except TrainingError as err:  # (a diverged run: an expected end, with what to try)
+        print(f"segforge train: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # fit has printed where the last checkpoint is and how to resume
         return 130
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
@@ -347,10 +351,14 @@ def _predict(args: argparse.Namespace) -> int:
         raise ValueError("--stream reads one TIFF image by rows; predict time series in memory (--tile N works)")
     if args.stream:
         from segforge.inference import expand_inputs, predict_tiff, raw_values
+        from segforge.inference.files import check_outputs
 
         if args.tile is None:
             raise ValueError("--stream reads and writes tile by tile: give --tile N too (e.g. --tile 512)")
+        if args.probabilities:
+            raise ValueError("--stream writes the labels tile by tile and keeps no probabilities: drop --probabilities")
         paths = expand_inputs(args.inputs)
+        check_outputs(paths, Path(args.out), [".tif"])
         for path in paths:
             target = predict_tiff(
                 model,
@@ -394,6 +402,8 @@ def _export(args: argparse.Namespace) -> int:
     from segforge.export import export_onnx
 
     out = check_output_file(Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx"))
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"--out {out} must end in .onnx (ONNX Runtime and segforge predict --engine onnx read it so)")
     model, info = load_model(args.checkpoint)
     print(f"exporting {model.config['name']} to {out} (checked against PyTorch on two input sizes) ...")
     check = export_onnx(model, out, info=info, size=args.size, check=args.check)
@@ -440,9 +450,12 @@ def _label_map(text: str) -> dict[int, int]:
     for part in filter(None, text.split(",")):
         raw, _, label = part.partition("=")
         try:
-            mapping[int(raw)] = int(label)
+            raw, label = int(raw), int(label)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected RAW=LABEL pairs like 255=1, got {part!r}") from None
+        if mapping.get(raw, label) != label:
+            raise argparse.ArgumentTypeError(f"value {raw} is mapped twice ({raw}={mapping[raw]}, {part}): keep one")
+        mapping[raw] = label
     return mapping
 
 

@@ -299,6 +299,12 @@ def _check_values(config: Config) -> None:
         )
     if config.train.time_budget is not None:
         parse_duration(config.train.time_budget)
+    name = config.train.name
+    if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name):
+        raise ValueError(
+            f"train.name is the run folder's name inside train.out, not a path: got {name!r}; choose where runs go "
+            "with --out (train.out) and give --name a plain name"
+        )
 
 
 def config_from_dict(values: dict[str, Any] | None) -> Config:
@@ -325,12 +331,16 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"config file {path} is a folder; pass a YAML file (see configs/ for examples)")
         if not path.is_file():
             raise ValueError(f"config file {path} does not exist; see configs/ for examples")
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise ValueError(f"config file {path} is not valid YAML: {err}") from err
+        except UnicodeDecodeError as err:
+            raise ValueError(f"config file {path} is not UTF-8 text ({err.reason}); save it as UTF-8 YAML") from None
         if not isinstance(values, dict):
             raise ValueError(
                 f"config file {path} must hold sections (model:, data:, ...), not a {type(values).__name__}"
@@ -343,7 +353,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ValueError(f"override {dotted!r} must name a section and a key, e.g. data.batch_size")
         target = values.setdefault(section, {})
         if not isinstance(target, dict):
-            raise ValueError(f"config section {section!r} must be a mapping of keys, got {target!r}")
+            where = f"{path}: " if path is not None else ""
+            raise ValueError(f"{where}config section {section!r} must be a mapping of keys, got {target!r}")
         target[key] = value
     try:
         return config_from_dict(values)

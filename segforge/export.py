@@ -129,6 +129,15 @@ def export_onnx(
     config = getattr(model, "config", None)
     if not config:
         raise ValueError("model has no config: build it with segforge.create_model (or load a checkpoint)")
+    if getattr(model, "inputs", "images") == "series":
+        raise ValueError(
+            f"{config.get('name')} reads a time series date by date (a loop whose length is the series'), which "
+            "this ONNX export does not trace; predict time series with segforge predict (the PyTorch engine)"
+        )
+    if size is not None:
+        smallest = max(geometry_of(model).min_size, 2)
+        if size < smallest:  # (the exporter's own message is a page of symbolic-shape reasoning)
+            raise ValueError(f"--size {size} is smaller than {config.get('name')} takes: give {smallest} or more")
     device, training = next(model.parameters()).device, model.training
     try:  # exported and checked on the CPU in eval mode; the caller's model is given back as it was
         return _export(model.cpu().eval(), Path(path), info=info, size=size, check=check, atol=atol, rtol=rtol)

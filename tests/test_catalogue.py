@@ -368,3 +368,163 @@ def test_9_stale_temporary_files_are_removed_by_the_next_write(data, checkpoint,
         == 0
     )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0000.png"]
+
+
+# The catalogue re-run (a second round of cases, tried as a new user would): each class below was found
+# there and closed.
+
+
+# 3. Outputs that would overwrite the inputs, or one another, are refused before any work.
+def test_3_predict_never_writes_over_its_inputs_or_twice_to_one_file(data, checkpoint, tmp_path, capsys) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("0000.png", "0001.png"):
+        (images / name).write_bytes((data / "images" / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    fails(capsys, ["predict", "--checkpoint", str(checkpoint), str(images), "--out", str(images)], "is an input")
+    assert {p.name: p.read_bytes() for p in images.iterdir()} == before
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "0000.png").write_bytes(before["0000.png"])
+    argv = ["predict", "--checkpoint", str(checkpoint), str(images), str(tmp_path / "b"), "--out", str(tmp_path / "o")]
+    fails(capsys, argv, "would both write", "0000.png", "separate --out folders")
+    assert not (tmp_path / "o").exists()
+
+
+# 6. File names with spaces, or beginning with "#", train and evaluate like any other.
+def test_6_sample_names_with_spaces_and_hashes_survive_the_split_lists(data, tmp_path, capsys) -> None:
+    root = copy_data(data, tmp_path / "data")
+    for sub in ("images", "masks"):
+        (root / sub / "0000.png").rename(root / sub / "my image 0.png")
+        (root / sub / "0001.png").rename(root / sub / "#0001.png")
+    for name in ("train.txt", "val.txt"):
+        (root / name).unlink()  # a seeded hold-out, written to the run's split lists
+    assert main(train_argv(root, tmp_path / "runs", "--workers", "0", "--val-fraction", "0.5")) == 0
+    splits = tmp_path / "runs" / "run" / "splits"
+    listed = (splits / "train.txt").read_text().splitlines() + (splits / "val.txt").read_text().splitlines()
+    assert "my image 0" in listed and "#0001" in listed
+    assert (
+        main(["evaluate", "--checkpoint", str(tmp_path / "runs" / "run" / "last.safetensors"), "--data", str(root)])
+        == 0
+    )
+    assert "pixels" in capsys.readouterr().out
+
+
+# 4. Mask values that are not class indices: 16-bit codes, or a lossy JPEG's invented values.
+def test_4_masks_whose_values_are_not_class_indices_are_refused_with_a_label_map(data, tmp_path, capsys) -> None:
+    root = copy_data(data, tmp_path / "codes")
+    for mask in (root / "masks").iterdir():
+        labels = np.asarray(Image.open(mask)).astype(np.uint16)
+        Image.fromarray(labels * 30000).save(mask)
+    argv = ["train", "--data", str(root), "--iterations", "1", "--out", str(tmp_path / "runs")]
+    fails(capsys, argv, "are >= the number of classes (3)", "--label-map 30000=3,60000=4")  # classes.txt: 3
+    (root / "classes.txt").unlink()  # the classes inferred: from the largest value, as 0..60000
+    fails(capsys, argv, "60001 classes", "--label-map 30000=1,60000=2")
+    jpeg = copy_data(data, tmp_path / "jpeg")
+    for mask in list((jpeg / "masks").iterdir()):
+        labels = (np.asarray(Image.open(mask)) > 0).astype(np.uint8) * 255
+        Image.fromarray(labels).save(mask.with_suffix(".jpg"), quality=75)
+        mask.unlink()
+    fails(capsys, ["train", "--data", str(jpeg), "--iterations", "1", "--out", str(tmp_path / "runs")], "JPEG")
+
+
+# 7. A run whose weights diverge ends as an error, keeps no diverged weights, and a diverged model's
+# output is refused rather than written as class 0.
+def test_7_a_diverged_run_is_an_error_and_its_output_is_never_used(data, checkpoint, tmp_path, capsys) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    argv = train_argv(data, tmp_path / "runs", "--workers", "0", "--lr", "1e30", "--optimizer", "sgd")
+    fails(capsys, argv, "lower the learning rate")
+    assert not (tmp_path / "runs" / "run" / "best.safetensors").exists()
+    nan = tmp_path / "nan.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint), "pt") as f:
+        metadata = f.metadata()
+    tensors = {
+        key: torch.full_like(value, float("nan")) if value.is_floating_point() else value
+        for key, value in load_file(str(checkpoint)).items()
+    }
+    save_file(tensors, str(nan), metadata=metadata)
+    image = str(data / "images" / "0000.png")
+    fails(capsys, ["predict", "--checkpoint", str(nan), image, "--out", str(tmp_path / "p")], "not finite")
+    assert not (tmp_path / "p" / "0000.png").exists()
+    fails(capsys, ["evaluate", "--checkpoint", str(nan), "--data", str(data)], "not finite")
+
+
+# 2. Values that cannot be right: a run name that is a path, scales that shrink an image to nothing.
+def test_2_run_names_and_test_time_scales_that_cannot_be_right(data, checkpoint, tmp_path, capsys) -> None:
+    fails(capsys, train_argv(data, tmp_path / "runs", "--name", "../../escape"), "train.name", "not a path")
+    assert not (tmp_path.parent / "escape").exists()
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+    image = str(tmp_path / "dot.png")
+    argv = ["predict", "--checkpoint", str(checkpoint), image, "--out", str(tmp_path / "p"), "--scales", "0.5", "1"]
+    fails(capsys, argv, "test-time scale 0.5 makes 1x1 pixels smaller than one pixel")
+
+
+# 5. Streaming reads one image: a multi-page TIFF, or asking for probabilities it does not keep, is refused.
+def test_5_streaming_refuses_what_it_would_only_half_do(checkpoint, tmp_path, capsys) -> None:
+    tifffile.imwrite(tmp_path / "pages.tif", np.zeros((2, 40, 40, 3), np.uint8), photometric="rgb")
+    argv = ["predict", "--checkpoint", str(checkpoint), str(tmp_path / "pages.tif"), "--stream", "--tile", "32"]
+    fails(capsys, [*argv, "--out", str(tmp_path / "s")], "holds 2 pages")
+    fails(capsys, [*argv, "--out", str(tmp_path / "s"), "--probabilities"], "drop --probabilities")
+
+
+# 1. Files that are not what they should be: a broken link, images of mixed modes, a blank band.
+def test_1_broken_links_and_mixed_images_are_named_and_blank_bands_train(data, tmp_path, capsys) -> None:
+    root = copy_data(data, tmp_path / "links")
+    (root / "train.txt").unlink()  # every pair trains: the link too
+    for sub in ("images", "masks"):
+        (root / sub / "0099.png").symlink_to(tmp_path / "nowhere.png")
+    fails(capsys, ["train", "--data", str(root), "--iterations", "1", "--out", str(tmp_path / "r")], "broken link")
+    mixed = copy_data(data, tmp_path / "mixed")
+    Image.open(mixed / "images" / "0001.png").convert("L").save(mixed / "images" / "0001.png")
+    fails(capsys, ["train", "--data", str(mixed), "--iterations", "1", "--out", str(tmp_path / "r")], "0001.png")
+    blank = copy_data(data, tmp_path / "blank")
+    for image in (blank / "images").iterdir():
+        pixels = np.asarray(Image.open(image)).copy()
+        pixels[..., 2] = 7
+        Image.fromarray(pixels).save(image)
+    assert main(train_argv(blank, tmp_path / "r", "--workers", "0")) == 0
+    assert "channel(s) [2] hold one value in every training image" in capsys.readouterr().out
+
+
+# 3. Paths of the wrong kind, files that are not what their command takes, a layout that is not the data's.
+def test_3_paths_of_the_wrong_kind_say_what_they_are(data, checkpoint, tmp_path, capsys) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    fails(capsys, ["train", "--data", str(tmp_path / "file.txt"), "--out", str(tmp_path / "r")], "is a file")
+    evaluate = ["evaluate", "--data", str(data), "--checkpoint"]
+    fails(capsys, [*evaluate, str(checkpoint.parent)], "is a folder", "best.safetensors")
+    fails(capsys, [*evaluate, str(checkpoint.parent / "state.pt")], "resume state")
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    fails(capsys, [*evaluate, str(tmp_path / "m.onnx")], "exported ONNX model")
+    (tmp_path / "latin1.yaml").write_bytes(b"\xff\xfe train: 1")
+    fails(capsys, ["train", "--config", str(tmp_path / "latin1.yaml")], "latin1.yaml", "UTF-8")
+    fails(capsys, ["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.bin")], "must end in .onnx")
+    argv = ["train", "--data", str(data), "--format", "voc", "--out", str(tmp_path / "r")]
+    fails(capsys, argv, "not in the voc layout", "JPEGImages")
+
+
+# 8. A run whose data folder moved since: --resume says how, and --data tells it where.
+def test_8_a_run_resumes_after_its_data_moved(data, tmp_path, capsys) -> None:
+    root = copy_data(data, tmp_path / "before")
+    common = ["--model", "segnet_basic", "--iterations", "4", "--eval-steps", "2", "--batch-size", "2"]
+    argv = ["train", "--data", str(root), *common, "--crop-size", "32", "--workers", "0"]
+    assert main([*argv, "--out", str(tmp_path / "runs"), "--name", "run"]) == 0
+    state = tmp_path / "runs" / "run" / "state.pt"
+    import torch
+
+    saved = torch.load(state, weights_only=True)
+    saved["progress"]["total_steps"] = 6  # two more steps to go
+    torch.save(saved, state)
+    root.rename(tmp_path / "after")
+    fails(capsys, ["train", "--resume", str(tmp_path / "runs" / "run")], "does not exist", "--data FOLDER")
+    assert main(["train", "--resume", str(tmp_path / "runs" / "run"), "--data", str(tmp_path / "after")]) == 0
+    assert torch.load(state, weights_only=True)["progress"]["step"] == 6
+
+
+def test_2_a_label_map_that_maps_a_value_twice_and_export_sizes_too_small(checkpoint, data, tmp_path, capsys) -> None:
+    argv = ["train", "--data", str(data), "--label-map", "2=1,2=0", "--out", str(tmp_path)]
+    fails(capsys, argv, "value 2 is mapped twice (2=1, 2=0)")
+    argv = ["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx"), "--size", "1"]
+    fails(capsys, argv, "--size 1 is smaller than segnet_basic takes")

@@ -232,7 +232,10 @@ def test_mixed_channels(tmp_path: Path) -> None:
     _pair(tmp_path, "a", BINARY)
     _pair(tmp_path, "b", BINARY, channels=1)
     report = diagnose(tmp_path, num_classes=2)
-    assert "images differ in channels or pixel type (1 x uint8 in 1, 3 x uint8 in 1)" in _messages(report)
+    assert (
+        "images differ in channels or pixel type (1 x uint8 in 1, e.g. b.png, 3 x uint8 in 1, e.g. a.png)"
+        in _messages(report)
+    )
 
 
 def test_no_pairs_is_reported_not_raised(tmp_path: Path) -> None:

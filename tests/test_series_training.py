@@ -93,3 +93,11 @@ def test_predict_writes_one_mask_per_series_whole_or_in_tiles(series, tmp_path, 
     assert np.asarray(Image.open(tmp_path / "t" / "0006.png")).shape == (24, 24)
     assert main(["predict", "--checkpoint", str(checkpoint), "--stream", "--tile", "16", *tiled[2:]]) == 2
     assert "--stream reads one TIFF image by rows" in capsys.readouterr().err
+
+
+def test_a_model_of_time_series_is_not_exported_to_onnx(tmp_path) -> None:
+    from segforge import create_model
+    from segforge.export import export_onnx
+
+    with pytest.raises(ValueError, match="reads a time series date by date .* predict time series with segforge"):
+        export_onnx(create_model("temporal_unet", 2), tmp_path / "m.onnx")

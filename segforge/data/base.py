@@ -182,7 +182,7 @@ class SegmentationDataset(Dataset):
             DatasetError: a name is not a sample of this dataset (the message lists a few).
         """
         index = {self.sample_name(i): i for i in range(len(self))}
-        found = [index.get(name, index.get(Path(name).stem)) for name in names]
+        found = [index.get(name, index.get(Path(name).stem, index.get(name.strip()))) for name in names]
         missing = [name for name, i in zip(names, found, strict=True) if i is None]
         if missing:
             raise DatasetError(

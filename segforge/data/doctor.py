@@ -200,13 +200,14 @@ def _scan(
     )
     summary.scanned = True
     by_kind: dict[str, list[DatasetError]] = {}
-    mismatched = []
+    mismatched, modes = [], {}
     for index, check in enumerate(checks):
         for err in check.errors:
             by_kind.setdefault(err.kind, []).append(err)
         if check.image_shape is not None:
             summary.sizes[(check.image_shape[1], check.image_shape[0])] += 1
             summary.channels[(check.image_shape[2], check.image_dtype)] += 1
+            modes.setdefault((check.image_shape[2], check.image_dtype), Path(dataset.describe(index)))
             summary.dates[check.dates] += 1
         if (
             check.image_shape is not None
@@ -239,18 +240,50 @@ def _scan(
             )
         )
     if len(summary.channels) > 1:
-        found = ", ".join(f"{c} x {d} in {n}" for (c, d), n in sorted(summary.channels.items()))
+        found = ", ".join(
+            f"{c} x {d} in {n}, e.g. {modes[(c, d)].name}" for (c, d), n in sorted(summary.channels.items())
+        )
+        commonest = summary.channels.most_common(1)[0][0]
         report.problems.append(
             Problem(
                 "error",
                 f"{tag}images differ in channels or pixel type ({found}); a batch needs one",
                 "convert all images to one mode (e.g. all RGB)",
+                [path for mode, path in modes.items() if mode != commonest],
             )
         )
     if not summary.labelled:
         report.notes.append(f"{tag}no masks: only the images were checked")
         return
     _check_labels(dataset, summary, report, checks, num_classes=num_classes)
+
+
+#: an inferred class count above this whose classes mostly never occur means the values are not class indices
+SPARSE_CLASSES = 16
+
+
+def _sparse_labels(
+    report: DoctorReport, tag: str, present: list[int], num_classes: int, lossy: str, files: list[Path]
+) -> None:
+    """Masks whose values are not class indices (0/30000/60000, or a lossy JPEG's 0..255): inferring the
+    class count from the largest would make thousands of classes that never occur."""
+    mapping = ",".join(f"{value}={label}" for label, value in enumerate(present) if value != label)
+    fix = (
+        f"map each value to a class index on every command, e.g. `{report.command('train', '--label-map', mapping)}`"
+        if len(present) <= 12 and mapping
+        else "re-save the masks with class indices 0, 1, 2, ..."
+    )
+    report.problems.append(
+        Problem(
+            "error",
+            f"{tag}the masks hold {len(present)} label value(s) ({', '.join(map(str, present[:8]))}"
+            f"{', ...' if len(present) > 8 else ''}) but the "
+            f"largest would make {num_classes} classes, {num_classes - len(present)} of which never occur: the "
+            f"values are not class indices 0..K-1.{lossy}",
+            fix,
+            files[:3],
+        )
+    )
 
 
 def _check_labels(
@@ -281,15 +314,27 @@ def _check_labels(
             for v in sorted(raw)
         )
         report.notes.append(f"{tag}masks store 0/255; the {dataset.layout} label map turns them into labels ({mapped})")
+    jpeg = [Path(dataset.mask_name(i)) for i in range(len(checks))]
+    jpeg = [path for path in jpeg if path.suffix.lower() in (".jpg", ".jpeg")]
+    lossy = (
+        " The masks are JPEG files: JPEG's lossy compression invents values at every edge between classes; "
+        "save masks as PNG or TIFF."
+        if jpeg
+        else ""
+    )
     if num_classes is None:
         valid = [lut[v] if lut is not None and v < len(lut) else v for v in raw]
-        largest = max([v for v in valid if v != ignore and v >= 0], default=0)
+        present = sorted({v for v in valid if v != ignore and v >= 0})
+        largest = max(present, default=0)
         num_classes = 2 if binary_255 else largest + 1
         basis = "0/255 masks: a binary task" if binary_255 else f"the largest label is {largest}"
         report.notes.append(
             f"classes: {num_classes}, inferred from the labels ({basis}), as segforge train infers "
             f"them; to set them: `{report.command('train', '--num-classes', str(num_classes))}`"
         )
+        if not binary_255 and num_classes > SPARSE_CLASSES and 2 * len(present) < num_classes:
+            _sparse_labels(report, tag, present, num_classes, lossy, jpeg)
+            lossy = ""
     report.num_classes = num_classes
     pixels = ClassPixels.zeros(num_classes)
     uncovered, out_of_range = Counter(), Counter()
@@ -339,18 +384,28 @@ def _check_labels(
                 )
             )
         else:
-            largest, commonest = max(out_of_range), max(out_of_range, key=out_of_range.get)
+            largest = max(out_of_range)
+            others = [value for value in out_of_range if value != largest]  # (one ignore index covers one value)
+            ignoring = ["--num-classes", str(max(others) + 1)] if others else []
+            ignoring += ["--ignore-index", str(largest)]
+            present = sorted({*range(num_classes), *out_of_range})
+            if largest + 1 > SPARSE_CLASSES and 2 * len(present) < largest + 1:  # codes, not class indices
+                mapping = ",".join(f"{value}={label}" for label, value in enumerate(present) if value != label)
+                fix = f"map each value to a class index, e.g. `{report.command('train', '--label-map', mapping)}`"
+            else:
+                fix = f"give the class count, e.g. `{report.command('train', '--num-classes', str(largest + 1))}`"
             report.problems.append(
                 Problem(
                     "error",
                     f"{tag}label values {_listing(out_of_range)} are >= the number of classes ({num_classes}) and "
-                    f"are not the ignore index ({ignore})",
-                    f"give the class count, e.g. `{report.command('train', '--num-classes', str(largest + 1))}`, "
-                    "or mark the value of unlabelled pixels, e.g. "
-                    f"`{report.command('train', '--ignore-index', str(commonest))}`, or fix the masks",
+                    f"are not the ignore index ({ignore}).{lossy}",
+                    f"{fix}, or mark the value of unlabelled pixels (usually the largest), e.g. "
+                    f"`{report.command('train', *ignoring)}`, or fix the masks",
                     out_files,
                 )
             )
+    if lossy and not out_of_range:  # (said with the error otherwise)
+        report.problems.append(Problem("warning", f"{tag}{lossy.strip()}", "re-save the masks losslessly", jpeg))
     absent = [
         dataset.classes[c] if c < len(dataset.classes) else str(c) for c in np.flatnonzero(pixels.class_pixels == 0)
     ]

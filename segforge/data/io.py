@@ -48,10 +48,19 @@ _T = TypeVar("_T")
 
 
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    """An image file by its name; a broken link counts too, so that reading it says so instead of the file
+    silently dropping out of the dataset."""
+    broken = path.is_symlink() and not path.exists()
+    return (path.is_file() or broken) and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def _check_exists(path: Path, what: str) -> None:
+    if path.is_symlink() and not path.exists():
+        raise DatasetError(
+            f"{what} {path} is a broken link (to {os.readlink(path)}, which does not exist); fix or remove it",
+            path=path,
+            kind="missing",
+        )
     if not path.is_file():
         raise DatasetError(
             f"{what} {path} does not exist; check the path (or remove it from the split list)",
@@ -71,6 +80,10 @@ def max_image_bytes() -> int:
     return int(megabytes * 2**20)
 
 
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:,.0f} MB" if size >= 2**20 else f"{size / 2**10:,.1f} KB"
+
+
 def check_decoded_size(path: Path, what: str, shape: tuple[int, ...], itemsize: int) -> None:
     """Refuses, before anything is allocated, an image whose header promises more than ``max_image_bytes()``."""
     size = itemsize
@@ -78,8 +91,8 @@ def check_decoded_size(path: Path, what: str, shape: tuple[int, ...], itemsize: 
         size *= int(side)
     if size > max_image_bytes():
         raise DatasetError(
-            f"{what} {path} would decode to {size / 2**20:,.0f} MB ({' x '.join(str(int(s)) for s in shape)}), over "
-            f"the {max_image_bytes() / 2**20:,.0f} MB limit on one image: predict large TIFFs tile by tile with "
+            f"{what} {path} would decode to {_megabytes(size)} ({' x '.join(str(int(s)) for s in shape)}), over "
+            f"the {_megabytes(max_image_bytes())} limit on one image: predict large TIFFs tile by tile with "
             "segforge predict --tile 1024 --stream; cut large training images into tiles; or raise the limit "
             f"(--max-image-mb, data.max_image_mb, or {MAX_IMAGE_ENV}) if this machine has the memory",
             path=path,

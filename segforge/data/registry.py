@@ -37,8 +37,9 @@ def detect_layout(root: str | Path, *, named_folders: bool = False) -> str:
 
     root = Path(root)
     if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
         raise DatasetError(
-            f"data folder {root} does not exist; pass the folder that holds the dataset", path=root, kind="missing"
+            f"data folder {root} {what}; pass the folder that holds the dataset", path=root, kind="missing"
         )
     if named_folders:
         return "folder"

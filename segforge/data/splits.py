@@ -70,6 +70,8 @@ def write_split_list(
 ) -> Path:
     """Writes the names of ``dataset``'s samples ``indices`` under a header naming their ``split``."""
     lines = [f"# {note}", f"{_HEADER}{split}", *(dataset.sample_name(i) for i in indices)]
+    if any("\n" in name or "\r" in name for name in lines[2:]):
+        raise ValueError("a sample name holds a line break, which a split list cannot record: rename the file")
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8"))
 
@@ -85,7 +87,8 @@ def read_split_file(path: Path) -> tuple[str | None, list[str]]:
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(f"cannot read split list {path}: {err}", path=path, kind="unreadable") from None
     split = next((line[len(_HEADER) :].strip() for line in lines if line.startswith(_HEADER)), None)
-    names = [line.split()[0] for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    # One name per line, whole: file names may hold spaces or begin with "#"; comments begin with "# ".
+    names = [line for line in lines if line.strip() and not (line.startswith("# ") or line.strip() == "#")]
     if not names:
         raise DatasetError(
             f"split list {path} names no samples; write one image name (file stem) per line", path=path, kind="missing"

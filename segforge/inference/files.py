@@ -87,6 +87,38 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return list(unique.values())
 
 
+def output_name(path: Path) -> str:
+    """What an input's outputs are named after: its file stem (a series folder of dates: its name)."""
+    return path.name if path.is_dir() else path.stem
+
+
+def check_outputs(paths: Sequence[Path], out: Path, suffixes: Sequence[str]) -> None:
+    """Refuses, before any work, outputs that would overwrite an input or one another: ``out/<name><suffix>``
+    for each input (``suffixes``: e.g. ``.png`` and ``_overlay.png``).
+
+    Raises:
+        ValueError: two inputs share a name (naming both), or an output is an input (``--out`` is the input
+            folder, or a pattern picked up masks written earlier).
+    """
+    inputs = {os.path.realpath(path): path for path in paths}
+    owners: dict[str, Path] = {}
+    for path in paths:
+        for suffix in suffixes:
+            target = out / f"{output_name(path)}{suffix}"
+            real = os.path.realpath(target)
+            if real in inputs:
+                raise ValueError(
+                    f"predicting {path} would write {target}, which is an input ({inputs[real]}): give --out a "
+                    "folder apart from the images (and patterns that do not match masks written before)"
+                )
+            if real in owners and owners[real] != path:
+                raise ValueError(
+                    f"inputs {owners[real]} and {path} would both write {target} (outputs are named by the file "
+                    "name): predict them into separate --out folders, or rename one"
+                )
+            owners[real] = path
+
+
 def raw_values(label_map: Mapping[int, int], classes: int) -> np.ndarray:
     """The inverse of a label map: ``(classes,)`` raw mask value of each label, so predictions can be written
     as the training masks were stored (``{255: 1}``: class 1 → 255). A label that several raw values map to
@@ -146,6 +178,9 @@ def predict_files(
         table = series_dates(paths, dates)
     else:
         paths = expand_inputs(inputs)
+    check_outputs(
+        paths, out, [".png", *(["_overlay.png"] if overlays else []), *(["_probs.npy"] if probabilities else [])]
+    )
     model = model.to(device).eval()
     classes = max(model.num_classes, 2)  # a one-logit binary model predicts 2 classes
     palette = info.get("palette") or []
@@ -181,7 +216,7 @@ def predict_files(
             scales=scales,
         )
         labels = logits_to_labels(probs[None])[0].numpy()  # K >= 2 probabilities: the most likely class
-        name = path.name if path.is_dir() else path.stem  # (a series may be a folder of dates)
+        name = output_name(path)  # (a series may be a folder of dates)
         written.append(save_index_png(labels if stored is None else stored[labels], mask_palette, out / f"{name}.png"))
         if overlays:
             save_png(overlay_panel(display, None, labels, palette), out / f"{name}_overlay.png")

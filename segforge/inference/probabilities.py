@@ -12,6 +12,21 @@ from torch import nn
 from segforge.models.segmenter import full_size_forward
 
 
+class NonFiniteOutput(ValueError):
+    """The network's output holds NaN or infinity: its weights diverged in training, or are damaged."""
+
+
+def check_finite(output: torch.Tensor, what: str) -> torch.Tensor:
+    """``output``, or ``NonFiniteOutput`` naming ``what`` when it holds NaN or infinity (argmax would silently
+    make them class 0)."""
+    if not torch.isfinite(output).all():
+        raise NonFiniteOutput(
+            f"the network's output on {what} is not finite (NaN or infinity): its weights diverged in training "
+            "or are damaged; use a checkpoint from before, or train again with a lower learning rate"
+        )
+    return output
+
+
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
     """``(N, K, H, W)`` class probabilities of logits; a one-logit binary model's as (background, foreground)."""
     if logits.shape[1] == 1:  # one-logit binary model: (background, foreground)
@@ -32,6 +47,12 @@ def predict_probabilities(
             back to ``H x W``.
     """
     height, width = images.shape[-2:]
+    for scale in scales:
+        if min(round(height * scale), round(width * scale)) < 1:
+            raise ValueError(
+                f"test-time scale {scale} makes {height}x{width} pixels smaller than one pixel; use scales "
+                f"of at least {1 / min(height, width):.3g} here (or predict without --scales)"
+            )
     total, views = None, 0
     for scale in scales:
         scaled = (
@@ -50,4 +71,4 @@ def predict_probabilities(
                 probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
             total = probs if total is None else total + probs
             views += 1
-    return total / views
+    return check_finite(total / views, f"{'images' if len(images) > 1 else 'an image'} of {height}x{width}")

@@ -35,6 +35,13 @@ class TiffRows:
         except (OSError, tifffile.TiffFileError) as err:
             raise ValueError(f"cannot read {self.path} as a TIFF ({err}); streaming reads TIFF files") from err
         page = self._tif.pages.first
+        if len(self._tif.pages) > 1:
+            pages = len(self._tif.pages)
+            self._tif.close()
+            raise ValueError(
+                f"{self.path} holds {pages} pages: streaming reads one-page TIFF images; save each page as its "
+                "own file (a time series: predict it with a model of time series, without --stream)"
+            )
         if (page.planarconfig == 2 and page.samplesperpixel > 1) or len(page.chunked) > 3:
             self._tif.close()
             raise ValueError(

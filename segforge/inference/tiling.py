@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from segforge.inference.probabilities import predict_probabilities, probabilities
+from segforge.inference.probabilities import check_finite, predict_probabilities, probabilities
 from segforge.models.geometry import geometry_of, mirror_coordinates
 
 Reader = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) -> (C, y1 - y0, x1 - x0)
@@ -232,7 +232,7 @@ def _network_fn(
     @torch.inference_mode()
     def valid(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device).contiguous(memory_format=torch.channels_last)
-        probs = probabilities(model(x).float())
+        probs = check_finite(probabilities(model(x).float()), f"a tile of {x.shape[-2]}x{x.shape[-1]}")
         if flip:  # the border is the same on both sides, so the mirrored tile's output mirrors back in place
             probs = (probs + probabilities(model(x.flip(-1)).float()).flip(-1)) / 2
         return probs

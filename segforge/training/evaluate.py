@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from segforge.data import SegmentationDataset
 from segforge.inference.memory import check_fits, out_of_memory_hint
-from segforge.inference.probabilities import predict_probabilities
+from segforge.inference.probabilities import check_finite, predict_probabilities
 from segforge.metrics import ConfusionMatrix, format_table, logits_to_labels, plot_confusion, save_json
 from segforge.models.segmenter import full_size_forward
 from segforge.plots import overlay_panel, save_png
@@ -76,7 +76,7 @@ def evaluate(
                 confusion.update(predict_probabilities(model, images, flip=flip, scales=scales), masks)
             continue
         with out_of_memory_hint("an evaluation image", EVALUATION_ADVICE):
-            logits = full_size_forward(model, images, *dates)
+            logits = check_finite(full_size_forward(model, images, *dates), "the evaluation images")
         if loss_fn is not None:
             total += float(loss_fn(logits, masks))
             batches += 1

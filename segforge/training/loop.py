@@ -48,6 +48,7 @@ from segforge.data import SegmentationDataset, build_transforms, create_dataset
 from segforge.data.io import MAX_IMAGE_ENV
 from segforge.errors import user_message
 from segforge.files import atomic_write, check_output_folder
+from segforge.inference.probabilities import NonFiniteOutput
 from segforge.labels import NO_LABEL
 from segforge.plots import plot_curves
 from segforge.training import distributed, recipe
@@ -273,6 +274,7 @@ def fit(
     resume: str | Path | None = None,
     progress: bool | None = None,
     task: type[Task] | None = None,
+    data_root: str | Path | None = None,
 ) -> Path:
     """Trains ``config.model`` on ``config.data``; returns the run folder.
 
@@ -287,6 +289,7 @@ def fit(
         progress: show progress bars (default: when stderr is a terminal).
         task: what is trained (``segforge.training.task``): what a batch is, the loss, the round's metrics
             and validation; the loop is the same for every task. Default: the model's (``task_for``).
+        data_root: with ``resume``, where the run's data folder is now (it has moved since the run began).
 
     Raises:
         ValueError: bad data, config or checkpoint (the message names the file or key and the fix).
@@ -308,6 +311,13 @@ def fit(
                 f"{resume}/state.pt was written by an earlier segforge that counted epochs, not steps; start a new run"
             )
         config = config_from_dict(state["config"])
+        if data_root is not None:
+            config.data.root = str(Path(data_root).resolve())
+        elif config.data.root and not Path(config.data.root).is_dir():
+            raise ValueError(
+                f"the run's data folder {config.data.root} does not exist (moved or renamed?); say where it is "
+                f"now: segforge train --resume {resume} --data FOLDER (fit(..., data_root=) in Python)"
+            )
         clock = Clock(before=state["progress"]["seconds"])
     elif config is None:
         raise ValueError("fit needs a config, or resume= a run folder")
@@ -707,18 +717,23 @@ def _forward_backward(s: _Session, batch, flags: tuple[bool, ...]) -> tuple[floa
         loss, outputs = s.task.forward(batch)
     loss_value, *flags = _agree(loss.detach(), flags, s.process)
     if not math.isfinite(loss_value):
-        saved = (
-            f"the last good weights are {s.folder / 'last.safetensors'}"
-            if (s.folder / "last.safetensors").exists()
-            else "no checkpoint was saved before it, so the run folder was removed"
-        )
-        raise TrainingError(
-            f"the loss became {loss_value} at step {run.step + 1} (epoch {math.floor(run.epoch) + 1}, batch "
-            f"{run.batches + 1}): lower the learning rate (optimizer.lr = {config.optimizer.lr}), add warm-up "
-            f"(schedule.warmup_iters), or turn off mixed precision (train.amp: off); {saved}"
-        )
+        where = f"at step {run.step + 1} (epoch {math.floor(run.epoch) + 1}, batch {run.batches + 1})"
+        raise _diverged(s, f"the loss became {loss_value} {where}")
     s.scaler.scale(loss / config.train.accumulate).backward()
     return loss_value, outputs, tuple(flags)
+
+
+def _diverged(s: _Session, what: str) -> TrainingError:
+    """The NaN stop: what became non-finite, what to try, and where the last good weights are."""
+    saved = (
+        f"the last good weights are {s.folder / 'last.safetensors'}"
+        if (s.folder / "last.safetensors").exists()
+        else "no checkpoint was saved before it, so the run folder was removed"
+    )
+    return TrainingError(
+        f"{what}: lower the learning rate (optimizer.lr = {s.config.optimizer.lr}), add warm-up "
+        f"(schedule.warmup_iters), or turn off mixed precision (train.amp: off); {saved}"
+    )
 
 
 def _agree(loss: torch.Tensor, flags: tuple[bool, ...], process: distributed.Process) -> tuple:
@@ -840,7 +855,10 @@ def _end_round(s: _Session, round_: _Round) -> bool:
     improved = s.val_loader is None
     if s.val_loader is not None:
         _share_buffers(task.net, s.process)  # every process evaluates with rank 0's batch-norm statistics
-        val = task.validate(s.val_loader, progress=s.progress, process=s.process)
+        try:
+            val = task.validate(s.val_loader, progress=s.progress, process=s.process)
+        except NonFiniteOutput:  # the weights diverged in this round: nothing of it is saved
+            raise _diverged(s, f"the network's output on the validation images became NaN at step {run.step}") from None
         row |= {f"val_{key}": f"{value:.6f}" for key, value in val.items()}
         improved = val[task.score] > run.best_iou  # (best_iou: the best score so far, whatever the task's)
         run.best_iou, run.stale = (val[task.score], 0) if improved else (run.best_iou, run.stale + 1)

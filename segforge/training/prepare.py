@@ -113,6 +113,11 @@ def prepare(config: Config, *, cuda: bool = False, progress: bool | None = None)
     if data.format == "auto":
         data.format = "folder" if data.image_dir or data.mask_dir else detect_layout(root)
     layout = DATASETS.get(data.format)
+    if data.format != "folder" and root.is_dir() and not layout.detect(root):
+        raise ValueError(
+            f"the data at {root} are not in the {data.format} layout, which expects {layout.expects}; "
+            f"drop --format (data.format) to detect the layout, or rearrange the folder"
+        )
     notes, hold = [], False
     if "auto" in (data.train_split, data.val_split):
         train_split, val_split = default_splits(layout.splits(root), every_pair=data.format == "folder")

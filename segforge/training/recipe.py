@@ -185,6 +185,10 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
     else:
         data.mean, data.std = [round(m, 6) for m in fp.mean], [round(s, 6) for s in fp.std]
         why = "the training images' per-channel statistics"
+        constant = [c for c, s in enumerate(data.std) if s < 1e-6]
+        if constant:  # a blank band: nothing to learn from it, and no scale to divide by
+            data.std = [1.0 if c in constant else s for c, s in enumerate(data.std)]
+            why += f"; channel(s) {constant} hold one value in every training image: std 1 there"
     choices.append(Choice("data.mean/std", f"{_show(data.mean)} / {_show(data.std)}", why, given))
     augmentation, why = _augmentation(fp)
     choose(data, "augmentation", augmentation, why)
