@@ -50,7 +50,7 @@ def write_datasets(root: Path, seed: int) -> dict[str, Path]:
     import tifffile
     from PIL import Image
 
-    from segforge.data.series import write_synthetic_series_dataset
+    from segforge.data.series_folder import write_synthetic_series_dataset
     from segforge.data.synthetic_series import synthetic_series
 
     series = write_synthetic_series_dataset(

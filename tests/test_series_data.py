@@ -15,18 +15,9 @@ from PIL import Image
 
 from segforge.data import create_dataset, detect_layout
 from segforge.data.errors import DatasetError
-from segforge.data.series import (
-    PASTIS_VOID,
-    PastisDataset,
-    SeriesCollate,
-    SeriesDataset,
-    SeriesFolderDataset,
-    SeriesItem,
-    day_reference,
-    parse_day,
-    read_series,
-    write_synthetic_series_dataset,
-)
+from segforge.data.pastis import PASTIS_VOID, PastisDataset
+from segforge.data.series import SeriesCollate, SeriesDataset, SeriesItem, day_reference, parse_day, read_series
+from segforge.data.series_folder import SeriesFolderDataset, write_synthetic_series_dataset
 from segforge.data.synthetic_series import synthetic_series
 from segforge.data.transforms import build_transforms
 

@@ -11,7 +11,7 @@ import torch
 
 from segforge.checkpoint import load_model
 from segforge.cli import main
-from segforge.data.series import write_synthetic_series_dataset
+from segforge.data.series_folder import write_synthetic_series_dataset
 from segforge.data.synthetic import write_synthetic_dataset
 
 
@@ -73,7 +73,7 @@ def test_predict_writes_one_mask_per_series_whole_or_in_tiles(series, tmp_path, 
     import numpy as np
     from PIL import Image
 
-    from segforge.data.series import SeriesFolderDataset
+    from segforge.data.series_folder import SeriesFolderDataset
 
     out = tmp_path / "runs"
     assert main(["train", "--data", str(series), "--iterations", "2", "--workers", "0", "--out", str(out)]) == 0

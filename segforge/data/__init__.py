@@ -26,8 +26,10 @@ from segforge.data.folder import FolderDataset
 from segforge.data.io import DatasetError, read_image, read_mask, read_volume
 from segforge.data.isbi import ISBIDataset
 from segforge.data.normalisation import combine_moments, compute_stats, image_moments
+from segforge.data.pastis import PastisDataset
 from segforge.data.registry import DATASETS, create_dataset, detect_layout, list_dataset_layouts
-from segforge.data.series import PastisDataset, SeriesDataset, SeriesFolderDataset
+from segforge.data.series import SeriesDataset
+from segforge.data.series_folder import SeriesFolderDataset
 from segforge.data.synthetic import SyntheticDataset, synthetic_sample, write_synthetic_dataset
 from segforge.data.transforms import (
     Compose,

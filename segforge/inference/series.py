@@ -20,7 +20,7 @@ from segforge.data.base import scale_image
 from segforge.data.io import is_image_file
 from segforge.data.series import (
     SERIES_EXTENSIONS,
-    _date_names,
+    date_names,
     day_reference,
     read_dates_csv,
     read_series,
@@ -94,7 +94,7 @@ def series_dates(
         name = source.name if source.is_dir() else source.stem
         days, valid = table.get(name, (None, None))
         if days is None and source.is_dir():
-            days = _date_names(source)
+            days = date_names(source)
         found[source] = (days, valid)
     reference = day_reference([d for days, _ in found.values() for d in days or ()])
     return {
