@@ -13,8 +13,9 @@ Nothing here imports the commands or training; ``segforge.training.evaluate`` im
 
 from __future__ import annotations
 
-from segforge.inference.files import expand_inputs, predict_files, raw_values
+from segforge.inference.files import predict_files, raw_values
 from segforge.inference.image import Prediction, image_probabilities, predict, prepare_image
+from segforge.inference.inputs import expand_inputs
 from segforge.inference.memory import check_fits, forward_peak_bytes
 from segforge.inference.probabilities import predict_probabilities, probabilities
 from segforge.inference.streaming import TiffRows, predict_tiff

@@ -26,7 +26,7 @@ from segforge.data.series import (
     read_series,
     series_sources,
 )
-from segforge.inference.files import expand_inputs
+from segforge.inference.inputs import expand_inputs
 
 
 class SeriesAsImage(nn.Module):
