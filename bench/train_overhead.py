@@ -6,8 +6,8 @@
 
 Each round runs, each in a fresh process and in alternating order:
 
-* **segforge train**: ``segforge train --iterations N`` on the shared CamVid training images, as a user
-  runs it: the data loader's workers decoding PNGs, the recipe's augmentation, loss and optimizer, the
+* **segforge train**: ``segforge train --iterations N --val-split none`` on the shared CamVid training
+  images, as a user runs it: the data loader's workers decoding PNGs, the recipe's augmentation, loss and optimizer, the
   confusion matrix of every batch, the time budget's and the signals' checks. Its step time is the run's
   own measure (``state.pt``'s ``progress``: every step after the first, from fetching the batch to the
   metrics' update).
@@ -74,7 +74,7 @@ def segforge_step(args: argparse.Namespace, out: Path) -> tuple[float, Path]:
     encoder = ["--encoder", args.encoder] if args.encoder != "default" else []
     command = [sys.executable, "-m", "segforge", "train", "--data", str(args.data), "--model", args.model, *encoder]
     command += ["--crop-size", str(args.crop), "--batch-size", str(args.batch), "--iterations", str(args.iterations)]
-    command += ["--eval-steps", str(args.iterations)]  # one validation, at the end (not timed)
+    command += ["--val-split", "none"]  # no validation: nothing but the steps (and a save at the end)
     command += ["--compile", args.compile, "--out", str(out), "--name", "run"]
     for value in args.set:
         command += ["--set", value]
