@@ -528,3 +528,11 @@ def test_2_a_label_map_that_maps_a_value_twice_and_export_sizes_too_small(checkp
     fails(capsys, argv, "value 2 is mapped twice (2=1, 2=0)")
     argv = ["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx"), "--size", "1"]
     fails(capsys, argv, "--size 1 is smaller than segnet_basic takes")
+
+
+def test_2_one_folder_for_images_and_masks_and_crops_larger_than_the_images(data, tmp_path, capsys) -> None:
+    argv = ["train", "--data", str(data), "--image-dir", "images", "--mask-dir", "images", "--out", str(tmp_path)]
+    fails(capsys, argv, "would both be read from", "two folders")
+    argv = ["train", "--data", str(data), "--model", "segnet_basic", "--iterations", "1", "--crop-size", "64"]
+    assert main([*argv, "--workers", "0", "--out", str(tmp_path), "--name", "big"]) == 0
+    assert "64-px crops are larger than the images (32x32 px, median)" in capsys.readouterr().out

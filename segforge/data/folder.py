@@ -136,6 +136,13 @@ class FolderDataset(SegmentationDataset):
             )
         images_dir = root / image_dir if image_dir else first_dir(root, IMAGE_DIRS)
         masks_dir = root / mask_dir if mask_dir else first_dir(root, MASK_DIRS)
+        if images_dir is not None and images_dir == masks_dir:
+            raise DatasetError(
+                f"the images and the masks would both be read from {images_dir}: keep them in two folders, "
+                "and name them with --image-dir and --mask-dir",
+                path=images_dir,
+                kind="layout",
+            )
         for found, names, what in ((images_dir, IMAGE_DIRS, "image"), (masks_dir, MASK_DIRS, "mask")):
             if found is None or not found.is_dir():
                 where = found if found is not None else root / names[0]

@@ -149,6 +149,13 @@ def prepare(config: Config, *, cuda: bool = False, progress: bool | None = None)
                 f"{sorted(fp.raw_values)[:12]}); check --label-map"
             )
     config, choices = plan(config, fp, cuda=cuda)
+    crop = config.data.crop_size
+    if crop and crop > max(fp.median_size):
+        notes.append(
+            f"warning: {crop}-px crops are larger than the images ({fp.median_size[0]}x{fp.median_size[1]} px, "
+            "median): the batches are mostly padding, which trains slowly and skews batch norm; --crop-size 0 "
+            "trains on whole images"
+        )
     if hold:
         config.data.val_split = "auto"  # until write() names the hold-out's list
     return Prepared(config, fp, choices, notes, held_out)
