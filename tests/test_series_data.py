@@ -196,3 +196,13 @@ def test_each_series_layout_is_detected_and_survives_pickling(tmp_path, layout) 
     copy = pickle.loads(pickle.dumps(dataset))
     for a, b in zip(dataset[0], copy[0], strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_series_without_a_valid_date_is_named(tmp_path) -> None:
+    np.save(tmp_path / "a.npy", np.ones((2, 1, 8, 8), np.float32))
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    item = SeriesItem(tmp_path / "a.npy", tmp_path / "a.png", days=(0, 5), valid=(False, False))
+    dataset = SeriesDataset([item], classes=["x", "y"])
+    for read in (dataset.__getitem__, dataset.load_pixels):
+        with pytest.raises(DatasetError, match=r"series .*a\.npy has no valid date"):
+            read(0)

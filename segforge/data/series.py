@@ -219,7 +219,17 @@ class SeriesDataset(SegmentationDataset):
         _, valid = self.dates(index, len(series))
         if series.dtype.kind == "f":
             valid = valid & np.isfinite(series).any(axis=(1, 2, 3))
+        self._check_some_valid(index, valid)
         return series[valid]
+
+    def _check_some_valid(self, index: int, valid: np.ndarray) -> None:
+        if not valid.any():
+            raise DatasetError(
+                f"series {self.describe(index)} has no valid date (every one is marked invalid or holds no data): "
+                "there is nothing to learn its mask from; remove it, or mark its clear dates valid",
+                path=self.describe(index),
+                kind="unsupported",
+            )
 
     def load_raw_mask(self, index: int) -> np.ndarray | None:
         mask = self.items[index].mask
@@ -258,6 +268,7 @@ class SeriesDataset(SegmentationDataset):
             missing = ~np.isfinite(series).any(axis=(1, 2, 3))
             valid = valid & ~missing
             series = np.where(missing[:, None, None, None], 0, series)
+        self._check_some_valid(index, valid)
         rng = None if augment_seed is None else np.random.default_rng([augment_seed, index])
         if self.temporal_dropout and rng is not None:
             kept = valid & (rng.uniform(size=t) >= self.temporal_dropout)

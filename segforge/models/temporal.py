@@ -89,7 +89,7 @@ class TemporalUNet(nn.Module):
     def channels_last(self) -> bool:
         """Whether the network was converted to channels-last (``model.to(memory_format=...)``): the dates are
         then too, as a 5-D series cannot be."""
-        return self.encoder.parameters().__next__().is_contiguous(memory_format=torch.channels_last)
+        return next(self.encoder.parameters()).is_contiguous(memory_format=torch.channels_last)
 
     def check_input(self, x: torch.Tensor, valid: torch.Tensor | None, days: torch.Tensor | None) -> None:
         """Raises ValueError with a fix for inputs this model cannot take."""
