@@ -206,3 +206,12 @@ def test_a_series_without_a_valid_date_is_named(tmp_path) -> None:
     for read in (dataset.__getitem__, dataset.load_pixels):
         with pytest.raises(DatasetError, match=r"series .*a\.npy has no valid date"):
             read(0)
+
+
+def test_the_doctor_reads_series_by_their_valid_dates(synthetic) -> None:
+    from segforge.data import diagnose
+
+    report = diagnose(synthetic)
+    assert report.errors == [] and report.layout == "series"
+    expected = [int(synthetic_series(i, size=32).valid.sum()) for i in range(6)]
+    assert f"{min(expected)}-{max(expected)} valid dates" in report.format()

@@ -628,6 +628,9 @@ def _format(report: DoctorReport) -> str:
         sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in s.sizes.most_common(3))
         sizes += f" +{len(s.sizes) - 3} more" if len(s.sizes) > 3 else ""
         channels = ", ".join(f"{c} {d} ({n})" for (c, d), n in s.channels.most_common())
+        if set(s.dates) - {1}:  # time series: how many valid dates they hold
+            dates = sorted(s.dates.elements())
+            channels += f"; {dates[0]}-{dates[-1]} valid dates (median {dates[len(dates) // 2]})"
         lines.append(f"{s.name:<12}{s.samples:>8}{s.labelled:>10}  {sizes:<26}{channels}")
     for s in report.splits.values():
         if s.raw_values:
