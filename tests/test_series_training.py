@@ -88,6 +88,14 @@ def test_predict_writes_one_mask_per_series_whole_or_in_tiles(series, tmp_path, 
         expected = model.eval()(sample.images[None], sample.valid[None], sample.days[None]).argmax(1)[0]
     written = np.asarray(Image.open(tmp_path / "p" / f"{dataset.sample_name(0)}.png"))
     np.testing.assert_array_equal(written, expected.numpy())
+    # from Python: a file or an array, with the dates' days and validity
+    import segforge
+
+    known = {"days": sample.days.tolist(), "valid": sample.valid.tolist()}
+    source = series / "series" / f"{dataset.sample_name(0)}.npy"
+    np.testing.assert_array_equal(segforge.predict(model, source, **known).mask, expected.numpy())
+    array = np.load(source).transpose(0, 2, 3, 1)  # (T, H, W, C), as files hold images: bands last
+    np.testing.assert_array_equal(segforge.predict(model, array, **known).mask, expected.numpy())
     tiled = ["--tile", "16", "--out", str(tmp_path / "t"), str(series / "series" / "0006.npy")]
     assert main(["predict", *dates, *tiled]) == 0
     assert np.asarray(Image.open(tmp_path / "t" / "0006.png")).shape == (24, 24)

@@ -142,12 +142,17 @@ def read_series(source: Path) -> np.ndarray:
             raise DatasetError(
                 f"series {source} has shape {array.shape}; expected one page per date", path=source, kind="unsupported"
             )
+    return series_pixels(array, source)
+
+
+def series_pixels(array: np.ndarray, name: str | Path) -> np.ndarray:
+    """A ``(T, H, W, C)`` series in a pixel type segforge computes with; dates whose pixels are all NaN are kept
+    as NaN (missing), partly non-finite dates are refused naming ``name``."""
     if array.dtype.kind == "f":
         missing = ~np.isfinite(array).any(axis=(1, 2, 3))
-        rest = array[~missing]
-        pixel_dtype(rest, source, "series")  # partly non-finite dates are refused, naming the file
+        pixel_dtype(array[~missing], name, "series")  # partly non-finite dates are refused, naming the file
         return array.astype(np.float32, copy=False)
-    return np.ascontiguousarray(pixel_dtype(array, source, "series"))
+    return np.ascontiguousarray(pixel_dtype(array, name, "series"))
 
 
 class SeriesDataset(SegmentationDataset):

@@ -1,10 +1,4 @@
-"""One image in, its mask and class probabilities out: ``segforge.predict``.
-
-    model, info = segforge.load_model("runs/x/best.safetensors")
-    result = segforge.predict(model, "slide.png")          # or an array (H, W) / (H, W, C)
-    result.mask             # (H, W) int64: the class of each pixel
-    result.probabilities    # (K, H, W) float32
-    segforge.predict(model, big_array, tile=512)          # tile by tile: memory bounded by the tile
+"""One image in, its mask and class probabilities out (``segforge.predict`` for image models).
 
 The image is scaled and normalised as the training images were (``info``: the checkpoint's mean and
 std, which ``load_model`` also attaches to the model), and goes through the network whole or in tiles.
@@ -94,7 +88,7 @@ def image_probabilities(
         return predict_probabilities(model, x[None].to(device), flip=flip, scales=scales)[0].cpu()
 
 
-def predict(
+def predict_image(
     model: nn.Module,
     image: np.ndarray | str | Path,
     *,
@@ -107,7 +101,7 @@ def predict(
     flip: bool = False,
     scales: Sequence[float] = (1.0,),
 ) -> Prediction:
-    """The mask and class probabilities of one image.
+    """The mask and class probabilities of one image (``segforge.predict`` for an image model).
 
     Args:
         model: a segforge model (``load_model``, ``create_model``) or an exported one (``load_onnx``).
@@ -123,22 +117,13 @@ def predict(
         ValueError: an unreadable file, a channel count or pixel type the model cannot take, non-finite
             pixels, or an image too large for one pass.
     """
+    tiling = {"tile": tile, "overlap": overlap, "tile_batch": tile_batch, "blend": blend, "flip": flip}
+    tiling["scales"] = scales
     info = getattr(model, "info", {}) if info is None else info
     if device is None:  # an ONNX Runtime model has no parameters: the CPU
         device = next(model.parameters(), torch.empty(0)).device
     x = _as_tensor(image, info, model.in_channels)
     model.eval()
     what = f"image {image}" if isinstance(image, (str, Path)) else "the image"
-    probs = image_probabilities(
-        model,
-        x,
-        what,
-        device=device,
-        tile=tile,
-        overlap=overlap,
-        tile_batch=tile_batch,
-        blend=blend,
-        flip=flip,
-        scales=scales,
-    )
+    probs = image_probabilities(model, x, what, device=device, **tiling)
     return Prediction(mask=probs.argmax(0).numpy(), probabilities=probs.numpy())

@@ -9,7 +9,7 @@ validity and days. Days are counted as training counted them (``segforge.data.se
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +24,10 @@ from segforge.data.series import (
     day_reference,
     read_dates_csv,
     read_series,
+    series_pixels,
     series_sources,
 )
+from segforge.inference.image import Prediction, image_probabilities
 from segforge.inference.inputs import expand_inputs
 
 
@@ -107,15 +109,23 @@ def series_dates(
 
 
 def prepare_series(
-    path: Path, info: Mapping, model: nn.Module, dates: tuple[np.ndarray | None, np.ndarray | None]
+    path: Path | np.ndarray, info: Mapping, model: nn.Module, dates: tuple[np.ndarray | None, np.ndarray | None]
 ) -> tuple[np.ndarray, torch.Tensor, SeriesAsImage]:
-    """Reads the series ``path`` → ``(the last valid date to show (H, W, C) in [0, 1], the normalised series as
-    one image (T * C, H, W), the model wrapped to take it)``.
+    """Reads the series ``path`` (or takes the array ``(T, H, W[, C])`` as a file holds it) → ``(the last valid
+    date to show (H, W, C) in [0, 1], the normalised series as one image (T * C, H, W), the model wrapped to
+    take it)``.
 
     Raises:
         ValueError: a band count the model cannot take, dates that do not fit the series.
     """
-    series = read_series(path)
+    if isinstance(path, np.ndarray):
+        array = path[..., None] if path.ndim == 3 else path
+        if array.ndim != 4:
+            raise ValueError(f"a series array is (T, H, W) or (T, H, W, C), bands last; got {path.shape}")
+        path = f"array {tuple(path.shape)}"
+        series = series_pixels(array, path)
+    else:
+        series = read_series(path)
     t, height, width, channels = series.shape
     if channels != model.in_channels:
         raise ValueError(
@@ -147,3 +157,35 @@ def prepare_series(
         x,
         SeriesAsImage(model, torch.from_numpy(valid), days_t),
     )
+
+
+def predict_series(
+    model: nn.Module,
+    series: str | Path | np.ndarray,
+    *,
+    days: Sequence[int] | None = None,
+    valid: Sequence[bool] | None = None,
+    info: Mapping | None = None,
+    device: torch.device | str | None = None,
+    **tiling,
+) -> Prediction:
+    """The mask and class probabilities of one time series (``segforge.predict`` for a model of time series).
+
+    Args:
+        series: a ``.npy``/TIFF file or folder of dates, or an array ``(T, H, W[, C])`` as a file holds it.
+        days: each date's day (counted as in training: from 1 January of the earliest year, or 0, 1, ...).
+        valid: which dates are clear (default: all that hold data).
+        tiling: ``tile``, ``overlap``, ``tile_batch``, ``blend``, ``flip``, ``scales`` as ``segforge.predict``.
+    """
+    info = getattr(model, "info", {}) if info is None else info
+    if device is None:
+        device = next(model.parameters()).device
+    dates = (
+        None if days is None else np.asarray(days, dtype=np.int64),
+        None if valid is None else np.asarray(valid, dtype=bool),
+    )
+    source = Path(series) if isinstance(series, (str, Path)) else np.asarray(series)
+    _, x, network = prepare_series(source, info, model.eval(), dates)
+    what = f"series {series}" if isinstance(series, (str, Path)) else "the series"
+    probs = image_probabilities(network, x, what, device=device, **tiling)
+    return Prediction(mask=probs.argmax(0).numpy(), probabilities=probs.numpy())
