@@ -200,7 +200,7 @@ def csv_fields(task: Task) -> list[str]:
         "epoch",
         "lr",
         "train_loss",
-        *(f"train_{f}" for f in task.fields),
+        *(f"train_{f}" for f in (*task.fields, *task.train_fields)),
         "val_loss",
         *(f"val_{f}" for f in task.fields),
         "seconds",
@@ -477,7 +477,7 @@ def _start(
         "std": data.train.std,
         "label_map": sorted(config.data.label_map.items()) if config.data.label_map else None,
     }
-    save = functools.partial(_save, folder, net, optimizer, scheduler, scaler, config, info, run, clock, task.score)
+    save = functools.partial(_save, folder, net, optimizer, scheduler, scaler, config, info, run, clock, task)
     batches, val_loader = _loaders(config, data, task, run, process, device)
     quiet = True if not process.is_main else None if progress is None else not progress
     return _Session(
@@ -971,13 +971,14 @@ def _save(
     info: dict,
     run: Progress,
     clock: Clock,
-    score: str,
+    task: Task,
     *,
     best: bool = False,
     partial: dict | None = None,
 ) -> None:
-    """Writes the resume state, then last (and best) weights; each file atomically. The checkpoints' info
-    records the best validation ``score`` so far (``best_mean_iou`` for segmentation).
+    """Writes the resume state (with what the task keeps besides the network: ``task.state()``), then last
+    (and best) weights; each file atomically. The checkpoints' info records the best validation score so far
+    (``best_mean_iou`` for segmentation).
 
     A mid-round save (``partial``: the round's confusion matrix, loss and batches so far) writes the
     resume state only.
@@ -993,12 +994,15 @@ def _save(
         "torch_rng": torch.get_rng_state(),
         "model_config": model.config,
     }
+    extra = task.state()
+    if extra:  # (e.g. an adversary and its optimizer: resumed with the run, never in the deployable weights)
+        state["task"] = extra
     if partial is not None:
         state["round"] = partial
     save_state(folder / "state.pt", state)
     if partial is not None:
         return
-    info = info | {"step": run.step, "epoch": run.epoch, f"best_{score}": run.best_iou}
+    info = info | {"step": run.step, "epoch": run.epoch, f"best_{task.score}": run.best_iou}
     save_checkpoint(folder / "last.safetensors", model, **info)
     if best:
         save_checkpoint(folder / "best.safetensors", model, **info)

@@ -54,6 +54,7 @@ class RoundMetrics(Protocol):
 
 class Task(Protocol):
     fields: tuple[str, ...]  # metrics.csv columns after train_ and val_ (besides the loss), e.g. "mean_iou"
+    train_fields: tuple[str, ...]  # columns of the training rounds only (e.g. an adversary's loss)
     score: str  # the validation field a better model has more of (picks best.safetensors, early stopping)
     net: nn.Module  # the network the checkpoints hold
     memory_format: torch.memory_format
@@ -65,6 +66,10 @@ class Task(Protocol):
     def forward(self, batch: Any) -> tuple[torch.Tensor, Any]: ...
 
     def round_metrics(self) -> RoundMetrics: ...
+
+    def state(self) -> dict:
+        """What a resume needs besides the network and its optimizer (``build`` gets it back in ``state["task"]``);
+        empty for most tasks."""
 
     def validate(self, loader: DataLoader, *, progress: bool | None, process: distributed.Process) -> dict: ...
 
@@ -115,6 +120,7 @@ class SegmentationTask:
     auxiliary head), a confusion matrix per round, validation by mean IoU and pixel accuracy."""
 
     fields = ("mean_iou", "pixel_accuracy")
+    train_fields: tuple[str, ...] = ()
     score = "mean_iou"
 
     def __init__(
@@ -169,6 +175,9 @@ class SegmentationTask:
 
     def round_metrics(self) -> ConfusionCounts:
         return ConfusionCounts(self.data.num_classes, self.data.ignore_index)
+
+    def state(self) -> dict:
+        return {}
 
     def validate(self, loader: DataLoader, *, progress: bool | None, process: distributed.Process) -> dict:
         val = evaluate(
