@@ -194,3 +194,20 @@ def test_two_processes_under_torchrun_equal_one_process_with_the_same_global_bat
     # the global batch must split evenly over the processes
     odd = run(torchrun + train_args(data_root, tmp_path, "odd", "--epochs", "1", "--batch-size", "3"))
     assert odd.returncode != 0 and "data.batch_size 3 is the global batch and must be a multiple of the 2" in odd.stderr
+
+
+@pytest.mark.slow  # 20-40 s
+def test_time_series_train_under_torchrun(tmp_path) -> None:
+    """Two processes, series of different lengths padded per process, batch norm over each process's dates:
+    the run completes with one run folder, its rows written once, and finite weights."""
+    from segforge.data.series_folder import write_synthetic_series_dataset
+
+    data = write_synthetic_series_dataset(tmp_path / "series", num_train=8, num_val=2, size=24, dates=(3, 6))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    args = ["--data", str(data), "--iterations", "4", "--eval-steps", "2", "--batch-size", "4", "--workers", "0"]
+    done = run([*torchrun, "-m", "segforge", "train", *args, "--out", str(tmp_path / "runs"), "--name", "run"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("step=2 ") == 1 and sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["run"]
+    state, config, _ = read_checkpoint(tmp_path / "runs" / "run" / "last.safetensors")
+    assert config["name"] == "temporal_unet"
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
