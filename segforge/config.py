@@ -108,6 +108,18 @@ class TrainConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """Adversarial training (``segforge.training.adversarial``, Luc et al. 2016): off unless enabled."""
+
+    enabled: bool = False
+    weight: float = 0.1  # lambda: the segmenter's loss is its own + weight x the adversarial term
+    encoding: Literal["basic", "product", "scaling"] = "scaling"  # how the adversary sees a label map
+    network: str = "large_fov"  # an adversary of segforge.models.adversary.ADVERSARIES
+    steps: int = 1  # adversary updates per segmenter step
+    lr: float = 1e-4  # the adversary's Adam learning rate
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -115,6 +127,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -241,6 +254,9 @@ RANGES: tuple[tuple[str, typing.Callable[[float], bool], str], ...] = (
     ("train.eval_steps", lambda v: v >= 1, ">= 1 (steps)"),
     ("train.early_stop", lambda v: v >= 1, ">= 1 (validations)"),
     ("train.checkpoint_minutes", lambda v: v >= 0, ">= 0 (0: at round ends only)"),
+    ("adversarial.weight", lambda v: v >= 0, ">= 0 (0: the adversary learns, the segmenter ignores it)"),
+    ("adversarial.steps", lambda v: v >= 1, ">= 1 (adversary updates per segmenter step)"),
+    ("adversarial.lr", lambda v: v > 0, "a positive number"),
 )
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # Names a registry defines: (key, module, registry, names allowed besides). Read when a config is checked,
@@ -248,6 +264,7 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 NAMES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("model.name", "segforge.models", "MODELS", ()),
     ("model.encoder", "segforge.encoders", "ENCODERS", ()),
+    ("adversarial.network", "segforge.models.adversary", "ADVERSARIES", ()),
     ("data.format", "segforge.data.registry", "DATASETS", ("auto",)),
     ("loss.name", "segforge.losses", "LOSSES", ()),
     ("optimizer.name", "segforge.training.optim", "OPTIMIZERS", ()),

@@ -52,6 +52,7 @@ from segforge.inference.probabilities import NonFiniteOutput
 from segforge.labels import NO_LABEL
 from segforge.plots import plot_curves
 from segforge.training import distributed, recipe
+from segforge.training.adversarial import AdversarialTask
 from segforge.training.budget import Clock, describe_seconds, fit_steps
 from segforge.training.compilation import StepCompilation, is_compile_error
 from segforge.training.distributed import StreamBatchSampler
@@ -344,11 +345,15 @@ def fit(
 
 def task_for(config: Config) -> type[Task]:
     """The task that trains ``config.model``: ``SeriesSegmentationTask`` for a model of image time series (its
-    declared ``inputs``), ``SegmentationTask`` for images."""
+    declared ``inputs``), ``AdversarialTask`` with ``adversarial.enabled``, ``SegmentationTask`` for images."""
     from segforge.models import create_model
 
     with torch.device("meta"):  # (shapes only: nothing allocated, nothing loaded)
         inputs = create_model(config.model.name, 2).inputs
+    if config.adversarial.enabled:
+        if inputs == "series":
+            raise ValueError("adversarial training is for image models; train time series without --adversarial")
+        return AdversarialTask
     return SeriesSegmentationTask if inputs == "series" else SegmentationTask
 
 
