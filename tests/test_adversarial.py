@@ -133,3 +133,17 @@ def test_adversarial_settings_are_checked() -> None:
         load_config(None, {"adversarial.weight": -1})
     with pytest.raises(ValueError, match="unknown adversarial encoding 'sharp'"):
         encoding_channels("sharp", 3, 3)
+
+
+def test_the_command_line_trains_with_an_adversary(data_root, tmp_path) -> None:
+    import yaml
+
+    from segforge.cli import main
+
+    argv = ["train", "--data", str(data_root), "--model", "segnet_basic", "--iterations", "2", "--workers", "0"]
+    argv += ["--adversarial", "--adversarial-weight", "0.2", "--adversarial-encoding", "product", "--adversary"]
+    assert main([*argv, "small_fov", "--crop-size", "32", "--out", str(tmp_path), "--name", "run"]) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["adversarial"]
+    expected = {"enabled": True, "weight": 0.2, "encoding": "product", "network": "small_fov", "steps": 1}
+    assert saved == expected | {"lr": 1e-4}
+    assert "adversary_accuracy" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
