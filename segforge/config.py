@@ -115,6 +115,7 @@ class AdversarialConfig:
     weight: float = 0.1  # lambda: the segmenter's loss is its own + weight x the adversarial term
     encoding: Literal["basic", "product", "scaling"] = "scaling"  # how the adversary sees a label map
     network: str = "large_fov"  # an adversary of segforge.models.adversary.ADVERSARIES
+    judges: Literal["location", "image"] = "location"  # a verdict per location, or one per image (their mean)
     steps: int = 1  # adversary updates per segmenter step
     lr: float = 1e-4  # the adversary's Adam learning rate
 

@@ -80,6 +80,7 @@ def test_the_adversary_reaches_the_segmenter_only_through_its_weighted_term(data
     for weight in (0.0, 0.5):
         torch.manual_seed(0)
         task = _task(data_root, weight)
+        task.settings.judges = "location"
         before = {k: v.clone() for k, v in task.adversary.state_dict().items()}
         loss, (_, counts) = task.forward((images, masks))
         assert all(p.grad is None for p in task.net.parameters())  # the adversary's steps stopped at it
@@ -145,5 +146,12 @@ def test_the_command_line_trains_with_an_adversary(data_root, tmp_path) -> None:
     assert main([*argv, "small_fov", "--crop-size", "32", "--out", str(tmp_path), "--name", "run"]) == 0
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["adversarial"]
     expected = {"enabled": True, "weight": 0.2, "encoding": "product", "network": "small_fov", "steps": 1}
-    assert saved == expected | {"lr": 1e-4}
+    assert saved == expected | {"lr": 1e-4, "judges": "location"}
     assert "adversary_accuracy" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_one_verdict_per_image(data_root) -> None:
+    task = _task(data_root, 0.5)
+    task.settings.judges = "image"
+    _, (_, counts) = task.forward((torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))))
+    assert counts[3] == 4  # two images' ground truths and two predictions, one verdict each

@@ -113,7 +113,7 @@ class AdversarialTask(SegmentationTask):
         counts = self._train_adversary(images, real, probabilities.detach())
         loss = self.loss_fn(output, masks)
         if self.settings.weight > 0:  # the non-saturating term: the prediction judged as a ground truth
-            judged = self.adversary(encode(probabilities, images, self.settings.encoding), images)
+            judged = self._judge(self.adversary, encode(probabilities, images, self.settings.encoding), images)
             loss = loss + self.settings.weight * adversary_loss(judged, real=True)
         return loss, (logits.detach(), counts)
 
@@ -128,6 +128,11 @@ class AdversarialTask(SegmentationTask):
             return torch.where(labelled[:, None], soften(onehot, probabilities), probabilities)
         return onehot
 
+    def _judge(self, adversary, maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The adversary's logits: one per location ``(N, 1, h, w)``, or (``judges: image``) their mean per image."""
+        logits = adversary(maps, images)
+        return logits.mean((2, 3), keepdim=True) if self.settings.judges == "image" else logits
+
     def _train_adversary(self, images: torch.Tensor, real: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
         """The adversary's own steps on ground truth against prediction, in one batch of both; returns
         ``(loss sum, 1 batch, correct locations, locations)`` of its last step's judgement."""
@@ -136,7 +141,7 @@ class AdversarialTask(SegmentationTask):
         both = torch.cat([images, images])
         for _ in range(self.settings.steps):
             self.adversary_optimizer.zero_grad(set_to_none=True)  # (the segmenter's term left gradients here)
-            logits = self.adversary_step(maps, both)
+            logits = self._judge(self.adversary_step, maps, both)
             truth = torch.zeros_like(logits)
             truth[: len(images)] = 1.0
             loss = F.binary_cross_entropy_with_logits(logits, truth)
