@@ -189,8 +189,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    odd = next((key for key in values if not isinstance(key, str)), None)
-    if odd is not None:
+    odd = [key for key in values if not isinstance(key, str)]  # (a list: the odd key may itself be None)
+    if odd:
+        odd = odd[0]
         raise ValueError(
             f"config key {odd!r} in {prefix.rstrip('.') or 'the config'} is not a name; valid keys: {names}"
         )

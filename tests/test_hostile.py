@@ -96,5 +96,5 @@ def test_random_yaml_files_load_or_raise_one_value_error(tmp_path_factory, text:
 
 def test_the_fuzzers_know_every_command_and_section() -> None:
     assert set(COMMANDS) == set(build_parser()._subparsers._group_actions[0].choices)
-    assert {"model", "data", "loss", "optimizer", "schedule", "train"} == set(SECTIONS)
+    assert {"model", "data", "loss", "optimizer", "schedule", "train", "adversarial"} == set(SECTIONS)
     assert {"--max-image-mb", "--set", "--checkpoint", "--scales"} <= set(FLAGS) and "workers" in SECTIONS["data"]
