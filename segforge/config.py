@@ -53,9 +53,7 @@ class DataConfig:
     mask_dir: str | None = None  # folder layout: the masks' folder in root (default: masks/, labels/, gt/, ...)
     crop_size: int | None = None  # random crops of this side; 0: whole images
     batch_size: int | None = None
-    # data-loader processes; auto: none on the CPU (measured: workers there only compete with the network's
-    # threads for the same cores, bench/train_overhead.py), 2 with CUDA
-    workers: int | Literal["auto"] = "auto"
+    workers: int = 2
     max_image_mb: float | None = None  # largest decoded image; None: $SEGFORGE_MAX_IMAGE_MB, else 4096
     augmentation: dict[str, Any] | None = None  # see segforge.data.transforms.build_transforms
     class_weights: Literal["none", "median_frequency"] | list[float] | None = None
@@ -236,7 +234,7 @@ def parse_duration(text: str) -> float:
 RANGES: tuple[tuple[str, typing.Callable[[float], bool], str], ...] = (
     ("data.crop_size", lambda v: v >= 0, ">= 0 (0: whole images)"),
     ("data.batch_size", lambda v: v >= 1, ">= 1"),
-    ("data.workers", lambda v: v == "auto" or v >= 0, ">= 0 (0: load in the main process) or auto"),
+    ("data.workers", lambda v: v >= 0, ">= 0 (0: load in the main process)"),
     ("data.num_classes", lambda v: v >= 1, ">= 1"),
     ("data.max_image_mb", lambda v: v > 0, "a positive number of megabytes"),
     ("data.temporal_dropout", lambda v: 0 <= v < 1, "a chance in [0, 1) (time series only)"),

@@ -550,7 +550,7 @@ def _loaders(
         seed=config.train.seed,
     )
     loader_options = {
-        "num_workers": loader_workers(config.data.workers, device),
+        "num_workers": config.data.workers,
         "collate_fn": task.collate(),
         "worker_init_fn": _worker_init,
         "pin_memory": device.type == "cuda",
@@ -566,15 +566,6 @@ def _loaders(
         else None
     )
     return batches, val_loader
-
-
-def loader_workers(workers: int | str, device: torch.device) -> int:
-    """``data.workers``; ``auto``: 0 on the CPU, where worker processes only take cores from the network's
-    threads (``segforge train`` ran 1.12-1.20x the bare step with 2 workers, 1.03-1.08x with none, on 2 cores), and
-    2 with CUDA, where the cores are free while the GPU computes."""
-    if workers != "auto":
-        return int(workers)
-    return 2 if device.type == "cuda" else 0
 
 
 def _plan_length(config: Config, data: Datasets, process: distributed.Process) -> Progress:
