@@ -518,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"segforge {__version__}")
     parser.add_argument(
-        "--debug", action="store_true", help="show the full traceback of an unexpected error (also SEGFORGE_DEBUG=1)"
+        "--debug", action="store_true", help="show the full traceback of any error (also SEGFORGE_DEBUG=1)"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     models = commands.add_parser("models", help="list every architecture with its parameters and GFLOPs")
@@ -753,6 +753,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except EXPECTED as err:
+        if args.debug or debugging():
+            raise
         print(f"segforge {args.command}: error: {user_message(err)}", file=sys.stderr)
         return 2
     except Exception as err:  # a bug: a short report, the traceback on request

@@ -2,7 +2,7 @@
 
 Expected errors (bad input, bad values, missing or unreadable files: ``ValueError`` and ``OSError``)
 end a command with ``segforge COMMAND: error: ...`` and exit status 2. Anything else is a bug: a
-short report asks for a bug report, and ``--debug`` (or ``SEGFORGE_DEBUG=1``) shows the traceback.
+short report asks for a bug report. ``--debug`` (or ``SEGFORGE_DEBUG=1``) shows the traceback of either.
 """
 
 from __future__ import annotations

@@ -106,6 +106,10 @@ def test_expected_errors_exit_2_and_bugs_get_a_short_report(monkeypatch, capsys)
     monkeypatch.setenv("SEGFORGE_DEBUG", "1")
     with pytest.raises(TypeError):
         main(["models"])
+    # an expected error's traceback is there too on request: a ValueError may still be a bug's
+    monkeypatch.setattr(cli, "_models", unreadable)
+    with pytest.raises(PermissionError):
+        main(["models"])
 
 
 def test_output_paths_are_checked_before_any_work(tmp_path, monkeypatch, capsys) -> None:

@@ -109,3 +109,12 @@ def test_a_model_of_time_series_is_not_exported_to_onnx(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="reads a time series date by date .* predict time series with segforge"):
         export_onnx(create_model("temporal_unet", 2), tmp_path / "m.onnx")
+
+
+def test_a_series_run_fits_a_time_budget(series, tmp_path) -> None:
+    """The budget's first estimate of a validation round reads a series sample, whose fields are more than
+    an image's (image, mask)."""
+    out = tmp_path / "runs"
+    assert main(["train", "--data", str(series), "--time-budget", "10s", "--workers", "0", "--out", str(out)]) == 0
+    (run,) = out.iterdir()
+    assert int(_rows(run)[-1]["step"]) > 0 and (run / "best.safetensors").is_file()

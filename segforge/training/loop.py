@@ -900,7 +900,7 @@ def _estimate_round_seconds(config: Config, data: Datasets, step_seconds: float)
     third of a training step per pixel), plus a second for the row and the checkpoints."""
     if data.val is None:
         return 1.0
-    image, _ = data.val[0]
+    image = data.val[0][0]  # (an image's sample is (image, mask); a series' has its dates' validity too)
     val_pixels = image.shape[-1] * image.shape[-2]
     crop = config.data.crop_size
     train_pixels = config.data.batch_size * (crop * crop if crop else val_pixels)
