@@ -111,7 +111,12 @@ def _train_options() -> list[tuple[str, str, str, dict]]:
         ),
         (data, "--batch-size", "data.batch_size", {"type": _positive_int}),
         (data, "--crop-size", "data.crop_size", {"type": _natural, "help": "random crops of N px; 0: whole images"}),
-        (data, "--workers", "data.workers", {"type": int}),
+        (
+            data,
+            "--workers",
+            "data.workers",
+            {"type": _workers, "help": "data-loader processes (default auto: none on the CPU, 2 with CUDA)"},
+        ),
         (
             data,
             "--max-image-mb",
@@ -477,6 +482,10 @@ def _number(text: str, cast: type, valid, expected: str):
     if not valid(value):
         raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
+
+
+def _workers(text: str) -> int | str:
+    return text if text == "auto" else _number(text, int, lambda v: v >= 0, "a number of processes >= 0, or auto")
 
 
 def _share(text: str) -> float:

@@ -53,7 +53,9 @@ class DataConfig:
     mask_dir: str | None = None  # folder layout: the masks' folder in root (default: masks/, labels/, gt/, ...)
     crop_size: int | None = None  # random crops of this side; 0: whole images
     batch_size: int | None = None
-    workers: int = 2
+    # data-loader processes; auto: none on the CPU (measured: workers there only compete with the network's
+    # threads for the same cores, bench/train_overhead.py), 2 with CUDA
+    workers: int | Literal["auto"] = "auto"
     max_image_mb: float | None = None  # largest decoded image; None: $SEGFORGE_MAX_IMAGE_MB, else 4096
     augmentation: dict[str, Any] | None = None  # see segforge.data.transforms.build_transforms
     class_weights: Literal["none", "median_frequency"] | list[float] | None = None
@@ -118,6 +120,10 @@ class AdversarialConfig:
     judges: Literal["location", "image"] = "location"  # a verdict per location, or one per image (their mean)
     steps: int = 1  # adversary updates per segmenter step
     lr: float = 1e-4  # the adversary's Adam learning rate
+    # label maps and image average-pooled by this factor before the adversary sees them: the paper's segmenters
+    # predicted at 1/8 of the image and its adversaries are sized for that; 1: every pixel (LargeFOV's 128-channel
+    # convolutions at full resolution cost some 30 times a U-Net16 step)
+    stride: int = 8
 
 
 @dataclass
@@ -234,7 +240,7 @@ def parse_duration(text: str) -> float:
 RANGES: tuple[tuple[str, typing.Callable[[float], bool], str], ...] = (
     ("data.crop_size", lambda v: v >= 0, ">= 0 (0: whole images)"),
     ("data.batch_size", lambda v: v >= 1, ">= 1"),
-    ("data.workers", lambda v: v >= 0, ">= 0 (0: load in the main process)"),
+    ("data.workers", lambda v: v == "auto" or v >= 0, ">= 0 (0: load in the main process) or auto"),
     ("data.num_classes", lambda v: v >= 1, ">= 1"),
     ("data.max_image_mb", lambda v: v > 0, "a positive number of megabytes"),
     ("data.temporal_dropout", lambda v: 0 <= v < 1, "a chance in [0, 1) (time series only)"),
@@ -259,6 +265,7 @@ RANGES: tuple[tuple[str, typing.Callable[[float], bool], str], ...] = (
     ("adversarial.weight", lambda v: v >= 0, ">= 0 (0: the adversary learns, the segmenter ignores it)"),
     ("adversarial.steps", lambda v: v >= 1, ">= 1 (adversary updates per segmenter step)"),
     ("adversarial.lr", lambda v: v > 0, "a positive number"),
+    ("adversarial.stride", lambda v: v >= 1, ">= 1 (1: the adversary sees every pixel)"),
 )
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # Names a registry defines: (key, module, registry, names allowed besides). Read when a config is checked,

@@ -1,4 +1,5 @@
-"""Process-wide settings for fast CPU work: keep freed memory instead of returning it to the kernel.
+"""Process-wide settings for fast CPU work: keep freed memory instead of returning it to the kernel; and
+OpenCV's thread pool stopped before data-loader workers are forked from the process.
 
 glibc's malloc serves every allocation above its mmap threshold (32 MiB at most) with a fresh
 ``mmap`` and unmaps it on ``free``. A segmentation network allocates and frees activations of tens
@@ -39,3 +40,16 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     except (OSError, AttributeError):
         return False
+
+
+def stop_opencv_threads() -> None:
+    """Runs OpenCV on the calling thread alone from now on, stopping its thread pool if one was started.
+
+    OpenCV's pool does not survive ``fork``: a data-loader worker forked from a process whose pool had
+    run (images loaded and augmented in the process itself earlier: a run with ``data.workers: 0``,
+    ``predict``) waits forever on the pool's lock at its first OpenCV call. The training loop calls this
+    before it starts worker processes; the process itself then loads nothing, so it loses nothing.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)

@@ -1,4 +1,5 @@
-"""keep_freed_memory: freed large blocks are reused instead of page-faulted in again."""
+"""keep_freed_memory: freed large blocks are reused instead of page-faulted in again; and data-loader workers
+forked after OpenCV ran threaded in the training process do not hang."""
 
 from __future__ import annotations
 
@@ -40,3 +41,26 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again() -> None:
     pages = 20 * 64 * 2**20 // 4096  # what 20 fresh 64 MiB blocks fault in
     # without: every block faults in again; with: only while the heap first grows to fit them (0-2 blocks)
     assert released > pages // 2 and kept < pages // 4, (released, kept)
+
+
+# OpenCV's pool started in this process (as loading in it does), then a run whose loader forks a worker
+_FORK_AFTER_OPENCV = """
+import sys, cv2, numpy as np
+from segforge.cli import main
+from segforge.data.synthetic import write_synthetic_dataset
+cv2.setNumThreads(2)
+image = np.random.default_rng(0).random((1500, 1500), dtype=np.float32)
+for _ in range(3):
+    cv2.warpAffine(image, np.eye(2, 3), (1500, 1500))
+data = write_synthetic_dataset(sys.argv[1] + "/data", num_train=4, num_val=2, size=32)
+raise SystemExit(main(["train", "--data", str(data), "--iterations", "2", "--workers", "1",
+                       "--model", "unet_padded", "--encoder", "unet16", "--out", sys.argv[1] + "/runs"]))
+"""
+
+
+def test_a_loader_worker_forked_after_opencv_ran_threaded_does_not_hang(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_AFTER_OPENCV, str(tmp_path)], capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr
+    assert any((tmp_path / "runs").glob("*/last.safetensors"))

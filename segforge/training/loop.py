@@ -51,6 +51,7 @@ from segforge.files import atomic_write, check_output_folder
 from segforge.inference.probabilities import NonFiniteOutput
 from segforge.labels import NO_LABEL
 from segforge.plots import plot_curves
+from segforge.runtime import stop_opencv_threads
 from segforge.training import distributed, recipe
 from segforge.training.adversarial import AdversarialTask
 from segforge.training.budget import Clock, describe_seconds, fit_steps
@@ -549,8 +550,11 @@ def _loaders(
         crop_size=config.data.crop_size,
         seed=config.train.seed,
     )
+    workers = loader_workers(config.data.workers, device)
+    if workers:
+        stop_opencv_threads()
     loader_options = {
-        "num_workers": config.data.workers,
+        "num_workers": workers,
         "collate_fn": task.collate(),
         "worker_init_fn": _worker_init,
         "pin_memory": device.type == "cuda",
@@ -566,6 +570,15 @@ def _loaders(
         else None
     )
     return batches, val_loader
+
+
+def loader_workers(workers: int | str, device: torch.device) -> int:
+    """``data.workers``; ``auto``: 0 on the CPU, where worker processes only take cores from the network's
+    threads (``segforge train`` ran 1.12-1.20x the bare step with 2 workers, 1.03-1.08x with none, on 2 cores), and
+    2 with CUDA, where the cores are free while the GPU computes."""
+    if workers != "auto":
+        return int(workers)
+    return 2 if device.type == "cuda" else 0
 
 
 def _plan_length(config: Config, data: Datasets, process: distributed.Process) -> Progress:
