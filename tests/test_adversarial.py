@@ -85,10 +85,13 @@ def test_the_adversary_reaches_the_segmenter_only_through_its_weighted_term(data
         loss, (_, counts) = task.forward((images, masks))
         assert all(p.grad is None for p in task.net.parameters())  # the adversary's steps stopped at it
         assert any(not torch.equal(before[k], v) for k, v in task.adversary.state_dict().items())  # it learned
-        assert counts[1] == 1 and counts[3] == 2 * 2 * 8 * 8  # one batch; real and predicted maps of 8x8 logits
+        # one batch; real and predicted maps: 32 px pooled by the stride 8, then the adversary's two poolings
+        assert counts[1] == 1 and counts[3] == 2 * 2 * 1 * 1
         loss.backward()
         grads[weight] = [p.grad.clone() for p in task.net.parameters()]
     assert all(not torch.equal(a, b) for a, b in zip(grads[0.0], grads[0.5], strict=True))
+    task.settings.stride = 1  # every pixel: 32 px, pooled twice by the adversary to 8x8 logits
+    assert task.forward((images, masks))[1][1][3] == 2 * 2 * 8 * 8
 
 
 def test_weight_zero_trains_exactly_as_without_an_adversary(data_root, tmp_path) -> None:
@@ -132,6 +135,8 @@ def test_adversarial_settings_are_checked() -> None:
         load_config(None, {"adversarial.network": "patchgan"})
     with pytest.raises(ValueError, match="adversarial.weight must be >= 0"):
         load_config(None, {"adversarial.weight": -1})
+    with pytest.raises(ValueError, match="adversarial.stride must be >= 1"):
+        load_config(None, {"adversarial.stride": 0})
     with pytest.raises(ValueError, match="unknown adversarial encoding 'sharp'"):
         encoding_channels("sharp", 3, 3)
 
@@ -146,7 +151,7 @@ def test_the_command_line_trains_with_an_adversary(data_root, tmp_path) -> None:
     assert main([*argv, "small_fov", "--crop-size", "32", "--out", str(tmp_path), "--name", "run"]) == 0
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["adversarial"]
     expected = {"enabled": True, "weight": 0.2, "encoding": "product", "network": "small_fov", "steps": 1}
-    assert saved == expected | {"lr": 1e-4, "judges": "location"}
+    assert saved == expected | {"lr": 1e-4, "judges": "location", "stride": 8}
     assert "adversary_accuracy" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
 
 

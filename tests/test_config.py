@@ -97,6 +97,7 @@ BAD_NUMBERS = [
     ("adversarial.weight", -0.5),
     ("adversarial.steps", 0),
     ("adversarial.lr", 0),
+    ("adversarial.stride", 0),
     ("model.in_channels", 0),
     ("loss.dice_weight", -1),
     ("loss.aux_weight", -0.4),

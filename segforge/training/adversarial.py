@@ -2,7 +2,8 @@
 
 Each step, on the batch the loop hands over:
 
-1. the segmenter predicts (``logits``; ``s`` = their softmax);
+1. the segmenter predicts (``logits``; ``s`` = their softmax); the adversary sees the label maps and the image
+   average-pooled by ``adversarial.stride`` (8: the paper's segmenters predicted at 1/8 of the image);
 2. the adversary (``segforge.models.adversary``) takes ``adversarial.steps`` Adam steps of its own on binary
    cross entropy: the image's ground truth (one-hot; at pixels without a label the prediction, so that
    they tell nothing) is "real", the prediction ``s`` (detached: these steps never reach the segmenter) is
@@ -109,13 +110,20 @@ class AdversarialTask(SegmentationTask):
         output = full_size_forward(self.model, images)
         logits = output[0] if isinstance(output, tuple) else output
         probabilities = class_probabilities(logits)
-        real = self._ground_truth(masks, probabilities.detach())
-        counts = self._train_adversary(images, real, probabilities.detach())
+        real = self._pool(self._ground_truth(masks, probabilities.detach()))
+        small_images, small_probabilities = self._pool(images), self._pool(probabilities)
+        counts = self._train_adversary(small_images, real, small_probabilities.detach())
         loss = self.loss_fn(output, masks)
         if self.settings.weight > 0:  # the non-saturating term: the prediction judged as a ground truth
-            judged = self._judge(self.adversary, encode(probabilities, images, self.settings.encoding), images)
-            loss = loss + self.settings.weight * adversary_loss(judged, real=True)
+            maps = encode(small_probabilities, small_images, self.settings.encoding)
+            loss = loss + self.settings.weight * adversary_loss(self._judge(self.adversary, maps, small_images), True)
         return loss, (logits.detach(), counts)
+
+    def _pool(self, maps: torch.Tensor) -> torch.Tensor:
+        """``maps`` averaged over ``adversarial.stride`` x ``stride`` blocks: a one-hot ground truth turns into
+        each block's class shares, as a prediction's probabilities do."""
+        stride = self.settings.stride
+        return F.avg_pool2d(maps, stride, ceil_mode=True) if stride > 1 else maps
 
     def _ground_truth(self, masks: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
         """The one-hot ground truth ``(N, K, H, W)`` (the prediction where there is no label), softened by the
