@@ -132,7 +132,8 @@ def _steps(run: Path) -> int:
 
 
 def throughput_worker(kind: str, mode: str, repeats: int) -> float:
-    """Dates x megapixels per second of one model kind (``temporal_unet`` or ``unet_padded``) and mode."""
+    """Dates x megapixels per second of one model kind (``unet_padded``, or ``temporal_unet:<temporal>``) and
+    mode."""
     import torch
 
     from segforge import create_model
@@ -141,14 +142,16 @@ def throughput_worker(kind: str, mode: str, repeats: int) -> float:
     keep_freed_memory()
     torch.manual_seed(0)
     n, t, side = 2, 8, 128
-    if kind == "temporal_unet":
-        model = create_model("temporal_unet", CLASSES, in_channels=CHANNELS, encoder="unet16")
+    series = kind.startswith("temporal_unet")
+    if series:
+        temporal = kind.split(":")[1]
+        model = create_model("temporal_unet", CLASSES, in_channels=CHANNELS, encoder="unet16", temporal=temporal)
         x = (torch.randn(n, t, CHANNELS, side, side), torch.ones(n, t, dtype=torch.bool), torch.arange(t).expand(n, t))
     else:
         model = create_model("unet_padded", CLASSES, in_channels=CHANNELS, encoder="unet16")
         x = (torch.randn(n * t, CHANNELS, side, side).contiguous(memory_format=torch.channels_last),)
     model = model.to(memory_format=torch.channels_last)
-    target = torch.randint(0, CLASSES, (n if kind == "temporal_unet" else n * t, side, side))
+    target = torch.randint(0, CLASSES, (n if series else n * t, side, side))
     optimizer = torch.optim.AdamW(model.parameters(), fused=True)
 
     def step() -> None:
@@ -170,16 +173,21 @@ def throughput_worker(kind: str, mode: str, repeats: int) -> float:
 
 
 def throughput(args: argparse.Namespace) -> None:
+    kinds = {
+        "unet_padded": "unet_padded on the 16 dates as images",
+        "temporal_unet:gru": "temporal_unet, ConvGRU",
+        "temporal_unet:lstm": "temporal_unet, ConvLSTM",
+        "temporal_unet:attention": "temporal_unet, temporal attention",
+    }
     results = {}
     for mode in ("eval", "train"):
-        for kind in ("unet_padded", "temporal_unet"):
+        for kind in kinds:
             worker = [sys.executable, __file__, "--worker", kind, mode, "--repeats", str(args.repeats)]
             done = subprocess.run(worker, cwd=ROOT, check=True, capture_output=True, text=True)
             results[(kind, mode)] = float(done.stdout.split()[-1])
     print(f"\n| model (batch 2 x 8 dates, {CHANNELS} bands, 128 px) | inference dates x MP/s | training dates x MP/s |")
     print("|---|---:|---:|")
-    for kind in ("unet_padded", "temporal_unet"):
-        what = "unet_padded on the 16 dates as images" if kind == "unet_padded" else "temporal_unet (ConvGRU)"
+    for kind, what in kinds.items():
         print(f"| {what} | {results[(kind, 'eval')]:.3f} | {results[(kind, 'train')]:.3f} |")
 
 

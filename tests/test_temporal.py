@@ -123,15 +123,15 @@ def test_a_series_with_one_valid_date_attends_to_it_alone() -> None:
     torch.testing.assert_close(maps[1].sum(1), torch.ones(4, 5, 6))
 
 
-def test_acquisition_days_matter_to_attention_only() -> None:
-    """The same images on other days: attention reads the days, a recurrence only their order."""
+@pytest.mark.parametrize("kind", ["attention", "gru", "lstm"])
+def test_acquisition_days_reach_every_temporal_module(kind) -> None:
+    """The same images on other days read differently: irregular revisits are told apart by their days."""
     x, valid = _series(n=1, t=3), torch.ones(1, 3, dtype=torch.bool)
     early, late = torch.tensor([[0, 5, 10]]), torch.tensor([[0, 100, 300]])
     torch.manual_seed(0)
-    attention, gru = (_calibrated(temporal_unet(2, temporal=kind)) for kind in ("attention", "gru"))
+    model = _calibrated(temporal_unet(2, temporal=kind))
     with torch.no_grad():
-        assert not torch.allclose(attention(x, valid, early), attention(x, valid, late))
-        torch.testing.assert_close(gru(x, valid, early), gru(x, valid, late), rtol=0, atol=0)
+        assert not torch.allclose(model(x, valid, early), model(x, valid, late))
 
 
 def test_conv_lstm_with_1x1_kernels_is_an_lstm_cell_at_every_pixel() -> None:
@@ -141,9 +141,9 @@ def test_conv_lstm_with_1x1_kernels_is_an_lstm_cell_at_every_pixel() -> None:
     i, f, g, o = (torch.arange(5) + 5 * k for k in range(4))  # nn.LSTMCell's gate order: i, f, g, o
     order = torch.cat([i, f, o, g])  # ConvLSTMCell's: i, f, o, g
     with torch.no_grad():
-        weight = torch.cat([reference.weight_ih, reference.weight_hh], 1)[order]
-        cell.gates.weight.copy_(weight[:, :, None, None])
-        cell.gates.bias.copy_((reference.bias_ih + reference.bias_hh)[order])
+        cell.input.weight.copy_(reference.weight_ih[order][:, :, None, None])
+        cell.hidden.weight.copy_(reference.weight_hh[order][:, :, None, None])
+        cell.input.bias.copy_((reference.bias_ih + reference.bias_hh)[order])
     x, h, c = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4), torch.randn(2, 5, 4, 4)
     state = cell(x, torch.cat([h, c], 1))
     pixels = lambda t: t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])  # noqa: E731
@@ -158,11 +158,14 @@ def test_conv_gru_gates_keep_or_replace_the_state() -> None:
     cell = ConvGRUCell(2, 3, kernel_size=1)
     x, h = torch.randn(1, 2, 3, 3), torch.randn(1, 3, 3, 3)
     with torch.no_grad():
-        cell.gates.weight.zero_()
-        cell.gates.bias[:3].fill_(-100.0)  # z = 0
+        cell.input.weight[:6].zero_()
+        cell.hidden_gates.weight.zero_()
+        cell.input.bias[:3].fill_(-100.0)  # z = 0
         torch.testing.assert_close(cell(x, h), h)
-        cell.gates.bias.fill_(100.0)  # z = 1, r = 1
-        candidate = torch.tanh(cell.candidate(torch.cat([x, h], 1)))
+        cell.input.bias[:6].fill_(100.0)  # z = 1, r = 1
+        # the candidate tanh(W [x, r h] + b), W [x, h] as one convolution of the concatenation
+        weight = torch.cat([cell.input.weight[6:], cell.hidden_candidate.weight], 1)
+        candidate = torch.tanh(nn.functional.conv2d(torch.cat([x, h], 1), weight, cell.input.bias[6:]))
         torch.testing.assert_close(cell(x, h), candidate)
 
 
@@ -172,6 +175,10 @@ def test_a_recurrence_reads_the_dates_in_order() -> None:
     x, valid = torch.randn(1, 3, 2, 5, 5), torch.ones(1, 3, dtype=torch.bool)
     forward, backward = recurrence(x, valid), recurrence(x.flip(1), valid)
     assert not torch.allclose(forward, backward)
+    # the acquisition days reach the state: the same images taken on other days read differently
+    days = torch.tensor([[0, 40, 80]])
+    assert torch.allclose(recurrence(x, valid, torch.tensor([[0, 1, 2]])), forward)  # (the default days)
+    assert not torch.allclose(recurrence(x, valid, days), forward)
     with pytest.raises(ValueError, match="unknown recurrent cell 'rnn'; choose from"):
         Recurrence("rnn", 2, 4)
 

@@ -4,8 +4,9 @@ A date can be missing, cloud-covered or padding (batches of series of different 
 empty dates); ``valid[n, t]`` says whether date ``t`` of series ``n`` holds data. Every module here
 gives exactly the output it would give for the series without its invalid dates:
 
-* the recurrent cells step through the dates in order and an invalid date leaves the hidden state as
-  it was (ConvGRU: Ballas et al., ICLR 2016; ConvLSTM: Shi et al., NeurIPS 2015);
+* the recurrent cells step through the dates in order, each date's acquisition day encoded with its
+  features, and an invalid date leaves the hidden state as it was (ConvGRU: Ballas et al., ICLR 2016;
+  ConvLSTM: Shi et al., NeurIPS 2015);
 * ``TemporalAttention`` (the lightweight temporal attention of U-TAE, Garnot & Landrieu, ICCV 2021)
   gives invalid dates zero weight, and encodes each date's acquisition day so that irregular
   revisits are told apart;
@@ -30,68 +31,108 @@ def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 class ConvGRUCell(nn.Module):
     """A convolutional GRU: the update gate ``z`` and reset gate ``r`` from the input and the hidden state,
-    the candidate from the input and the reset hidden state, ``h' = (1 - z) h + z candidate``."""
+    the candidate from the input and the reset hidden state, ``h' = (1 - z) h + z candidate``.
+
+    The input's part of every convolution does not depend on the state: ``project`` computes it for all dates
+    in one batched convolution, and ``step`` adds the state's part date after date (``forward`` does both, for
+    one date). The sums are the convolutions of the concatenated ``[x, h]`` the equations write."""
 
     def __init__(self, in_channels: int, hidden_channels: int, *, kernel_size: int = 3) -> None:
         super().__init__()
         self.hidden_channels = hidden_channels
         padding = kernel_size // 2
-        self.gates = nn.Conv2d(in_channels + hidden_channels, 2 * hidden_channels, kernel_size, padding=padding)
-        self.candidate = nn.Conv2d(in_channels + hidden_channels, hidden_channels, kernel_size, padding=padding)
+        self.input = nn.Conv2d(in_channels, 3 * hidden_channels, kernel_size, padding=padding)  # z, r, candidate
+        self.hidden_gates = nn.Conv2d(hidden_channels, 2 * hidden_channels, kernel_size, padding=padding, bias=False)
+        self.hidden_candidate = nn.Conv2d(hidden_channels, hidden_channels, kernel_size, padding=padding, bias=False)
 
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(x.shape[0], self.hidden_channels, *x.shape[-2:])
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        z, r = torch.sigmoid(self.gates(torch.cat([x, h], 1))).chunk(2, dim=1)
-        candidate = torch.tanh(self.candidate(torch.cat([x, r * h], 1)))
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.input(x)
+
+    def step(self, projected: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        gates, candidate = projected.split([2 * self.hidden_channels, self.hidden_channels], dim=1)
+        z, r = torch.sigmoid(gates + self.hidden_gates(h)).chunk(2, dim=1)
+        candidate = torch.tanh(candidate + self.hidden_candidate(r * h))
         return h + z * (candidate - h)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.step(self.project(x), h)
 
 
 class ConvLSTMCell(nn.Module):
-    """A convolutional LSTM (without peepholes): input, forget and output gates and the cell input from one
-    convolution of the input and the hidden state; ``c' = f c + i g``, ``h' = o tanh(c')``. The state is the
-    pair ``(h, c)`` stacked on the channel axis, so that both cells carry one tensor."""
+    """A convolutional LSTM (without peepholes): input, forget and output gates and the cell input from
+    convolutions of the input and the hidden state; ``c' = f c + i g``, ``h' = o tanh(c')``. The state is the
+    pair ``(h, c)`` stacked on the channel axis, so that both cells carry one tensor. ``project`` and ``step``
+    as ``ConvGRUCell`` has them."""
 
     def __init__(self, in_channels: int, hidden_channels: int, *, kernel_size: int = 3) -> None:
         super().__init__()
         self.hidden_channels = hidden_channels
         padding = kernel_size // 2
-        self.gates = nn.Conv2d(in_channels + hidden_channels, 4 * hidden_channels, kernel_size, padding=padding)
+        self.input = nn.Conv2d(in_channels, 4 * hidden_channels, kernel_size, padding=padding)  # i, f, o, g
+        self.hidden = nn.Conv2d(hidden_channels, 4 * hidden_channels, kernel_size, padding=padding, bias=False)
         with torch.no_grad():  # a forget gate open at the start, the usual LSTM initialisation
-            self.gates.bias[hidden_channels : 2 * hidden_channels].fill_(1.0)
+            self.input.bias[hidden_channels : 2 * hidden_channels].fill_(1.0)
 
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(x.shape[0], 2 * self.hidden_channels, *x.shape[-2:])
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.input(x)
+
+    def step(self, projected: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         h, c = state.chunk(2, dim=1)
-        i, f, o, g = self.gates(torch.cat([x, h], 1)).chunk(4, dim=1)
+        i, f, o, g = (projected + self.hidden(h)).chunk(4, dim=1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         return torch.cat([h, c], 1)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return self.step(self.project(x), state)
 
 
 class Recurrence(nn.Module):
     """Runs a recurrent cell through the dates in order; the last hidden state summarises the series.
 
-    ``forward(x: (N, T, C, H, W), valid: (N, T) bool) -> (N, hidden_channels, H, W)``. An invalid date
-    leaves the state unchanged, so dates masked out, and padding after the last date, change nothing.
+    ``forward(x: (N, T, C, H, W), valid: (N, T) bool, days: (N, T) = 0..T-1) -> (N, hidden_channels, H, W)``.
+    An invalid date leaves the state unchanged, so dates masked out, and padding after the last date, change
+    nothing. Each date's input carries its acquisition day (``day_encoding``, ``day_channels`` channels, mapped
+    to a bias of the cell's input projection): with irregular revisits the order of the dates alone does not say
+    when in the season an image was taken, and a class told apart by the phase of its seasonal curve needs that.
+    The input's projections of all dates are one batched convolution; only the state's part steps date by date.
     """
 
-    def __init__(self, kind: Literal["gru", "lstm"], in_channels: int, hidden_channels: int) -> None:
+    def __init__(
+        self,
+        kind: Literal["gru", "lstm"],
+        in_channels: int,
+        hidden_channels: int,
+        *,
+        kernel_size: int = 3,
+        day_channels: int = 16,
+    ) -> None:
         super().__init__()
         cells = {"gru": ConvGRUCell, "lstm": ConvLSTMCell}
         if kind not in cells:
             raise ValueError(f"unknown recurrent cell {kind!r}; choose from {sorted(cells)}")
-        self.cell = cells[kind](in_channels, hidden_channels)
+        self.norm_in = nn.GroupNorm(math.gcd(in_channels, 4), in_channels)
+        self.cell = cells[kind](in_channels, hidden_channels, kernel_size=kernel_size)
+        self.day = nn.Linear(day_channels, self.cell.input.out_channels, bias=False)
+        self.day_channels = day_channels
         self.out_channels = hidden_channels
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, days: torch.Tensor | None = None) -> torch.Tensor:
+        n, t = x.shape[:2]
+        if days is None:
+            days = torch.arange(t, device=x.device).expand(n, t)
+        projected = self.cell.project(self.norm_in(x.flatten(0, 1))).unflatten(0, (n, t))
+        projected = projected + self.day(day_encoding(days, self.day_channels).to(x.dtype))[..., None, None]
         state = self.cell.initial_state(x[:, 0])
-        for t in range(x.shape[1]):
-            keep = valid[:, t, None, None, None]
-            state = torch.where(keep, self.cell(x[:, t], state), state)
+        for date in range(t):
+            keep = valid[:, date, None, None, None]
+            state = torch.where(keep, self.cell.step(projected[:, date], state), state)
         return state[:, : self.out_channels]  # (an LSTM's state is (h, c): its output is h)
 
 

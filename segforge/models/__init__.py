@@ -69,7 +69,7 @@ def create_model(
         )
     takes_temporal = "temporal" in inspect.signature(builder).parameters
     if takes_temporal:
-        kwargs["temporal"] = temporal or "gru"
+        kwargs["temporal"] = temporal or "attention"
     elif temporal is not None:
         raise ValueError(f"model {name!r} is an image model: drop temporal (it applies to models of time series)")
     model = builder(num_classes, encoder=encoder, encoder_weights=None if record else encoder_weights, **kwargs)

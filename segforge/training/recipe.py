@@ -165,6 +165,7 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
             "shared by every date, from scratch; "
             + ("the paper's widths (64-1024)" if cuda else "a quarter of U-Net's widths (16-256) on a CPU"),
         )
+        choose(model, "temporal", "attention", "U-TAE's temporal attention: learns fastest (bench/temporal.py)")
     crop = GPU_CROP if cuda else CPU_CROP
     side = min(fp.median_size)
     if side > crop * 1.25:
