@@ -295,25 +295,8 @@ def _check_labels(
     num_classes: int | None,
 ) -> None:
     """Label values: 0/255 binary masks, grey-converted colour masks, values out of range, absent classes."""
-    tag, raw = f"[{summary.name}] ", summary.raw_values
-    lut, ignore = dataset.label_map, dataset.ignore_index
-    binary_255 = set(raw) == {0, 255} and lut is None
-    if binary_255:
-        report.problems.append(
-            Problem(
-                "error",
-                f"{tag}masks store a binary task as 0 and 255: 255 is not class 1 (it is out of range, or "
-                "silently ignored when 255 is the ignore index), so the foreground would never be learned",
-                f"map 255 to 1 on every command, e.g. `{report.command('train', '--label-map', '255=1')}` "
-                "(label_map={255: 1} in Python), or re-save the masks with values 0/1",
-            )
-        )
-    elif lut is not None and set(raw) <= {0, 255} and max(raw, default=0) < len(lut):
-        mapped = ", ".join(
-            f"{v} -> {lut[v]}" + (f" ({dataset.classes[lut[v]]})" if 0 <= lut[v] < len(dataset.classes) else "")
-            for v in sorted(raw)
-        )
-        report.notes.append(f"{tag}masks store 0/255; the {dataset.layout} label map turns them into labels ({mapped})")
+    tag = f"[{summary.name}] "
+    binary_255 = _check_binary_255(dataset, summary, report, tag)
     jpeg = [Path(dataset.mask_name(i)) for i in range(len(checks))]
     jpeg = [path for path in jpeg if path.suffix.lower() in (".jpg", ".jpeg")]
     lossy = (
@@ -323,91 +306,31 @@ def _check_labels(
         else ""
     )
     if num_classes is None:
-        valid = [lut[v] if lut is not None and v < len(lut) else v for v in raw]
-        present = sorted({v for v in valid if v != ignore and v >= 0})
-        largest = max(present, default=0)
-        num_classes = 2 if binary_255 else largest + 1
-        basis = "0/255 masks: a binary task" if binary_255 else f"the largest label is {largest}"
-        report.notes.append(
-            f"classes: {num_classes}, inferred from the labels ({basis}), as segforge train infers "
-            f"them; to set them: `{report.command('train', '--num-classes', str(num_classes))}`"
-        )
-        if not binary_255 and num_classes > SPARSE_CLASSES and 2 * len(present) < num_classes:
-            _sparse_labels(report, tag, present, num_classes, lossy, jpeg)
+        num_classes, sparse = _infer_classes(dataset, summary, report, binary_255)
+        if sparse is not None:
+            _sparse_labels(report, tag, sparse, num_classes, lossy, jpeg)
             lossy = ""
     report.num_classes = num_classes
-    pixels = ClassPixels.zeros(num_classes)
-    uncovered, out_of_range = Counter(), Counter()
-    uncovered_files, out_files = [], []
-    for index, check in enumerate(checks):
-        if check.values is None:
-            continue
-        values, counts = check.values, check.counts
-        if lut is not None:
-            covered = (values >= 0) & (values < len(lut))
-            if not covered.all():
-                uncovered.update(dict(zip(values[~covered].tolist(), counts[~covered].tolist(), strict=True)))
-                uncovered_files.append(Path(dataset.mask_name(index)))
-            values, counts = lut[values[covered]], counts[covered]
-        in_range = (values >= 0) & (values < num_classes)
-        ignored = values == ignore if ignore is not None else np.zeros_like(in_range)
-        bad = ~in_range & ~ignored
-        if bad.any() and not binary_255:
-            out_of_range.update(dict(zip(values[bad].tolist(), counts[bad].tolist(), strict=True)))
-            out_files.append(Path(dataset.mask_name(index)))
-        class_counts = np.bincount(values[in_range], weights=counts[in_range], minlength=num_classes)
-        pixels.add(class_counts.astype(np.int64), int(check.counts.sum()), int(counts[ignored].sum()))
-    summary.pixels = pixels
-    summary.labels_ok = not (binary_255 or uncovered or out_of_range)
-    if uncovered:
+    counts = _count_labels(dataset, checks, num_classes, binary_255)
+    summary.pixels = counts.pixels
+    summary.labels_ok = not (binary_255 or counts.uncovered or counts.out_of_range)
+    if counts.uncovered:
         report.problems.append(
             Problem(
                 "error",
-                f"{tag}mask values {_listing(uncovered)} are not covered by the "
-                f"{dataset.layout} label map (0..{len(lut) - 1})",
+                f"{tag}mask values {_listing(counts.uncovered)} are not covered by the "
+                f"{dataset.layout} label map (0..{len(dataset.label_map) - 1})",
                 "these masks are not in this layout's encoding: fix or remove them",
-                uncovered_files,
+                counts.uncovered_files,
             )
         )
-    if out_of_range:
-        greys = _luminance(dataset.palette) - set(range(num_classes))
-        from_colour = sum(n for v, n in out_of_range.items() if v in greys) > 0.5 * sum(out_of_range.values())
-        if from_colour and len([v for v in out_of_range if v in greys]) >= 2:
-            report.problems.append(
-                Problem(
-                    "error",
-                    f"{tag}masks look like colour masks converted to grey: their "
-                    f"values {_listing(out_of_range)} are the grey levels of the class colours",
-                    "use the original RGB masks with a palette file (one 'name: [r, g, b]' line "
-                    f"per class), e.g. `{report.command('train', '--palette', 'colours.yaml')}`",
-                    out_files,
-                )
-            )
-        else:
-            largest = max(out_of_range)
-            others = [value for value in out_of_range if value != largest]  # (one ignore index covers one value)
-            ignoring = ["--num-classes", str(max(others) + 1)] if others else []
-            ignoring += ["--ignore-index", str(largest)]
-            present = sorted({*range(num_classes), *out_of_range})
-            if largest + 1 > SPARSE_CLASSES and 2 * len(present) < largest + 1:  # codes, not class indices
-                mapping = ",".join(f"{value}={label}" for label, value in enumerate(present) if value != label)
-                fix = f"map each value to a class index, e.g. `{report.command('train', '--label-map', mapping)}`"
-            else:
-                fix = f"give the class count, e.g. `{report.command('train', '--num-classes', str(largest + 1))}`"
-            report.problems.append(
-                Problem(
-                    "error",
-                    f"{tag}label values {_listing(out_of_range)} are >= the number of classes ({num_classes}) and "
-                    f"are not the ignore index ({ignore}).{lossy}",
-                    f"{fix}, or mark the value of unlabelled pixels (usually the largest), e.g. "
-                    f"`{report.command('train', *ignoring)}`, or fix the masks",
-                    out_files,
-                )
-            )
-    if lossy and not out_of_range:  # (said with the error otherwise)
+    if counts.out_of_range:
+        _report_out_of_range(dataset, report, tag, counts, num_classes, lossy)
+    elif lossy:  # (said with the error otherwise)
         report.problems.append(Problem("warning", f"{tag}{lossy.strip()}", "re-save the masks losslessly", jpeg))
     absent = [
-        dataset.classes[c] if c < len(dataset.classes) else str(c) for c in np.flatnonzero(pixels.class_pixels == 0)
+        dataset.classes[c] if c < len(dataset.classes) else str(c)
+        for c in np.flatnonzero(counts.pixels.class_pixels == 0)
     ]
     if absent and not binary_255:  # with 0/255 masks class 1 is absent for that reason, already reported
         report.problems.append(
@@ -419,6 +342,133 @@ def _check_labels(
                 "learned (its median-frequency weight is set to 1)",
             )
         )
+
+
+def _check_binary_255(dataset: SegmentationDataset, summary: SplitSummary, report: DoctorReport, tag: str) -> bool:
+    """Whether the masks store a binary task as 0/255 with no label map to read them (an error, reported);
+    a label map that reads 0/255 masks is noted."""
+    raw, lut = summary.raw_values, dataset.label_map
+    if set(raw) == {0, 255} and lut is None:
+        report.problems.append(
+            Problem(
+                "error",
+                f"{tag}masks store a binary task as 0 and 255: 255 is not class 1 (it is out of range, or "
+                "silently ignored when 255 is the ignore index), so the foreground would never be learned",
+                f"map 255 to 1 on every command, e.g. `{report.command('train', '--label-map', '255=1')}` "
+                "(label_map={255: 1} in Python), or re-save the masks with values 0/1",
+            )
+        )
+        return True
+    if lut is not None and set(raw) <= {0, 255} and max(raw, default=0) < len(lut):
+        mapped = ", ".join(
+            f"{v} -> {lut[v]}" + (f" ({dataset.classes[lut[v]]})" if 0 <= lut[v] < len(dataset.classes) else "")
+            for v in sorted(raw)
+        )
+        report.notes.append(f"{tag}masks store 0/255; the {dataset.layout} label map turns them into labels ({mapped})")
+    return False
+
+
+def _infer_classes(
+    dataset: SegmentationDataset, summary: SplitSummary, report: DoctorReport, binary_255: bool
+) -> tuple[int, list[int] | None]:
+    """The class count ``segforge train`` would infer from the labels (noted), and the labels present when
+    they are sparse codes rather than class indices (more than ``SPARSE_CLASSES``, most never occurring)."""
+    lut, ignore = dataset.label_map, dataset.ignore_index
+    labels = [lut[v] if lut is not None and v < len(lut) else v for v in summary.raw_values]
+    present = sorted({v for v in labels if v != ignore and v >= 0})
+    largest = max(present, default=0)
+    num_classes = 2 if binary_255 else largest + 1
+    basis = "0/255 masks: a binary task" if binary_255 else f"the largest label is {largest}"
+    report.notes.append(
+        f"classes: {num_classes}, inferred from the labels ({basis}), as segforge train infers "
+        f"them; to set them: `{report.command('train', '--num-classes', str(num_classes))}`"
+    )
+    sparse = not binary_255 and num_classes > SPARSE_CLASSES and 2 * len(present) < num_classes
+    return num_classes, present if sparse else None
+
+
+@dataclass
+class _LabelCounts:
+    """Per-class pixels of a split's masks, and the values a label map does not cover or out of range."""
+
+    pixels: ClassPixels
+    uncovered: Counter = field(default_factory=Counter)
+    out_of_range: Counter = field(default_factory=Counter)
+    uncovered_files: list[Path] = field(default_factory=list)
+    out_files: list[Path] = field(default_factory=list)
+
+
+def _count_labels(
+    dataset: SegmentationDataset, checks: list[_Check], num_classes: int, binary_255: bool
+) -> _LabelCounts:
+    lut, ignore = dataset.label_map, dataset.ignore_index
+    counted = _LabelCounts(ClassPixels.zeros(num_classes))
+    for index, check in enumerate(checks):
+        if check.values is None:
+            continue
+        values, counts = check.values, check.counts
+        if lut is not None:
+            covered = (values >= 0) & (values < len(lut))
+            if not covered.all():
+                counted.uncovered.update(dict(zip(values[~covered].tolist(), counts[~covered].tolist(), strict=True)))
+                counted.uncovered_files.append(Path(dataset.mask_name(index)))
+            values, counts = lut[values[covered]], counts[covered]
+        in_range = (values >= 0) & (values < num_classes)
+        ignored = values == ignore if ignore is not None else np.zeros_like(in_range)
+        bad = ~in_range & ~ignored
+        if bad.any() and not binary_255:
+            counted.out_of_range.update(dict(zip(values[bad].tolist(), counts[bad].tolist(), strict=True)))
+            counted.out_files.append(Path(dataset.mask_name(index)))
+        class_counts = np.bincount(values[in_range], weights=counts[in_range], minlength=num_classes)
+        counted.pixels.add(class_counts.astype(np.int64), int(check.counts.sum()), int(counts[ignored].sum()))
+    return counted
+
+
+def _report_out_of_range(
+    dataset: SegmentationDataset,
+    report: DoctorReport,
+    tag: str,
+    counts: _LabelCounts,
+    num_classes: int,
+    lossy: str,
+) -> None:
+    """Labels >= the class count: grey levels of colour masks, codes to map, or a class count or ignore
+    index to give."""
+    out_of_range = counts.out_of_range
+    greys = _luminance(dataset.palette) - set(range(num_classes))
+    from_colour = sum(n for v, n in out_of_range.items() if v in greys) > 0.5 * sum(out_of_range.values())
+    if from_colour and len([v for v in out_of_range if v in greys]) >= 2:
+        report.problems.append(
+            Problem(
+                "error",
+                f"{tag}masks look like colour masks converted to grey: their "
+                f"values {_listing(out_of_range)} are the grey levels of the class colours",
+                "use the original RGB masks with a palette file (one 'name: [r, g, b]' line "
+                f"per class), e.g. `{report.command('train', '--palette', 'colours.yaml')}`",
+                counts.out_files,
+            )
+        )
+        return
+    largest = max(out_of_range)
+    others = [value for value in out_of_range if value != largest]  # (one ignore index covers one value)
+    ignoring = ["--num-classes", str(max(others) + 1)] if others else []
+    ignoring += ["--ignore-index", str(largest)]
+    present = sorted({*range(num_classes), *out_of_range})
+    if largest + 1 > SPARSE_CLASSES and 2 * len(present) < largest + 1:  # codes, not class indices
+        mapping = ",".join(f"{value}={label}" for label, value in enumerate(present) if value != label)
+        fix = f"map each value to a class index, e.g. `{report.command('train', '--label-map', mapping)}`"
+    else:
+        fix = f"give the class count, e.g. `{report.command('train', '--num-classes', str(largest + 1))}`"
+    report.problems.append(
+        Problem(
+            "error",
+            f"{tag}label values {_listing(out_of_range)} are >= the number of classes ({num_classes}) and "
+            f"are not the ignore index ({dataset.ignore_index}).{lossy}",
+            f"{fix}, or mark the value of unlabelled pixels (usually the largest), e.g. "
+            f"`{report.command('train', *ignoring)}`, or fix the masks",
+            counts.out_files,
+        )
+    )
 
 
 def _check_label_map(report: DoctorReport, label_map: Mapping[int, int]) -> None:

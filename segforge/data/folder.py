@@ -84,6 +84,23 @@ def read_split_list(path: Path) -> list[str]:
     return names
 
 
+def class_names(root: Path, classes: Sequence[str] | None, num_classes: int | None) -> list[str] | None:
+    """The class names given, else ``root/classes.txt``'s (one per line), else ``class_0, class_1, ...`` for
+    ``num_classes``; None when nothing says.
+
+    Raises:
+        ValueError: ``num_classes`` and the names disagree.
+    """
+    if classes is None and (root / "classes.txt").is_file():
+        lines = (root / "classes.txt").read_text(encoding="utf-8").splitlines()
+        classes = [line.strip() for line in lines if line.strip()]
+    if classes is None and num_classes is not None:
+        classes = [f"class_{i}" for i in range(num_classes)]
+    if num_classes is not None and classes is not None and len(classes) != num_classes:
+        raise ValueError(f"num_classes={num_classes} but {len(classes)} class names are given; make them agree")
+    return None if classes is None else list(classes)
+
+
 @DATASETS.register("folder")
 class FolderDataset(SegmentationDataset):
     """Images and masks in two folders, paired by file stem.
@@ -215,12 +232,7 @@ class FolderDataset(SegmentationDataset):
         palette = None
         if classes is None and colour_map is not None:
             classes, palette = list(colour_map.classes), colour_map.palette
-        if classes is None and (root / "classes.txt").is_file():
-            classes = [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
-        if classes is None and num_classes is not None:
-            classes = [f"class_{i}" for i in range(num_classes)]
-        if num_classes is not None and classes is not None and len(classes) != num_classes:
-            raise ValueError(f"num_classes={num_classes} but {len(classes)} class names are given; make them agree")
+        classes = class_names(root, classes, num_classes)
         if ignore_index is None and colour_map is not None:
             ignore_index = colour_map.ignore_index
         super().__init__(

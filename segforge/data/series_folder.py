@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segforge.data.folder import class_names
 from segforge.data.io import DatasetError, list_images
 from segforge.data.registry import DATASETS
 from segforge.data.series import (
@@ -121,12 +122,7 @@ class SeriesFolderDataset(SeriesDataset):
                 days = date_names(sources[name])
             items.append(SeriesItem(sources[name], masks[name], _tuple(days), _tuple(valid)))
         every_day = [day for days, _ in table.values() for day in days] + [d for item in items for d in item.days or ()]
-        if classes is None and (root / "classes.txt").is_file():
-            classes = _read_names(root / "classes.txt")
-        if classes is None and num_classes is not None:
-            classes = [f"class_{i}" for i in range(num_classes)]
-        if num_classes is not None and len(classes) != num_classes:
-            raise ValueError(f"num_classes={num_classes} but {len(classes)} class names are given; make them agree")
+        classes = class_names(root, classes, num_classes)
         super().__init__(
             items,
             classes=classes or [],
