@@ -1,0 +1,72 @@
+"""The building blocks of instance segmentation (Mask R-CNN style), in plain PyTorch, without torchvision's ops.
+
+>>> keep = batched_nms(boxes, scores, labels, iou_threshold=0.5)          # (K, 4) boxes, by decreasing score
+>>> crops = roi_align(features, rois, (14, 14), spatial_scale=1 / 16, sampling_ratio=2)   # (K, C, 14, 14)
+>>> mask = annotation_to_mask(coco_annotation, height, width)            # polygons or RLE -> (H, W) bool
+>>> average_precision(predictions, ground_truths, iou_type="segm")["AP"] # COCOeval's numbers
+>>> image, target = InstanceFolderDataset(root, "train")[0]   # (C, H, W) float32; boxes, labels, masks, iscrowd
+>>> model = mask_rcnn(num_classes=4)                      # train: model(images, targets) -> dict of losses
+
+Boxes are ``(K, 4)`` ``x1, y1, x2, y2`` in continuous pixel coordinates (:mod:`.boxes`); NMS
+(:mod:`.nms`) and RoIAlign (:mod:`.roi_align`) follow torchvision's semantics, the mask formats
+(:mod:`.coco`) and average precision (:mod:`.metrics`) pycocotools'. Datasets read instance data as
+distributed (:mod:`.data`, with the folder layout in :mod:`.folder` and COCO JSON in :mod:`.coco_dataset`);
+:mod:`.synthetic` makes images of touching, overlapping objects to test on. :mod:`.model` is Mask R-CNN, built
+from :mod:`.fpn`, :mod:`.anchors`, :mod:`.rpn` and :mod:`.heads`.
+"""
+
+from __future__ import annotations
+
+from segforge.instances.boxes import (
+    box_area,
+    box_iou,
+    clip_boxes,
+    decode_boxes,
+    encode_boxes,
+    masks_to_boxes,
+    remove_small_boxes,
+)
+from segforge.instances.coco import annotation_to_mask, polygons_to_mask, rle_decode, rle_encode
+from segforge.instances.coco_dataset import CocoInstanceDataset
+from segforge.instances.data import InstanceDataset, collate_instances
+from segforge.instances.folder import InstanceFolderDataset
+from segforge.instances.metrics import average_precision
+from segforge.instances.model import MaskRCNN, mask_rcnn
+from segforge.instances.nms import batched_nms, nms
+from segforge.instances.roi_align import roi_align
+from segforge.instances.synthetic import (
+    InstanceSample,
+    synthetic_instance_classes,
+    synthetic_instance_sample,
+    touching_pairs_of,
+    write_synthetic_instance_dataset,
+)
+
+__all__ = [
+    "CocoInstanceDataset",
+    "InstanceDataset",
+    "InstanceFolderDataset",
+    "InstanceSample",
+    "MaskRCNN",
+    "annotation_to_mask",
+    "average_precision",
+    "batched_nms",
+    "box_area",
+    "box_iou",
+    "clip_boxes",
+    "collate_instances",
+    "decode_boxes",
+    "encode_boxes",
+    "mask_rcnn",
+    "masks_to_boxes",
+    "nms",
+    "polygons_to_mask",
+    "remove_small_boxes",
+    "rle_decode",
+    "rle_encode",
+    "roi_align",
+    "synthetic_instance_classes",
+    "synthetic_instance_sample",
+    "touching_pairs_of",
+    "write_synthetic_instance_dataset",
+]
