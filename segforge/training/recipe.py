@@ -151,46 +151,9 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
 
     model, data, train = config.model, config.data, config.train
     choose(data, "num_classes", fp.num_classes, "from the masks' labels")
-    if fp.inputs == "series":
-        name = choose(model, "name", "temporal_unet", "image time series: a U-Net that reads the dates as a sequence")
-    else:
-        name = choose(model, "name", "unet_padded", "U-Net: learns from few images, keeps fine detail")
-    if name == "unet_padded":
-        _choose_encoder(model, fp, choose, cuda=cuda)
-    elif name == "temporal_unet":
-        choose(
-            model,
-            "encoder",
-            "unet" if cuda else "unet16",
-            "shared by every date, from scratch; "
-            + ("the paper's widths (64-1024)" if cuda else "a quarter of U-Net's widths (16-256) on a CPU"),
-        )
-        choose(model, "temporal", "attention", "U-TAE's temporal attention: learns fastest (bench/temporal.py)")
-    crop = GPU_CROP if cuda else CPU_CROP
-    side = min(fp.median_size)
-    if side > crop * 1.25:
-        crop_size = choose(data, "crop_size", crop, f"images are {side}+ px: random {crop}-px crops")
-    else:
-        crop_size = choose(data, "crop_size", 0, f"images are {side} px or less: whole images (0)")
-    pixels = (crop_size**2 if crop_size else fp.median_size[0] * fp.median_size[1]) * fp.dates
-    budget = GPU_PIXELS_PER_STEP if cuda else CPU_PIXELS_PER_STEP
-    batch = max(2, min(32, round(budget / pixels), fp.images))
-    dates = f" (a series: {fp.dates} dates' pixels)" if fp.inputs == "series" else ""
-    choose(data, "batch_size", batch, f"about {budget / 1e6:.2g} M pixels per step{dates}")
-    given = data.mean is not None
-    if given:
-        why = ""
-    elif model.encoder_weights is not None:
-        data.mean, data.std = pretrained.normalisation(model.encoder, fp.channels)
-        why = "what the encoder's ImageNet weights were trained with"
-    else:
-        data.mean, data.std = [round(m, 6) for m in fp.mean], [round(s, 6) for s in fp.std]
-        why = "the training images' per-channel statistics"
-        constant = [c for c, s in enumerate(data.std) if s < 1e-6]
-        if constant:  # a blank band: nothing to learn from it, and no scale to divide by
-            data.std = [1.0 if c in constant else s for c, s in enumerate(data.std)]
-            why += f"; channel(s) {constant} hold one value in every training image: std 1 there"
-    choices.append(Choice("data.mean/std", f"{_show(data.mean)} / {_show(data.std)}", why, given))
+    _choose_model(model, fp, choose, cuda=cuda)
+    _choose_input_size(data, fp, choose, cuda=cuda)
+    choices.append(_normalisation(config, fp))
     augmentation, why = _augmentation(fp)
     choose(data, "augmentation", augmentation, why)
     rare = _rare_classes(fp)
@@ -216,6 +179,59 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
     if train.time_budget is not None:
         choices.append(Choice("train.time_budget", train.time_budget, "steps fitted to it after the first steps", True))
     return config, choices
+
+
+def _choose_model(model: Any, fp: Fingerprint, choose: Any, *, cuda: bool) -> None:
+    """The architecture for the data's kind of input, and its encoder (and for time series, how it reads dates)."""
+    if fp.inputs == "series":
+        name = choose(model, "name", "temporal_unet", "image time series: a U-Net that reads the dates as a sequence")
+    else:
+        name = choose(model, "name", "unet_padded", "U-Net: learns from few images, keeps fine detail")
+    if name == "unet_padded":
+        _choose_encoder(model, fp, choose, cuda=cuda)
+    elif name == "temporal_unet":
+        choose(
+            model,
+            "encoder",
+            "unet" if cuda else "unet16",
+            "shared by every date, from scratch; "
+            + ("the paper's widths (64-1024)" if cuda else "a quarter of U-Net's widths (16-256) on a CPU"),
+        )
+        choose(model, "temporal", "attention", "U-TAE's temporal attention: learns fastest (bench/temporal.py)")
+
+
+def _choose_input_size(data: Any, fp: Fingerprint, choose: Any, *, cuda: bool) -> None:
+    """Random crops of large images (whole small ones), and a batch of about a fixed number of pixels."""
+    crop = GPU_CROP if cuda else CPU_CROP
+    side = min(fp.median_size)
+    if side > crop * 1.25:
+        crop_size = choose(data, "crop_size", crop, f"images are {side}+ px: random {crop}-px crops")
+    else:
+        crop_size = choose(data, "crop_size", 0, f"images are {side} px or less: whole images (0)")
+    pixels = (crop_size**2 if crop_size else fp.median_size[0] * fp.median_size[1]) * fp.dates
+    budget = GPU_PIXELS_PER_STEP if cuda else CPU_PIXELS_PER_STEP
+    batch = max(2, min(32, round(budget / pixels), fp.images))
+    dates = f" (a series: {fp.dates} dates' pixels)" if fp.inputs == "series" else ""
+    choose(data, "batch_size", batch, f"about {budget / 1e6:.2g} M pixels per step{dates}")
+
+
+def _normalisation(config: Config, fp: Fingerprint) -> Choice:
+    """Fills ``data.mean``/``std`` (the pretrained encoder's, else the training images'); returns the choice."""
+    model, data = config.model, config.data
+    given = data.mean is not None
+    if given:
+        why = ""
+    elif model.encoder_weights is not None:
+        data.mean, data.std = pretrained.normalisation(model.encoder, fp.channels)
+        why = "what the encoder's ImageNet weights were trained with"
+    else:
+        data.mean, data.std = [round(m, 6) for m in fp.mean], [round(s, 6) for s in fp.std]
+        why = "the training images' per-channel statistics"
+        constant = [c for c, s in enumerate(data.std) if s < 1e-6]
+        if constant:  # a blank band: nothing to learn from it, and no scale to divide by
+            data.std = [1.0 if c in constant else s for c, s in enumerate(data.std)]
+            why += f"; channel(s) {constant} hold one value in every training image: std 1 there"
+    return Choice("data.mean/std", f"{_show(data.mean)} / {_show(data.std)}", why, given)
 
 
 def _choose_encoder(model: Any, fp: Fingerprint, choose: Any, *, cuda: bool) -> None:
