@@ -295,6 +295,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     same_data = bool(trained.get("root")) and Path(trained["root"]).resolve() == Path(args.data).resolve()
     # On the run's own data, the run's validation split (a hold-out's list) and region masks are the default.
     split = args.split or (trained.get("val_split") if same_data else None) or "val"
+    if model.task == "instance":
+        return _evaluate_instances(args, model, info, split, device)
     regions, folders = args.region_masks, {"image_dir": args.image_dir, "mask_dir": args.mask_dir}
     if same_data:  # what the run read its data with
         regions = regions or trained.get("region_masks")
@@ -330,6 +332,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_instances(args: argparse.Namespace, model, info: dict, split: str, device) -> int:
+    """``segforge evaluate`` of an instance model: COCO box and mask AP, the union's semantic scores, counts."""
+    from segforge.data import create_dataset
+    from segforge.instances.evaluate import write_instance_report
+
+    _refuse_semantic_options(args, ("label_map", "region_masks", "image_dir", "mask_dir", "flip"))
+    if args.scales != [1.0]:
+        raise ValueError("--scales averages class scores of semantic models; an instance model takes none: drop it")
+    if args.split is None:
+        print(f"evaluating split {split}")
+    dataset = create_dataset(
+        args.format, args.data, split, classes=info.get("classes") or None, mean=info.get("mean"), std=info.get("std")
+    )
+    name = Path(split).stem if split.endswith(".txt") else split
+    out = Path(args.out) if args.out else check_output_folder(Path(args.checkpoint).parent / f"eval-{name}")
+    summary = write_instance_report(
+        model, dataset, out, num_classes=model.num_classes, classes=info.get("classes") or [], device=device
+    )
+    print(" ".join(f"{key}={value:.4f}" for key, value in summary.items() if isinstance(value, float)))
+    print(f"report and overlays: {out}")
+    return 0
+
+
+def _refuse_semantic_options(args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """An instance model's evaluate/predict: options of semantic models only are refused, by flag."""
+    for name in names:
+        if getattr(args, name, None) not in (None, False):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} applies to semantic models; the checkpoint is an instance model: drop it")
+
+
 def _load_for_inference(checkpoint: str, engine: str, device):
     """(model, info) for prediction: a checkpoint (PyTorch) or an exported .onnx file (ONNX Runtime)."""
     import torch
@@ -351,6 +384,8 @@ def _load_for_inference(checkpoint: str, engine: str, device):
     from segforge.models.fold import fold_batch_norm
 
     model, info = load_model(checkpoint, map_location=device)
+    if model.task == "instance":  # (RoIAlign samples its feature maps; they stay contiguous)
+        return fold_batch_norm(model, inplace=True), info
     return fold_batch_norm(model.to(memory_format=torch.channels_last), inplace=True), info
 
 
@@ -360,6 +395,8 @@ def _predict(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     device = _device(args.device)
     model, info = _load_for_inference(args.checkpoint, args.engine, device)
+    if getattr(model, "task", "semantic") == "instance":
+        return _predict_instances(args, model, info, device)
     label_map = args.label_map if args.label_map is not None else _stored_label_map(info)
     if args.stream and getattr(model, "inputs", "images") == "series":
         raise ValueError("--stream reads one TIFF image by rows; predict time series in memory (--tile N works)")
@@ -411,14 +448,30 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_instances(args: argparse.Namespace, model, info: dict, device) -> int:
+    """``segforge predict`` with an instance model: per image an overlay, an instance-id PNG and a JSON."""
+    from segforge.instances.predict import predict_instance_files
+
+    semantic = ("probabilities", "label_map", "tile", "stream", "dates", "flip")
+    _refuse_semantic_options(args, semantic)
+    if args.scales != [1.0]:
+        raise ValueError("--scales averages class scores of semantic models; an instance model takes none: drop it")
+    written = predict_instance_files(
+        model, args.inputs, Path(args.out), info=info, device=device, score_threshold=args.score_threshold
+    )
+    print(f"{len(written)} image(s): <name>_instances.png, <name>_ids.png and <name>.json written to {args.out}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from segforge.checkpoint import load_model
-    from segforge.export import export_onnx
+    from segforge.export import check_exportable, export_onnx
 
     out = check_output_file(Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx"))
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"--out {out} must end in .onnx (ONNX Runtime and segforge predict --engine onnx read it so)")
     model, info = load_model(args.checkpoint)
+    check_exportable(model)
     print(f"exporting {model.config['name']} to {out} (checked against PyTorch on two input sizes) ...")
     check = export_onnx(model, out, info=info, size=args.size, check=args.check)
     if check is not None:
@@ -679,6 +732,12 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="read each TIFF input by rows (by its strips or tiles if compressed) and write "
         "<name>.tif labels tile by tile: memory is bounded by the tile, not the image",
+    )
+    predict.add_argument(
+        "--score-threshold",
+        type=_share,
+        default=0.5,
+        help="an instance model: the lowest score of an object kept (default 0.5)",
     )
     predict.add_argument(
         "--dates",

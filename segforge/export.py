@@ -98,6 +98,23 @@ def _quiet():
             logger.setLevel(level)
 
 
+def check_exportable(model: nn.Module) -> None:
+    """Raises ValueError, saying why and what to use instead, for a model this export cannot trace."""
+    name = getattr(model, "config", {}).get("name")
+    if getattr(model, "inputs", "images") == "series":
+        raise ValueError(
+            f"{name} reads a time series date by date (a loop whose length is the series'), which "
+            "this ONNX export does not trace; predict time series with segforge predict (the PyTorch engine)"
+        )
+    if getattr(model, "task", "semantic") == "instance":
+        raise ValueError(
+            f"{name} is not exported to ONNX: how many boxes and masks it gives depends on the image "
+            "(top-k proposals per pyramid level, NMS, score thresholds), and this plain-PyTorch Mask R-CNN computes "
+            "them with Python loops over images and levels that the exporter would trace into the shapes of one "
+            "example image; predict with segforge predict --checkpoint model.safetensors (the PyTorch engine)"
+        )
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -129,11 +146,7 @@ def export_onnx(
     config = getattr(model, "config", None)
     if not config:
         raise ValueError("model has no config: build it with segforge.create_model (or load a checkpoint)")
-    if getattr(model, "inputs", "images") == "series":
-        raise ValueError(
-            f"{config.get('name')} reads a time series date by date (a loop whose length is the series'), which "
-            "this ONNX export does not trace; predict time series with segforge predict (the PyTorch engine)"
-        )
+    check_exportable(model)
     if size is not None:
         smallest = max(geometry_of(model).min_size, 2)
         if size < smallest:  # (the exporter's own message is a page of symbolic-shape reasoning)

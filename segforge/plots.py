@@ -14,23 +14,26 @@ from segforge.files import atomic_write
 
 def plot_curves(csv_path: Path, png_path: Path) -> Path:
     """The loss and every metric of the run's metrics CSV (segmentation: mean IoU, pixel accuracy) per optimizer
-    step, for train and val."""
+    step, for train and val; four plots to a row."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         rows, header = list(reader), reader.fieldnames or []
-    # the loss, then each metric the run's task logs for train and val (segmentation: mean IoU, pixel accuracy)
-    metrics = [
-        "loss",
-        *(name[len("train_") :] for name in header if name.startswith("train_") and name != "train_loss"),
-    ]
-    fig = Figure(figsize=(4 * len(metrics), 3.6), dpi=100)
+    # the loss, then each metric the run's task logs for train and/or val (segmentation: mean IoU, pixel accuracy)
+    metrics = ["loss"]
+    for name in header:
+        split, _, metric = name.partition("_")
+        if split in ("train", "val") and metric not in metrics:
+            metrics.append(metric)
+    columns = min(len(metrics), 4)
+    rows_of_plots = -(-len(metrics) // columns)
+    fig = Figure(figsize=(4 * columns, 3.6 * rows_of_plots), dpi=100)
     FigureCanvasAgg(fig)
     for i, metric in enumerate(metrics):
-        title = metric.replace("_", " ").replace("iou", "IoU")
-        ax = fig.add_subplot(1, len(metrics), i + 1)
+        title = metric.replace("_", " ").replace("iou", "IoU").replace(" ap", " AP")
+        ax = fig.add_subplot(rows_of_plots, columns, i + 1)
         for split in ("train", "val"):
             points = [(int(r["step"]), float(r[f"{split}_{metric}"])) for r in rows if r.get(f"{split}_{metric}")]
             if points:
@@ -38,7 +41,8 @@ def plot_curves(csv_path: Path, png_path: Path) -> Path:
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     fig.tight_layout()
     return atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
 

@@ -1,7 +1,8 @@
-"""Parameter counts and FLOPs of every architecture, without allocating any weights."""
+"""Parameter counts and FLOPs of every architecture, without allocating any weights (but an instance model's)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -42,10 +43,14 @@ def summarize(
     FLOPs are those of convolutions, transposed convolutions and matrix products, as counted by
     ``torch.utils.flop_counter`` (pooling, normalisation and activations are not counted).
     """
+    build = functools.partial(
+        create_model, name, num_classes, in_channels=in_channels, encoder=encoder, decoder_channels=decoder_channels
+    )
     with torch.device("meta"):
-        model = create_model(
-            name, num_classes, in_channels=in_channels, encoder=encoder, decoder_channels=decoder_channels
-        ).eval()
+        model = build().eval()
+    if model.task == "instance":  # its work depends on the values (proposals kept): built and run for real
+        return _summarize_instances(name, build, size)
+    with torch.device("meta"):
         input_size = model.geometry.input_size(size)
         x = torch.empty(1, model.in_channels, input_size, input_size)
         if model.inputs == "series":
@@ -65,6 +70,28 @@ def summarize(
         output_size=logits.shape[-1],
         description=doc[0] if doc else "",
         decoder_channels=tuple(widths) if (widths := model.config.get("decoder_channels")) else None,
+    )
+
+
+def _summarize_instances(name: str, build, size: int) -> ModelSummary:
+    """An instance model's row: one forward pass of the untrained network (seeded) on a random image; its RoI
+    heads' FLOPs are those of the proposals it keeps (up to ``rpn_post_nms_top_n``), the same trained or not."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build().eval()
+        x = torch.rand(1, model.in_channels, size, size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return ModelSummary(
+        name=name,
+        encoder=model.encoder_name,
+        parameters=count_parameters(model),
+        flops=counter.get_total_flops(),
+        input_size=size,
+        output_size=size,
+        description=(MODELS.get(name).__doc__ or "").strip().splitlines()[0],
+        decoder_channels=None,
     )
 
 

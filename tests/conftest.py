@@ -10,11 +10,13 @@ def _seed() -> None:
 
 
 def image_models() -> list[str]:
-    """The registered models that take images (not time series: tests/test_temporal.py), by their declaration."""
+    """The registered semantic models that take images (not time series: tests/test_temporal.py; not Mask R-CNN:
+    tests/test_mask_rcnn.py), by their declarations."""
     from segforge.models import create_model, list_models
 
     with torch.device("meta"):
-        return [name for name in list_models() if create_model(name, 2).inputs == "images"]
+        models = {name: create_model(name, 2) for name in list_models()}
+    return [name for name, model in models.items() if model.inputs == "images" and model.task == "semantic"]
 
 
 def input_size_for(name: str) -> tuple[int, int]:

@@ -143,7 +143,8 @@ def test_each_layout_gives_float_chw_images_and_its_labels(tmp_path: Path, layou
 
 def test_every_layout_is_tested() -> None:
     series_layouts = {"series", "pastis"}  # time series: tests/test_series_data.py
-    assert set(LAYOUTS) | series_layouts == set(list_dataset_layouts())
+    instance_layouts = {"instance_folder", "coco"}  # tests/test_instance_data.py, tests/test_instance_training.py
+    assert set(LAYOUTS) | series_layouts | instance_layouts == set(list_dataset_layouts())
 
 
 def test_isbi_slices_and_foreground_choice(tmp_path: Path) -> None:
@@ -372,8 +373,8 @@ def test_compute_stats_refuses_mixed_channels(tmp_path: Path) -> None:
 
 
 def test_create_dataset_refuses_unknown_kinds_and_contradictions(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"unknown dataset layout 'coco'; choose from \['ade20k', 'camvid', "):
-        create_dataset("coco", tmp_path)
+    with pytest.raises(ValueError, match=r"unknown dataset layout 'kitti'; choose from \['ade20k', 'camvid', "):
+        create_dataset("kitti", tmp_path)
     root, _ = _camvid(tmp_path / "camvid")
     with pytest.raises(ValueError, match="the camvid layout has 11 classes, not 12"):
         create_dataset("camvid", root, num_classes=12)

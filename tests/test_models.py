@@ -22,7 +22,7 @@ def expected_output_size(name: str, height: int, width: int) -> tuple[int, int]:
 
 
 def test_registry_lists_every_architecture_of_the_notes() -> None:
-    assert set(list_models()) - set(MODELS) == {"temporal_unet"}  # (a model of time series)
+    assert set(list_models()) - set(MODELS) == {"temporal_unet", "mask_rcnn"}  # (time series; instances)
     assert set(MODELS) == {
         "fcn32s",
         "fcn16s",

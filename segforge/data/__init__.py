@@ -92,3 +92,8 @@ __all__ = [
     "synthetic_sample",
     "write_synthetic_dataset",
 ]
+
+# The instance-segmentation layouts (segforge.instances) register in DATASETS too; imported last, as they build on
+# this package's modules.
+from segforge.instances import coco_dataset as _coco_layout  # noqa: E402,F401  isort: skip
+from segforge.instances import folder as _instance_folder_layout  # noqa: E402,F401  isort: skip

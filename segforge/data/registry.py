@@ -18,8 +18,21 @@ if TYPE_CHECKING:
 #: layout name → dataset class; each class has ``detect(root) -> bool`` and ``splits(root) -> list[str]``
 DATASETS: Registry = Registry("dataset layout")
 #: the order in which ``detect_layout`` tries the layouts: specific structures before the generic folder
-DETECTION_ORDER = ("pastis", "series", "voc", "cityscapes", "ade20k", "camvid", "isbi", "folder")
-Layout = Literal["folder", "voc", "cityscapes", "camvid", "ade20k", "isbi", "series", "pastis", "auto"]
+DETECTION_ORDER = (
+    "pastis",
+    "series",
+    "instance_folder",
+    "coco",
+    "voc",
+    "cityscapes",
+    "ade20k",
+    "camvid",
+    "isbi",
+    "folder",
+)
+Layout = Literal[
+    "folder", "voc", "cityscapes", "camvid", "ade20k", "isbi", "series", "pastis", "instance_folder", "coco", "auto"
+]
 
 
 def list_dataset_layouts() -> list[str]:
@@ -132,6 +145,8 @@ def create_dataset(
     common = {"mean": mean, "std": std, "transform": transform, "strict": strict}
     if split is not None:
         common["split"] = split
+    if getattr(cls, "task", "semantic") == "instance":
+        return _instance_dataset(kind, cls, root, options, common)
     if kind == "series":  # image time series in the plain layout: classes as the folder layout takes them
         for option, value in (("colour_map", colour_map), ("label_map", label_map), ("region_masks", region_masks)):
             if value is not None:
@@ -172,6 +187,19 @@ def create_dataset(
     if region_masks is not None:
         dataset.set_region_masks(region_masks)
     return dataset
+
+
+def _instance_dataset(kind: str, cls: type, root: Path, options: dict, common: dict):
+    """An instance layout (``segforge.instances``): instance maps or COCO JSON, no colour/label maps."""
+    for option in ("colour_map", "label_map", "region_masks", "image_dir", "mask_dir", "ignore_index"):
+        if options.get(option) is not None:
+            raise ValueError(f"{option} does not apply to the {kind} layout (instance masks): drop it")
+    common.pop("strict")
+    if kind == "coco":
+        dataset = cls(root, **common)
+        _check_fixed_labels(kind, dataset, options.get("num_classes"), options.get("classes"), None)
+        return dataset
+    return cls(root, num_classes=options.get("num_classes"), classes=options.get("classes"), **common)
 
 
 def _check_fixed_labels(

@@ -6,13 +6,17 @@
 >>> average_precision(predictions, ground_truths, iou_type="segm")["AP"] # COCOeval's numbers
 >>> image, target = InstanceFolderDataset(root, "train")[0]   # (C, H, W) float32; boxes, labels, masks, iscrowd
 >>> model = mask_rcnn(num_classes=4)                      # train: model(images, targets) -> dict of losses
+>>> evaluate_instances(model, loader, num_classes=4, device="cpu").summary()   # mask/box AP, union mIoU, counts
+>>> predict_instance_files(model, ["a.png"], "out", info=info)  # a_instances.png, a_ids.png, a.json
 
 Boxes are ``(K, 4)`` ``x1, y1, x2, y2`` in continuous pixel coordinates (:mod:`.boxes`); NMS
 (:mod:`.nms`) and RoIAlign (:mod:`.roi_align`) follow torchvision's semantics, the mask formats
 (:mod:`.coco`) and average precision (:mod:`.metrics`) pycocotools'. Datasets read instance data as
 distributed (:mod:`.data`, with the folder layout in :mod:`.folder` and COCO JSON in :mod:`.coco_dataset`);
 :mod:`.synthetic` makes images of touching, overlapping objects to test on. :mod:`.model` is Mask R-CNN, built
-from :mod:`.fpn`, :mod:`.anchors`, :mod:`.rpn` and :mod:`.heads`.
+from :mod:`.fpn`, :mod:`.anchors`, :mod:`.rpn` and :mod:`.heads`; ``create_model("mask_rcnn", ...)`` builds it
+too, and ``segforge train`` trains it on instance data (``segforge.training.instance_task``). :mod:`.evaluate`
+scores it, :mod:`.predict` and :mod:`.visualise` write what it finds.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ from segforge.instances.boxes import (
 from segforge.instances.coco import annotation_to_mask, polygons_to_mask, rle_decode, rle_encode
 from segforge.instances.coco_dataset import CocoInstanceDataset
 from segforge.instances.data import InstanceDataset, collate_instances
+from segforge.instances.evaluate import InstanceEvaluation, evaluate_instances, write_instance_report
 from segforge.instances.folder import InstanceFolderDataset
 from segforge.instances.metrics import average_precision
 from segforge.instances.model import MaskRCNN, mask_rcnn
 from segforge.instances.nms import batched_nms, nms
+from segforge.instances.predict import detect, predict_instance_files
 from segforge.instances.roi_align import roi_align
 from segforge.instances.synthetic import (
     InstanceSample,
@@ -41,10 +47,12 @@ from segforge.instances.synthetic import (
     touching_pairs_of,
     write_synthetic_instance_dataset,
 )
+from segforge.instances.visualise import draw_instances
 
 __all__ = [
     "CocoInstanceDataset",
     "InstanceDataset",
+    "InstanceEvaluation",
     "InstanceFolderDataset",
     "InstanceSample",
     "MaskRCNN",
@@ -56,11 +64,15 @@ __all__ = [
     "clip_boxes",
     "collate_instances",
     "decode_boxes",
+    "detect",
+    "draw_instances",
     "encode_boxes",
+    "evaluate_instances",
     "mask_rcnn",
     "masks_to_boxes",
     "nms",
     "polygons_to_mask",
+    "predict_instance_files",
     "remove_small_boxes",
     "rle_decode",
     "rle_encode",
@@ -68,5 +80,6 @@ __all__ = [
     "synthetic_instance_classes",
     "synthetic_instance_sample",
     "touching_pairs_of",
+    "write_instance_report",
     "write_synthetic_instance_dataset",
 ]

@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 
 from segforge.data.io import DatasetError, read_image
+from segforge.data.registry import DATASETS
 from segforge.instances.coco import annotation_to_mask
 from segforge.instances.data import InstanceDataset, InstanceRecord, Transform, masks_to_regions, read_json
 
 
+@DATASETS.register("coco")
 class CocoInstanceDataset(InstanceDataset):
     """A COCO instance-segmentation split as distributed (see the module docstring).
 
@@ -43,6 +45,16 @@ class CocoInstanceDataset(InstanceDataset):
     """
 
     layout = "coco"
+    expects = "annotations/instances_<split>.json (COCO instance annotations) and the split's images"
+
+    @staticmethod
+    def detect(root: Path) -> bool:
+        return any((root / "annotations").glob("instances_*.json"))
+
+    @staticmethod
+    def splits(root: Path) -> list[str]:
+        """The ``<split>`` of each ``annotations/instances_<split>.json``."""
+        return sorted(p.stem.removeprefix("instances_") for p in (root / "annotations").glob("instances_*.json"))
 
     def __init__(
         self,

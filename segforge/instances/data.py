@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from segforge.data.base import scale_image, to_tensor
+from segforge.data.base import default_palette, scale_image, to_tensor
 from segforge.data.io import DatasetError
 from segforge.data.transforms import Transform as SeededTransform
 from segforge.instances.boxes import masks_to_boxes
@@ -151,6 +151,10 @@ class InstanceDataset(Dataset):
     """
 
     layout = "instances"
+    task = "instance"  # (segforge.data's semantic datasets: "semantic")
+    inputs = "images"
+    #: the value transforms fill in where they bring in pixels (padding, rotation corners): background
+    ignore_index = 0
 
     def __init__(
         self,
@@ -186,6 +190,36 @@ class InstanceDataset(Dataset):
         """The image file of sample ``index``, as messages name it."""
         raise NotImplementedError
 
+    @property
+    def palette(self) -> list[tuple[int, int, int]]:
+        """A colour per class (for the semantic maps of the union of instances)."""
+        return default_palette(max(len(self.classes), 2))
+
+    def sample_name(self, index: int) -> str:
+        """The name split lists use for sample ``index``: its image's file stem."""
+        return Path(self.describe(index)).stem
+
+    def subset(self, indices: Sequence[int]) -> InstanceDataset:
+        """A dataset of the chosen samples, sharing this one's classes, normalisation and transform."""
+        return InstanceSubset(self, indices)
+
+    def select(self, names: Sequence[str], *, what: str = "split list") -> InstanceDataset:
+        """The samples named ``names`` (``sample_name``, or a file name with its extension), in that order.
+
+        Raises:
+            DatasetError: a name is not a sample of this dataset (the message lists a few).
+        """
+        index = {self.sample_name(i): i for i in range(len(self))}
+        found = [index.get(name, index.get(Path(name).stem)) for name in names]
+        missing = [name for name, i in zip(names, found, strict=True) if i is None]
+        if missing:
+            raise DatasetError(
+                f"{len(missing)} name(s) of the {what} are not samples of this dataset, e.g. "
+                f"{', '.join(missing[:5])}; were images renamed or removed since it was written?",
+                kind="missing",
+            )
+        return self.subset(found)
+
     def load(self, index: int) -> InstanceRecord:
         raise NotImplementedError
 
@@ -220,6 +254,33 @@ class InstanceDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
         return self.sample(index % len(self), transform=self.transform, augment_seed=self.augment_seed)
+
+
+class InstanceSubset(InstanceDataset):
+    """Samples ``indices`` of ``parent`` (reading is the parent's); normalisation and transform are this one's."""
+
+    def __init__(self, parent: InstanceDataset, indices: Sequence[int]) -> None:
+        super().__init__(
+            classes=parent.classes,
+            mean=parent.mean,
+            std=parent.std,
+            transform=parent.transform,
+            min_area=parent.min_area,
+        )
+        self.parent, self.indices = parent, [range(len(parent))[i] for i in indices]  # (raises IndexError)
+        self.layout = parent.layout
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def describe(self, index: int) -> str:
+        return self.parent.describe(self.indices[index])
+
+    def sample_name(self, index: int) -> str:
+        return self.parent.sample_name(self.indices[index])
+
+    def load(self, index: int) -> InstanceRecord:
+        return self.parent.load(self.indices[index])
 
 
 def read_json(path: Path, what: str) -> Any:

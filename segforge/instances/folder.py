@@ -24,6 +24,7 @@ import numpy as np
 
 from segforge.data.folder import class_names, pair_folders, read_split_list
 from segforge.data.io import DatasetError, list_images, read_image, read_mask
+from segforge.data.registry import DATASETS
 from segforge.instances.data import InstanceDataset, InstanceRecord, Transform, read_json
 
 
@@ -107,6 +108,7 @@ def majority_classes(
     return labels
 
 
+@DATASETS.register("instance_folder")
 class InstanceFolderDataset(InstanceDataset):
     """Images, instance-id maps and instance classes in folders (see the module docstring).
 
@@ -127,6 +129,16 @@ class InstanceFolderDataset(InstanceDataset):
     """
 
     layout = "instance_folder"
+    expects = "images/ and instances/ folders (file stems match), with classes/ or instances.json"
+
+    @staticmethod
+    def detect(root: Path) -> bool:
+        return (root / "images").is_dir() and (root / "instances").is_dir()
+
+    @staticmethod
+    def splits(root: Path) -> list[str]:
+        """The ``<split>.txt`` lists found."""
+        return sorted(p.stem for p in root.glob("*.txt") if p.stem not in ("classes", "README", "readme"))
 
     def __init__(
         self,

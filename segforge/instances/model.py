@@ -57,7 +57,13 @@ class MaskRCNN(nn.Module):
 
     Attributes:
         size_divisor: inputs are padded internally to a multiple of it (the encoder's stride).
+        task: ``"instance"`` (segforge's semantic models: ``"semantic"``): what the training loop, ``evaluate`` and
+            ``predict`` do with it.
+        inputs, in_channels, encoder_name: as a ``Segmenter`` declares them.
     """
+
+    task = "instance"
+    inputs = "images"
 
     def __init__(
         self,
@@ -69,7 +75,8 @@ class MaskRCNN(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder, self.pyramid, self.rpn, self.roi_heads = encoder, pyramid, rpn, roi_heads
-        self.num_classes = num_classes
+        self.num_classes, self.in_channels = num_classes, encoder.in_channels
+        self.encoder_name = ""  # (mask_rcnn names the registered encoder)
         self.size_divisor = max(encoder.stride, *pyramid.roi_strides)
 
     def forward(self, images: Tensor, targets: Sequence[Target] | None = None) -> dict[str, Tensor] | list[Target]:
@@ -200,4 +207,6 @@ def mask_rcnn(
         score_threshold=score_threshold,
         detections_per_image=detections_per_image,
     )
-    return MaskRCNN(enc, pyramid, rpn, roi_heads, num_classes)
+    model = MaskRCNN(enc, pyramid, rpn, roi_heads, num_classes)
+    model.encoder_name = encoder
+    return model

@@ -15,6 +15,7 @@ from segforge.models.segmenter import SegmentationHead, SegmentationOutput, Segm
 # Importing the modules registers their builders.
 from segforge.models import deconvnet, fcn, pspnet, segnet, unet  # noqa: E402,F401  isort: skip
 from segforge.models import temporal as _series_models  # noqa: E402,F401  isort: skip
+from segforge.models import mask_rcnn as _instance_models  # noqa: E402,F401  isort: skip
 
 
 def create_model(

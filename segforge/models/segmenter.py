@@ -76,6 +76,7 @@ class Segmenter(nn.Module):
 
     #: what the model takes: a batch of images ``(N, C, H, W)`` (a model of time series: ``"series"``)
     inputs = "images"
+    task = "semantic"  # (segforge.instances' Mask R-CNN: "instance")
 
     def __init__(
         self,

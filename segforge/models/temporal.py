@@ -53,6 +53,7 @@ class TemporalUNet(nn.Module):
     """
 
     inputs = "series"
+    task = "semantic"
 
     def __init__(
         self,

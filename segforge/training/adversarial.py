@@ -81,7 +81,7 @@ class AdversarialTask(SegmentationTask):
         task = super().build(config, data, state, process, device)
         settings = config.adversarial
         with torch.random.fork_rng(devices=[]):  # (the run's own random stream stays as it was)
-            torch.manual_seed(ADVERSARY_SEED)
+            torch.default_generator.manual_seed(ADVERSARY_SEED)  # (CPU only: manual_seed reseeds CUDA)
             adversary = create_adversary(
                 settings.network, num_classes=data.num_classes, in_channels=data.in_channels, encoding=settings.encoding
             ).to(device)

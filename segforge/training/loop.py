@@ -57,6 +57,7 @@ from segforge.training.adversarial import AdversarialTask
 from segforge.training.budget import Clock, describe_seconds, fit_steps
 from segforge.training.compilation import StepCompilation, is_compile_error
 from segforge.training.distributed import StreamBatchSampler
+from segforge.training.instance_task import InstanceTask
 from segforge.training.optim import create_optimizer, create_scheduler
 from segforge.training.prepare import dataset_options, prepare
 from segforge.training.series_task import SeriesSegmentationTask
@@ -204,7 +205,7 @@ def csv_fields(task: Task) -> list[str]:
         "train_loss",
         *(f"train_{f}" for f in (*task.fields, *task.train_fields)),
         "val_loss",
-        *(f"val_{f}" for f in task.fields),
+        *(f"val_{f}" for f in (*task.fields, *task.val_fields)),
         "seconds",
     ]
 
@@ -345,12 +346,18 @@ def fit(
 
 
 def task_for(config: Config) -> type[Task]:
-    """The task that trains ``config.model``: ``SeriesSegmentationTask`` for a model of image time series (its
-    declared ``inputs``), ``AdversarialTask`` with ``adversarial.enabled``, ``SegmentationTask`` for images."""
+    """The task that trains ``config.model``: ``InstanceTask`` for an instance model (its declared ``task``),
+    ``SeriesSegmentationTask`` for a model of image time series (its declared ``inputs``), ``AdversarialTask`` with
+    ``adversarial.enabled``, ``SegmentationTask`` for images."""
     from segforge.models import create_model
 
     with torch.device("meta"):  # (shapes only: nothing allocated, nothing loaded)
-        inputs = create_model(config.model.name, 2).inputs
+        model = create_model(config.model.name, 2)
+    inputs = model.inputs
+    if model.task == "instance":
+        if config.adversarial.enabled:
+            raise ValueError("adversarial training is for semantic models; train mask_rcnn without --adversarial")
+        return InstanceTask
     if config.adversarial.enabled:
         if inputs == "series":
             raise ValueError("adversarial training is for image models; train time series without --adversarial")

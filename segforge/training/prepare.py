@@ -24,7 +24,11 @@ from segforge.data.fingerprint import Fingerprint, fingerprint
 from segforge.data.registry import DATASETS
 from segforge.data.splits import default_splits, holdout, write_split_list
 from segforge.files import atomic_write
+from segforge.instances.fingerprint import InstanceFingerprint, instance_fingerprint
+from segforge.training.instance_recipe import plan_instances
 from segforge.training.recipe import Choice, plan
+
+EVERY_PAIR = ("folder", "instance_folder")  # layouts that name every sample with the split "all"
 
 
 @dataclass
@@ -40,7 +44,7 @@ class Prepared:
     """
 
     config: Config
-    fingerprint: Fingerprint
+    fingerprint: Fingerprint | InstanceFingerprint
     choices: list[Choice]
     notes: list[str] = field(default_factory=list)
     held_out: tuple[SegmentationDataset, list[int], list[int], str] | None = None
@@ -120,7 +124,7 @@ def prepare(config: Config, *, cuda: bool = False, progress: bool | None = None)
         )
     notes, hold = [], False
     if "auto" in (data.train_split, data.val_split):
-        train_split, val_split = default_splits(layout.splits(root), every_pair=data.format == "folder")
+        train_split, val_split = default_splits(layout.splits(root), every_pair=data.format in EVERY_PAIR)
         data.train_split = train_split if data.train_split == "auto" else data.train_split
         if data.val_split == "auto":
             data.val_split, hold = val_split, val_split is None
@@ -137,6 +141,12 @@ def prepare(config: Config, *, cuda: bool = False, progress: bool | None = None)
         keep, held = holdout(len(train), data.val_fraction, config.train.seed)
         held_out = (train, keep, held, data.train_split)
         train = train.subset(keep)
+    if getattr(train, "task", "semantic") == "instance":
+        fp = instance_fingerprint(train, progress=progress)
+        config, choices = plan_instances(config, fp, cuda=cuda)
+        if hold:
+            config.data.val_split = "auto"  # until write() names the hold-out's list
+        return Prepared(config, fp, choices, notes, held_out)
     report = DoctorReport(root, data.format, False, [], None, options=options)
     fp = fingerprint(train, report=report, progress=progress)
     notes += [note for note in report.notes if not note.startswith("classes:")]

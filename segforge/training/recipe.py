@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,22 +139,12 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
     """
     config = copy.deepcopy(config)
     choices: list[Choice] = []
-
-    def choose(section: Any, key: str, value: Any, reason: str) -> Any:
-        given = getattr(section, key) is not None
-        if given:
-            value = getattr(section, key)
-        else:
-            setattr(section, key, value)
-        name = f"{type(section).__name__.removesuffix('Config').lower()}.{key}"
-        choices.append(Choice(name, value, reason, given))
-        return value
-
+    choose = chooser(choices)
     model, data, train = config.model, config.data, config.train
     choose(data, "num_classes", fp.num_classes, "from the masks' labels")
     _choose_model(model, fp, choose, cuda=cuda)
     _choose_input_size(data, fp, choose, cuda=cuda)
-    choices.append(_normalisation(config, fp))
+    choices.append(choose_normalisation(config, fp))
     augmentation, why = _augmentation(fp)
     choose(data, "augmentation", augmentation, why)
     rare = _rare_classes(fp)
@@ -168,8 +159,31 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
     choose(config.optimizer, "name", "adamw", "adapts per parameter: robust without tuning")
     choose(config.optimizer, "lr", 1e-3, "AdamW's usual rate, after a linear warm-up")
     choose(config.schedule, "name", "poly", "decays to zero at the last step")
+    choose_length(train, fp.images, data.batch_size, choose, choices)
+    return config, choices
+
+
+def chooser(choices: list[Choice]) -> Callable[[Any, str, Any, str], Any]:
+    """``choose(section, key, value, reason)``: sets ``section.key`` (a config section) to ``value`` unless the user
+    set it, records the line in ``choices``, and returns the value that stands."""
+
+    def choose(section: Any, key: str, value: Any, reason: str) -> Any:
+        given = getattr(section, key) is not None
+        if given:
+            value = getattr(section, key)
+        else:
+            setattr(section, key, value)
+        name = f"{type(section).__name__.removesuffix('Config').lower()}.{key}"
+        choices.append(Choice(name, value, reason, given))
+        return value
+
+    return choose
+
+
+def choose_length(train: Any, images: int, batch_size: int, choose: Any, choices: list[Choice]) -> None:
+    """The run's length when the user gave none: 40 passes over the images, 1,000 to 20,000 steps."""
     if train.time_budget is None and train.epochs is None and train.iterations is None:
-        steps = int(min(20000, max(1000, math.ceil(40 * fp.images / data.batch_size))))
+        steps = int(min(20000, max(1000, math.ceil(40 * images / batch_size))))
         choose(
             train,
             "iterations",
@@ -178,7 +192,6 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
         )
     if train.time_budget is not None:
         choices.append(Choice("train.time_budget", train.time_budget, "steps fitted to it after the first steps", True))
-    return config, choices
 
 
 def _choose_model(model: Any, fp: Fingerprint, choose: Any, *, cuda: bool) -> None:
@@ -215,7 +228,7 @@ def _choose_input_size(data: Any, fp: Fingerprint, choose: Any, *, cuda: bool) -
     choose(data, "batch_size", batch, f"about {budget / 1e6:.2g} M pixels per step{dates}")
 
 
-def _normalisation(config: Config, fp: Fingerprint) -> Choice:
+def choose_normalisation(config: Config, fp: Fingerprint) -> Choice:
     """Fills ``data.mean``/``std`` (the pretrained encoder's, else the training images'); returns the choice."""
     model, data = config.model, config.data
     given = data.mean is not None

@@ -12,8 +12,8 @@ signals, NaN stops and the processes of torchrun. A *task* owns what one kind of
 
 ``SegmentationTask`` is semantic segmentation: (images, masks) batches, the loss of the logits, a
 confusion matrix per round, validation by the FCN metrics. A model with a second network
-(adversarial training), another target (instances) or another input shape (image time series) is
-another task passed to ``fit(config, task=...)``, not another loop.
+(adversarial training), another target (instances: ``segforge.training.instance_task``) or another input shape
+(image time series) is another task passed to ``fit(config, task=...)``, not another loop.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class RoundMetrics(Protocol):
 class Task(Protocol):
     fields: tuple[str, ...]  # metrics.csv columns after train_ and val_ (besides the loss), e.g. "mean_iou"
     train_fields: tuple[str, ...]  # columns of the training rounds only (e.g. an adversary's loss)
+    val_fields: tuple[str, ...]  # columns of validation only (e.g. an instance model's AP)
     score: str  # the validation field a better model has more of (picks best.safetensors, early stopping)
     net: nn.Module  # the network the checkpoints hold
     memory_format: torch.memory_format
@@ -121,6 +122,7 @@ class SegmentationTask:
 
     fields = ("mean_iou", "pixel_accuracy")
     train_fields: tuple[str, ...] = ()
+    val_fields: tuple[str, ...] = ()
     score = "mean_iou"
 
     def __init__(
