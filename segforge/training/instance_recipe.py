@@ -7,8 +7,9 @@ The rules, like the semantic recipe's (``segforge.training.recipe``), read only 
   EfficientNet-Lite0: under Mask R-CNN's un-normalised feature pyramid its features gave a first mask loss of
   13, against 0.7 from scratch, and its depthwise convolutions made training steps several times slower.)
 - **crop and batch**: random crops of 384 px (768 on a GPU) of larger images, whole images otherwise; a batch of
-  about as many pixels as 4 images of 192² on a CPU (Mask R-CNN's heads cost per image, not per pixel, so
-  batches are smaller than a semantic model's).
+  about as many pixels as 4 images of 128² on a CPU, at least 2 (Mask R-CNN's heads cost the same per image
+  whatever its size: up to 512 RoIs through the box head, 128 through the mask head, so small images come in
+  small batches, and more steps fit a time budget).
 - **normalisation**: the pretrained encoder's, else the training images' statistics.
 - **augmentation**: horizontal flips, small scale and brightness/contrast changes (no vertical flips or
   rotations: the fingerprint of objects cannot tell an upright scene from a micrograph).
@@ -29,7 +30,7 @@ from segforge.training.recipe import Choice, choose_length, choose_normalisation
 MODEL = "mask_rcnn"
 SCRATCH_ENCODER = "resnet18"
 CPU_CROP, GPU_CROP = 384, 768
-CPU_PIXELS_PER_STEP = 4 * 192 * 192
+CPU_PIXELS_PER_STEP = 4 * 128 * 128
 GPU_PIXELS_PER_STEP = 8 * 512 * 512
 LEARNING_RATE = 1e-3
 
@@ -79,5 +80,5 @@ def _choose_input_size(data: Any, fp: InstanceFingerprint, choose: Any, *, cuda:
         crop_size = choose(data, "crop_size", 0, f"images are {side} px or less: whole images (0)")
     pixels = crop_size**2 if crop_size else fp.median_size[0] * fp.median_size[1]
     budget = GPU_PIXELS_PER_STEP if cuda else CPU_PIXELS_PER_STEP
-    batch = max(1, min(16, round(budget / pixels), fp.images))
+    batch = max(2, min(16, round(budget / pixels), fp.images))
     choose(data, "batch_size", batch, f"about {budget / 1e6:.2g} M pixels per step")
