@@ -545,6 +545,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tile", type=int, default=256, help="side of the synthetic images tiled into each image")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rois", type=int, default=None, help="RoIs per image in training (default: mask_rcnn's)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "instance_speed.json")
     args = parser.parse_args()
     if args.size < 32 or args.batch < 1 or args.repeats < 1 or args.warmup < 0 or args.tile < 24:
@@ -560,7 +561,8 @@ def main() -> int:
     images, targets = synthetic_batch(args.batch, args.size, args.classes, args.tile, args.seed)
     objects = statistics.mean(len(t["boxes"]) for t in targets)
     log(f"{objects:.0f} objects per image")
-    model = mask_rcnn(args.classes, encoder=args.encoder)
+    rois = {} if args.rois is None else {"box_batch_size_per_image": args.rois}
+    model = mask_rcnn(args.classes, encoder=args.encoder, **rois)
     check_staged(model, images, targets)
     training = measure_training(model, images, targets, warmup=args.warmup, repeats=args.repeats, log=log)
     heads, inference = model.roi_heads, {}

@@ -61,16 +61,7 @@ def summarize(
     doc = (MODELS.get(name).__doc__ or "").strip().splitlines()
     if doc and model.inputs == "series":
         doc[0] += f" ({SUMMARY_DATES} dates)"
-    return ModelSummary(
-        name=name,
-        encoder=model.encoder_name,
-        parameters=count_parameters(model),
-        flops=counter.get_total_flops(),
-        input_size=input_size,
-        output_size=logits.shape[-1],
-        description=doc[0] if doc else "",
-        decoder_channels=tuple(widths) if (widths := model.config.get("decoder_channels")) else None,
-    )
+    return _summary(name, model, counter, input_size, logits.shape[-1], doc[0] if doc else "")
 
 
 def _summarize_instances(name: str, build, size: int) -> ModelSummary:
@@ -83,15 +74,19 @@ def _summarize_instances(name: str, build, size: int) -> ModelSummary:
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x)
+    return _summary(name, model, counter, size, size, (MODELS.get(name).__doc__ or "").strip().splitlines()[0])
+
+
+def _summary(name: str, model, counter: FlopCounterMode, input_size: int, output_size: int, doc: str) -> ModelSummary:
     return ModelSummary(
         name=name,
         encoder=model.encoder_name,
         parameters=count_parameters(model),
         flops=counter.get_total_flops(),
-        input_size=size,
-        output_size=size,
-        description=(MODELS.get(name).__doc__ or "").strip().splitlines()[0],
-        decoder_channels=None,
+        input_size=input_size,
+        output_size=output_size,
+        description=doc,
+        decoder_channels=tuple(widths) if (widths := model.config.get("decoder_channels")) else None,
     )
 
 

@@ -56,7 +56,7 @@ def test_unknown_key_names_it_and_lists_the_valid_ones(tmp_path) -> None:
             r"schedule.name 'linear' is not one .* \['constant', 'cosine', 'poly', 'step'\]",
         ),
         ({"loss": {"name": "focal"}}, r"loss.name 'focal' is not one .* \['ce', 'ce\+dice', 'dice'\]"),
-        ({"data": {"format": "coco"}}, r"data.format 'coco' is not one .* \['auto', 'ade20k', 'camvid'"),
+        ({"data": {"format": "kitti"}}, r"data.format 'kitti' is not one .* \['auto', 'ade20k', 'camvid'"),
         ({"model": {"name": "deeplab"}}, r"model.name 'deeplab' is not one .* \['deconvnet', 'fcn16s'"),
         ({"model": {"encoder": "resnet152"}}, r"model.encoder 'resnet152' is not one .* \['efficientnet_lite0'"),
         ({"data": {"class_weights": [1, "x"]}}, r"'data.class_weights' must be 'none' \| 'median_frequency' \| list"),

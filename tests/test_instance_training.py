@@ -115,3 +115,19 @@ def test_evaluate_predict_and_export_from_the_command_line(run, data_root, tmp_p
     assert "--tile applies to semantic models" in capsys.readouterr().err
     assert main(["export", "--checkpoint", checkpoint, "--out", str(tmp_path / "m.onnx")]) == 2
     assert "mask_rcnn is not exported to ONNX" in capsys.readouterr().err
+
+
+def test_the_doctor_describes_instance_data_and_names_a_bad_file(data_root, tmp_path) -> None:
+    from segforge.data import diagnose
+
+    report = diagnose(data_root, progress=False)
+    assert report.layout == "instance_folder" and not report.problems
+    assert any(note.startswith("[train] 6 images") for note in report.notes)
+    bad = tmp_path / "bad"
+    shutil.copytree(data_root, bad)
+    table = json.loads((bad / "instances.json").read_text())
+    table["0001"]["1"] = 9
+    (bad / "instances.json").write_text(json.dumps(table))
+    report = diagnose(bad, progress=False)
+    assert report.exit_code == 1
+    assert "instance 1 of " in report.errors[0].message and "has class 9, outside 1..3" in report.errors[0].message

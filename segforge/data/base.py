@@ -52,6 +52,25 @@ def label_lookup(label_map: Mapping[int, int] | Sequence[int] | np.ndarray) -> n
     return np.asarray(label_map, dtype=np.int64)
 
 
+def named_indices(dataset, names: Sequence[str], what: str) -> list[int]:
+    """The indices of ``dataset``'s samples named ``names`` (its ``sample_name``s, or file names with their
+    extension), in that order.
+
+    Raises:
+        DatasetError: a name is not a sample of ``dataset`` (the message lists a few).
+    """
+    index = {dataset.sample_name(i): i for i in range(len(dataset))}
+    found = [index.get(name, index.get(Path(name).stem, index.get(name.strip()))) for name in names]
+    missing = [name for name, i in zip(names, found, strict=True) if i is None]
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} name(s) of the {what} are not samples of this dataset, e.g. "
+            f"{', '.join(missing[:5])}; were images renamed or removed since it was written?",
+            kind="missing",
+        )
+    return found
+
+
 def scale_image(image: np.ndarray) -> np.ndarray:
     """``(H, W, C)`` → float32 in [0, 1] by the dtype's maximum (uint8 / 255, uint16 / 65535).
 
@@ -181,16 +200,7 @@ class SegmentationDataset(Dataset):
         Raises:
             DatasetError: a name is not a sample of this dataset (the message lists a few).
         """
-        index = {self.sample_name(i): i for i in range(len(self))}
-        found = [index.get(name, index.get(Path(name).stem, index.get(name.strip()))) for name in names]
-        missing = [name for name, i in zip(names, found, strict=True) if i is None]
-        if missing:
-            raise DatasetError(
-                f"{len(missing)} name(s) of the {what} are not samples of this dataset, e.g. "
-                f"{', '.join(missing[:5])}; were images renamed or removed since it was written?",
-                kind="missing",
-            )
-        return self.subset(found)
+        return self.subset(named_indices(self, names, what))
 
     def set_region_masks(self, folder: str | Path) -> None:
         """Pairs every image with a valid-region mask in ``folder`` (matched like masks: by file stem, or by

@@ -642,6 +642,9 @@ def diagnose(
                 Problem("error", f"[{label}] {err}", _fix(err.kind, report), [err.path] if err.path else [])
             )
             continue
+        if getattr(dataset, "task", "semantic") == "instance":
+            _check_instance_split(report, dataset, label, scan=split is None or name == split, progress=progress)
+            continue
         check_split(report, dataset, label, scan=split is None or name == split, workers=workers, progress=progress)
     if isinstance(label_map, Mapping):
         _check_label_map(report, label_map)
@@ -654,6 +657,27 @@ def diagnose(
     if detected:
         report.notes.insert(0, f"layout detected from the folder structure: {layout} (override with --format)")
     return report
+
+
+def _check_instance_split(report: DoctorReport, dataset, label: str, *, scan: bool, progress: bool | None) -> None:
+    """An instance split (``segforge.instances``): read every sample once; what it holds goes in the notes, the
+    first file that cannot be used in the problems (with the reader's fix)."""
+    from segforge.instances.fingerprint import instance_fingerprint
+
+    report.classes = report.classes or list(dataset.classes)
+    if not scan:
+        report.notes.append(f"[{label}] {len(dataset)} images (not scanned)")
+        return
+    try:
+        fp = instance_fingerprint(dataset, progress=progress)
+    except DatasetError as err:
+        report.problems.append(
+            Problem("error", f"[{label}] {err}", _fix(err.kind, report), [err.path] if err.path else [])
+        )
+        return
+    report.num_classes = report.num_classes or fp.num_classes
+    report.classes = report.classes or list(fp.classes)
+    report.notes += [f"[{label}] {line}" for line in fp.describe()]
 
 
 def _class_name(report: DoctorReport, index: int) -> str:
@@ -670,7 +694,8 @@ def _format(report: DoctorReport) -> str:
     lines.append(f"classes: {classes}; ignore index: {report.ignore_index}")
     lines += [f"note: {n}" for n in report.notes]
     lines.append("")
-    lines.append(f"{'split':<12}{'samples':>8}{'labelled':>10}  image sizes (WxH)         channels")
+    if report.splits:  # (an instance layout's splits are described in the notes)
+        lines.append(f"{'split':<12}{'samples':>8}{'labelled':>10}  image sizes (WxH)         channels")
     for s in report.splits.values():
         if not s.scanned:
             lines.append(f"{s.name:<12}{s.samples:>8}{'':>10}  (not scanned)")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from segforge.data.base import default_palette, scale_image, to_tensor
+from segforge.data.base import default_palette, named_indices, scale_image, to_tensor
 from segforge.data.io import DatasetError
 from segforge.data.transforms import Transform as SeededTransform
 from segforge.instances.boxes import masks_to_boxes
@@ -209,16 +209,7 @@ class InstanceDataset(Dataset):
         Raises:
             DatasetError: a name is not a sample of this dataset (the message lists a few).
         """
-        index = {self.sample_name(i): i for i in range(len(self))}
-        found = [index.get(name, index.get(Path(name).stem)) for name in names]
-        missing = [name for name, i in zip(names, found, strict=True) if i is None]
-        if missing:
-            raise DatasetError(
-                f"{len(missing)} name(s) of the {what} are not samples of this dataset, e.g. "
-                f"{', '.join(missing[:5])}; were images renamed or removed since it was written?",
-                kind="missing",
-            )
-        return self.subset(found)
+        return self.subset(named_indices(self, names, what))
 
     def load(self, index: int) -> InstanceRecord:
         raise NotImplementedError

@@ -155,7 +155,7 @@ def mask_rcnn(
     rpn_pre_nms_top_n: tuple[int, int] = (1000, 500),
     rpn_post_nms_top_n: tuple[int, int] = (1000, 300),
     rpn_batch_size_per_image: int = 256,
-    box_batch_size_per_image: int = 512,
+    box_batch_size_per_image: int = 128,
     score_threshold: float = 0.05,
     detections_per_image: int = 100,
 ) -> MaskRCNN:
@@ -174,7 +174,10 @@ def mask_rcnn(
         rpn_pre_nms_top_n, rpn_post_nms_top_n: ``(training, eval)`` proposal counts, per level before NMS
             and per image after (torchvision: 2000/1000 and 2000/1000; 300 proposals in eval suffice for
             tens of objects per image and make CPU inference several times faster).
-        rpn_batch_size_per_image, box_batch_size_per_image: anchors and RoIs sampled per image in training.
+        rpn_batch_size_per_image, box_batch_size_per_image: anchors and RoIs sampled per image in training,
+            a quarter of the RoIs positive at most (the mask head trains on those). 128 RoIs (the paper: 512;
+            Fast R-CNN: 64): the heads cost per RoI, and on a CPU 512 made a step of 4 images of 128² 1.9x
+            slower (``bench/instance_speed.py --rois``); the README has what it did to a 10-minute run.
         score_threshold, detections_per_image: what inference keeps.
 
     Raises:

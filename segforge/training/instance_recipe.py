@@ -21,11 +21,10 @@ The rules, like the semantic recipe's (``segforge.training.recipe``), read only 
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 from segforge.config import Config
 from segforge.instances.fingerprint import InstanceFingerprint
-from segforge.training.recipe import Choice, choose_length, choose_normalisation, chooser
+from segforge.training.recipe import Choice, choose_input_size, choose_length, choose_normalisation, chooser
 
 MODEL = "mask_rcnn"
 SCRATCH_ENCODER = "resnet18"
@@ -60,7 +59,14 @@ def plan_instances(config: Config, fp: InstanceFingerprint, *, cuda: bool = Fals
         + (": its ImageNet weights" if model.encoder_weights else ", from scratch")
         + " (EfficientNet-Lite0's installed weights gave a mask loss 20x the others' and 6x slower steps)",
     )
-    _choose_input_size(data, fp, choose, cuda=cuda)
+    choose_input_size(
+        data,
+        fp,
+        choose,
+        crop=GPU_CROP if cuda else CPU_CROP,
+        pixels_per_step=GPU_PIXELS_PER_STEP if cuda else CPU_PIXELS_PER_STEP,
+        max_batch=16,
+    )
     choices.append(choose_normalisation(config, fp))
     augmentation = {"hflip": {}, "scale": {"scale_range": [0.8, 1.25]}, "jitter": {}}
     choose(data, "augmentation", augmentation, "flips, scale and brightness: moves boxes and masks with the image")
@@ -69,16 +75,3 @@ def plan_instances(config: Config, fp: InstanceFingerprint, *, cuda: bool = Fals
     choose(config.schedule, "name", "poly", "decays to zero at the last step")
     choose_length(config.train, fp.images, data.batch_size, choose, choices)
     return config, choices
-
-
-def _choose_input_size(data: Any, fp: InstanceFingerprint, choose: Any, *, cuda: bool) -> None:
-    crop = GPU_CROP if cuda else CPU_CROP
-    side = min(fp.median_size)
-    if side > crop * 1.25:
-        crop_size = choose(data, "crop_size", crop, f"images are {side}+ px: random {crop}-px crops")
-    else:
-        crop_size = choose(data, "crop_size", 0, f"images are {side} px or less: whole images (0)")
-    pixels = crop_size**2 if crop_size else fp.median_size[0] * fp.median_size[1]
-    budget = GPU_PIXELS_PER_STEP if cuda else CPU_PIXELS_PER_STEP
-    batch = max(2, min(16, round(budget / pixels), fp.images))
-    choose(data, "batch_size", batch, f"about {budget / 1e6:.2g} M pixels per step")

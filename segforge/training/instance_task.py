@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from segforge.config import Config
 from segforge.instances.data import collate_instances
 from segforge.training import distributed
+from segforge.training.task import for_processes
 
 #: how a round's training columns group Mask R-CNN's five losses
 LOSS_PARTS = {
@@ -101,17 +101,8 @@ class InstanceTask:
         if state is not None:
             net.load_state_dict(state["model"])
             net.config = state.get("model_config", net.config)
-        net = net.to(device)
-        detector: nn.Module = net
-        if process.distributed:
-            if config.train.sync_bn:
-                if device.type != "cuda":
-                    raise ValueError("train.sync_bn needs CUDA: turn it off on the CPU")
-                net = detector = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-            # (not every head gets a gradient in every step: an image without objects trains no mask)
-            detector = DistributedDataParallel(
-                net, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
-            )
+        # (not every head gets a gradient in every step: a batch without objects trains no mask)
+        net, detector = for_processes(net.to(device), config, process, device, unused=True)
         return cls(net, detector, data=data, device=device)
 
     def collate(self) -> Callable:

@@ -143,7 +143,14 @@ def plan(config: Config, fp: Fingerprint, *, cuda: bool = False) -> tuple[Config
     model, data, train = config.model, config.data, config.train
     choose(data, "num_classes", fp.num_classes, "from the masks' labels")
     _choose_model(model, fp, choose, cuda=cuda)
-    _choose_input_size(data, fp, choose, cuda=cuda)
+    choose_input_size(
+        data,
+        fp,
+        choose,
+        crop=GPU_CROP if cuda else CPU_CROP,
+        pixels_per_step=GPU_PIXELS_PER_STEP if cuda else CPU_PIXELS_PER_STEP,
+        note=f" (a series: {fp.dates} dates' pixels)" if fp.inputs == "series" else "",
+    )
     choices.append(choose_normalisation(config, fp))
     augmentation, why = _augmentation(fp)
     choose(data, "augmentation", augmentation, why)
@@ -213,19 +220,19 @@ def _choose_model(model: Any, fp: Fingerprint, choose: Any, *, cuda: bool) -> No
         choose(model, "temporal", "attention", "U-TAE's temporal attention: learns fastest (bench/temporal.py)")
 
 
-def _choose_input_size(data: Any, fp: Fingerprint, choose: Any, *, cuda: bool) -> None:
-    """Random crops of large images (whole small ones), and a batch of about a fixed number of pixels."""
-    crop = GPU_CROP if cuda else CPU_CROP
+def choose_input_size(
+    data: Any, fp: Any, choose: Any, *, crop: int, pixels_per_step: int, max_batch: int = 32, note: str = ""
+) -> None:
+    """Random ``crop``-px crops of images over 1.25 ``crop`` (whole smaller ones), and a batch of about
+    ``pixels_per_step`` pixels (a series counts each date's): 2 to ``max_batch`` samples, at most the images."""
     side = min(fp.median_size)
     if side > crop * 1.25:
         crop_size = choose(data, "crop_size", crop, f"images are {side}+ px: random {crop}-px crops")
     else:
         crop_size = choose(data, "crop_size", 0, f"images are {side} px or less: whole images (0)")
-    pixels = (crop_size**2 if crop_size else fp.median_size[0] * fp.median_size[1]) * fp.dates
-    budget = GPU_PIXELS_PER_STEP if cuda else CPU_PIXELS_PER_STEP
-    batch = max(2, min(32, round(budget / pixels), fp.images))
-    dates = f" (a series: {fp.dates} dates' pixels)" if fp.inputs == "series" else ""
-    choose(data, "batch_size", batch, f"about {budget / 1e6:.2g} M pixels per step{dates}")
+    pixels = (crop_size**2 if crop_size else fp.median_size[0] * fp.median_size[1]) * getattr(fp, "dates", 1)
+    batch = max(2, min(max_batch, round(pixels_per_step / pixels), fp.images))
+    choose(data, "batch_size", batch, f"about {pixels_per_step / 1e6:.2g} M pixels per step{note}")
 
 
 def choose_normalisation(config: Config, fp: Fingerprint) -> Choice:

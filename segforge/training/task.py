@@ -233,18 +233,27 @@ def _build_model(
         net.load_state_dict(state["model"])
         net.config = state.get("model_config", net.config)  # what the encoder started from
     memory_format = torch.channels_last if _trains_channels_last(config, net, device) else torch.contiguous_format
-    net = net.to(device).to(memory_format=memory_format)
-    model: nn.Module = net
-    if process.distributed:
-        if config.train.sync_bn:
-            if device.type != "cuda":
-                raise ValueError(
-                    "train.sync_bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only. Turn it "
-                    "off on the CPU (each process then normalises with its own batch statistics)"
-                )
-            net = model = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    net, model = for_processes(net.to(device).to(memory_format=memory_format), config, process, device)
     return net, model, memory_format
+
+
+def for_processes(
+    net: nn.Module, config: Config, process: distributed.Process, device: torch.device, *, unused: bool = False
+) -> tuple[nn.Module, nn.Module]:
+    """``(net, what the steps call)``: under torchrun, the net with SyncBatchNorm when ``train.sync_bn`` asks, and
+    its DistributedDataParallel wrapper (``unused``: some parameters may get no gradient in a step); else the net
+    twice."""
+    if not process.distributed:
+        return net, net
+    if config.train.sync_bn:
+        if device.type != "cuda":
+            raise ValueError(
+                "train.sync_bn needs CUDA: PyTorch's SyncBatchNorm runs on GPUs only. Turn it "
+                "off on the CPU (each process then normalises with its own batch statistics)"
+            )
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    ids = [device.index] if device.type == "cuda" else None
+    return net, DistributedDataParallel(net, device_ids=ids, find_unused_parameters=unused)
 
 
 def _trains_channels_last(config: Config, net: nn.Module, device: torch.device) -> bool:
