@@ -97,7 +97,9 @@ class SetDetector(nn.Module):
         self.seen: list[tuple[bool, bool, bool]] = []
         self.draws: list[float] = []
 
-    def forward(self, images: Tensor, targets: list[Target] | None = None) -> list[Target] | dict[str, Tensor]:
+    def forward(
+        self, images: Tensor, targets: list[Target] | None = None, *, image_sizes=None
+    ) -> list[Target] | dict[str, Tensor]:
         self.dropout(self.norm(images))  # running statistics move only in training mode
         if not self.training:
             found = self.detections[self.next : self.next + len(images)]

@@ -160,6 +160,22 @@ def test_eval_detections_have_the_input_size(size: tuple[int, int]) -> None:
         assert (d["scores"][:-1] >= d["scores"][1:]).all()
 
 
+def test_a_padded_batch_keeps_each_image_inside_its_own_size() -> None:
+    """Two images padded to one batch: with image_sizes, the second image's detections stay inside its 40x48,
+    with masks of its size; in training, each target's mask size says where its image ends."""
+    model = tiny_model(detections_per_image=20, score_threshold=0.0).eval()
+    images = torch.rand(2, 3, 64, 64)
+    images[1, :, 40:] = images[1, :, :, 48:] = 0  # the padding of a 40x48 image
+    with torch.no_grad():
+        first, second = model(images, image_sizes=[(64, 64), (40, 48)])
+    assert first["masks"].shape[1:] == (64, 64) and second["masks"].shape[1:] == (40, 48)
+    assert len(second["boxes"]) > 0
+    assert (second["boxes"][:, 2] <= 48).all() and (second["boxes"][:, 3] <= 40).all()
+    with pytest.raises(ValueError, match="image_sizes must give each of the 2 images its"):
+        model(images, image_sizes=[(64, 64)])
+    assert model._image_sizes(images, [{"masks": torch.zeros(0, 40, 48)}] * 2, None) == [(40, 48)] * 2
+
+
 def test_a_few_steps_overfit_one_image() -> None:
     # fewer proposals and sampled RoIs than tiny_model(): 30 steps in a few seconds on two busy cores
     model = tiny_model(

@@ -204,7 +204,8 @@ def _batch(
     with torch.inference_mode():
         model.eval()
         pairs = []
-        for output, target in zip(model(images), targets):
+        sizes = [tuple(target["masks"].shape[-2:]) for target in targets]
+        for output, target in zip(model(images, image_sizes=sizes), targets):
             size = tuple(target["masks"].shape[-2:])
             detections = _cut(output, size)
             predicted = semantic_map(detections, size, score_threshold=threshold)
@@ -252,8 +253,9 @@ def evaluate_instances(
     Every module's mode is as it was afterwards.
 
     Args:
-        model: ``model(images)`` in eval mode → per image ``{"boxes", "labels", "scores", "masks" (K, H, W)}``
-            at the (padded) input size; in training mode ``model(images, targets)`` → a dict of scalar losses.
+        model: ``model(images, image_sizes=...)`` in eval mode → per image ``{"boxes", "labels", "scores",
+            "masks" (K, H, W)}`` (at most each image's size); in training mode ``model(images, targets)`` → a
+            dict of scalar losses.
         loader: batches ``(images (N, C, H, W), [target, ...])`` from ``collate_instances``; each target's
             ``masks (K, h, w)`` give its image's size.
         num_classes: classes including the background.

@@ -187,7 +187,7 @@ def paste_masks(probabilities: Tensor, boxes: Tensor, image_size: Sequence[int],
 class RoIHeads(nn.Module):
     """Box and mask heads with their sampling, losses and post-processing.
 
-    ``forward(features, strides, proposals, image_size, targets=None)`` → ``(detections, losses)``: with
+    ``forward(features, strides, proposals, image_sizes, targets=None)`` → ``(detections, losses)``: with
     targets, no detections and ``{"classifier", "box", "mask"}``; without, per image a dict ``boxes (K, 4)``,
     ``labels (K,)``, ``scores (K,)``, ``masks (K, H, W) bool`` (``K <= detections_per_image``, by score).
 
@@ -226,12 +226,12 @@ class RoIHeads(nn.Module):
         features: Sequence[Tensor],
         strides: Sequence[int],
         proposals: Sequence[Tensor],
-        image_size: Sequence[int],
+        image_sizes: Sequence[Sequence[int]],
         targets: Sequence[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         if targets is not None:
             return [], self.losses(features, strides, proposals, targets)
-        return self.detect(features, strides, proposals, image_size), {}
+        return self.detect(features, strides, proposals, image_sizes), {}
 
     def losses(
         self,
@@ -270,17 +270,21 @@ class RoIHeads(nn.Module):
         return {"classifier": classifier, "box": box, "mask": F.binary_cross_entropy_with_logits(chosen, target)}
 
     def detect(
-        self, features: Sequence[Tensor], strides: Sequence[int], proposals: Sequence[Tensor], image_size: Sequence[int]
+        self,
+        features: Sequence[Tensor],
+        strides: Sequence[int],
+        proposals: Sequence[Tensor],
+        image_sizes: Sequence[Sequence[int]],
     ) -> list[dict[str, Tensor]]:
         crops = multilevel_roi_align(features, strides, proposals, self.box_resolution, self.sampling_ratio)
         class_logits, deltas = self.box_head(crops)
         num_classes = class_logits.shape[1]
         scores = F.softmax(class_logits, dim=1)
         boxes = decode_boxes(deltas, torch.cat(list(proposals)), BOX_WEIGHTS)
-        boxes = clip_boxes(boxes.view(-1, 4), image_size).view(-1, num_classes, 4)
         counts = [len(p) for p in proposals]
         detections = []
-        for image_scores, image_boxes in zip(scores.split(counts), boxes.split(counts)):
+        for image_scores, image_boxes, size in zip(scores.split(counts), boxes.split(counts), image_sizes):
+            image_boxes = clip_boxes(image_boxes.reshape(-1, 4), size).view(-1, num_classes, 4)
             labels = torch.arange(num_classes, device=scores.device).expand_as(image_scores)
             # drop the background column; one candidate per (proposal, class)
             image_scores, labels = image_scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
@@ -296,6 +300,6 @@ class RoIHeads(nn.Module):
         mask_logits = self.mask_head(crops)
         all_labels = torch.cat([d["labels"] for d in detections])
         probabilities = torch.sigmoid(mask_logits[torch.arange(len(all_labels)), all_labels])
-        for d, p in zip(detections, probabilities.split([len(d["labels"]) for d in detections])):
-            d["masks"] = paste_masks(p, d["boxes"], image_size, self.mask_threshold)
+        for d, p, size in zip(detections, probabilities.split([len(d["labels"]) for d in detections]), image_sizes):
+            d["masks"] = paste_masks(p, d["boxes"], size, self.mask_threshold)
         return detections

@@ -55,6 +55,10 @@ class MaskRCNN(nn.Module):
     * eval mode → per image ``{"boxes" (K, 4), "labels" (K,) int64, "scores" (K,) by decreasing score,
       "masks" (K, H, W) bool}``, ``K <= detections_per_image``; ``targets`` are ignored.
 
+    In a batch padded at the bottom and right (``collate_instances``), proposals and detections stay inside each
+    image's own size: in training its target masks' size, in eval ``image_sizes`` (one ``(H, W)`` per image; the
+    masks then have that size), else the batch's.
+
     Attributes:
         size_divisor: inputs are padded internally to a multiple of it (the encoder's stride).
         task: ``"instance"`` (segforge's semantic models: ``"semantic"``): what the training loop, ``evaluate`` and
@@ -79,7 +83,13 @@ class MaskRCNN(nn.Module):
         self.encoder_name = ""  # (mask_rcnn names the registered encoder)
         self.size_divisor = max(encoder.stride, *pyramid.roi_strides)
 
-    def forward(self, images: Tensor, targets: Sequence[Target] | None = None) -> dict[str, Tensor] | list[Target]:
+    def forward(
+        self,
+        images: Tensor,
+        targets: Sequence[Target] | None = None,
+        *,
+        image_sizes: Sequence[Sequence[int]] | None = None,
+    ) -> dict[str, Tensor] | list[Target]:
         if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
             shape = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"images must be an (N, C, H, W) float tensor, got {shape}; one image is image[None]")
@@ -96,15 +106,34 @@ class MaskRCNN(nn.Module):
             if len(targets) != images.shape[0]:
                 raise ValueError(f"got {len(targets)} targets for {images.shape[0]} images; give one dict per image")
             targets = [self._check_target(t, i, images) for i, t in enumerate(targets)]
-        size = tuple(images.shape[-2:])
+        sizes = self._image_sizes(images, targets if self.training else None, image_sizes)
         features = self.pyramid(self.encoder(pad_to_multiple(images, self.size_divisor)))
         gt_boxes = [t["boxes"] for t in targets] if self.training else None
-        proposals, rpn_losses = self.rpn(features, self.pyramid.strides, size, gt_boxes)
+        proposals, rpn_losses = self.rpn(features, self.pyramid.strides, sizes, gt_boxes)
         levels = len(self.pyramid.roi_strides)  # the RoI heads read P2-P5, not the extra level
         detections, roi_losses = self.roi_heads(
-            features[:levels], self.pyramid.roi_strides, proposals, size, targets if self.training else None
+            features[:levels], self.pyramid.roi_strides, proposals, sizes, targets if self.training else None
         )
         return {**rpn_losses, **roi_losses} if self.training else detections
+
+    @staticmethod
+    def _image_sizes(
+        images: Tensor, targets: Sequence[Target] | None, image_sizes: Sequence[Sequence[int]] | None
+    ) -> list[tuple[int, int]]:
+        """Each image's own ``(H, W)`` in a padded batch: its target masks' size in training, ``image_sizes`` when
+        given, else the batch's."""
+        if targets is not None:
+            return [tuple(t["masks"].shape[-2:]) for t in targets]
+        if image_sizes is None:
+            return [tuple(images.shape[-2:])] * images.shape[0]
+        sizes = [(int(h), int(w)) for h, w in image_sizes]
+        too_large = [s for s in sizes if s[0] > images.shape[-2] or s[1] > images.shape[-1]]
+        if len(sizes) != images.shape[0] or too_large:
+            raise ValueError(
+                f"image_sizes must give each of the {images.shape[0]} images its (H, W) inside the batch's "
+                f"{tuple(images.shape[-2:])}, got {sizes[:4]}"
+            )
+        return sizes
 
     def _check_target(self, target: Target, index: int, images: Tensor) -> Target:
         """The target moved to the images' device, crowd instances left out; ValueError naming what is wrong."""

@@ -126,7 +126,7 @@ def select_proposals(
     objectness: Sequence[Tensor],
     deltas: Sequence[Tensor],
     anchors: Sequence[Tensor],
-    image_size: Sequence[int],
+    image_sizes: Sequence[Sequence[int]],
     *,
     pre_nms_top_n: int,
     post_nms_top_n: int,
@@ -137,7 +137,7 @@ def select_proposals(
 
     Args:
         objectness, deltas, anchors: per level ``(N, P_l)``, ``(N, P_l, 4)`` and ``(P_l, 4)``.
-        image_size: ``(H, W)`` to clip to.
+        image_sizes: each image's ``(H, W)`` to clip to (in a padded batch, its own, not the batch's).
 
     Returns:
         Per image ``(K_i, 4)`` boxes, ``K_i <= post_nms_top_n``, by decreasing objectness, without gradient.
@@ -154,7 +154,7 @@ def select_proposals(
     scores, boxes, levels = torch.cat(scores, 1), torch.cat(boxes, 1), torch.cat(levels, 1)
     proposals = []
     for i in range(batch):
-        image_boxes = clip_boxes(boxes[i], image_size)
+        image_boxes = clip_boxes(boxes[i], image_sizes[i])
         keep = remove_small_boxes(image_boxes, min_size)
         keep = keep[torch.isfinite(scores[i, keep])]
         kept = batched_nms(image_boxes[keep], scores[i, keep], levels[i, keep], nms_threshold)[:post_nms_top_n]
@@ -203,7 +203,7 @@ def rpn_loss(
 class RegionProposalNetwork(nn.Module):
     """Anchors + :class:`RPNHead` + proposal selection, and the losses in training.
 
-    ``forward(features, strides, image_size, gt_boxes=None)`` → ``(proposals, losses)``: per image
+    ``forward(features, strides, image_sizes, gt_boxes=None)`` → ``(proposals, losses)``: per image
     ``(K_i, 4)`` boxes, and ``{"rpn_objectness", "rpn_box"}`` when ``gt_boxes`` is given (else empty).
 
     Args:
@@ -244,7 +244,7 @@ class RegionProposalNetwork(nn.Module):
         self,
         features: Sequence[Tensor],
         strides: Sequence[int],
-        image_size: Sequence[int],
+        image_sizes: Sequence[Sequence[int]],
         gt_boxes: Sequence[Tensor] | None = None,
     ) -> tuple[list[Tensor], dict[str, Tensor]]:
         objectness, deltas = self.head(features)
@@ -254,7 +254,7 @@ class RegionProposalNetwork(nn.Module):
             objectness,
             deltas,
             anchors,
-            image_size,
+            image_sizes,
             pre_nms_top_n=self.pre_nms_top_n[mode],
             post_nms_top_n=self.post_nms_top_n[mode],
             nms_threshold=self.nms_threshold,

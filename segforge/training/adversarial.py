@@ -33,12 +33,6 @@ from segforge.training.task import ConfusionCounts, SegmentationTask
 ADVERSARY_SEED = 1_000_003  # the adversary's initial weights: drawn apart from the run's random stream
 
 
-def _sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(tensor)
-    return tensor
-
-
 class AdversarialCounts(ConfusionCounts):
     """A round's confusion matrix, plus the adversary's mean loss and how often it tells a ground truth from a
     prediction (its accuracy over locations, both kinds of map counted)."""
@@ -62,7 +56,7 @@ class AdversarialCounts(ConfusionCounts):
             self.adversary += saved["adversary"]
 
     def row(self) -> dict[str, float]:
-        loss, batches, correct, locations = _sum_over_processes(self.adversary.clone()).tolist()
+        loss, batches, correct, locations = distributed.sum_over_processes(self.adversary.clone()).tolist()
         return {
             **super().row(),
             "adversary_loss": loss / max(batches, 1),

@@ -100,8 +100,19 @@ def stop(process: Process) -> None:
 
 def all_reduce_sum(tensor: torch.Tensor, process: Process) -> torch.Tensor:
     """Sums ``tensor`` over the processes, in place (a no-op in a one-process run)."""
-    if process.distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return sum_over_processes(tensor) if process.distributed else tensor
+
+
+def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """Sums ``tensor`` over the processes in place when ``torch.distributed`` is started (else a no-op); a CPU
+    tensor goes through the GPU under NCCL, which reduces GPU tensors only."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        moved = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        return tensor.copy_(moved)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 

@@ -58,10 +58,7 @@ class LossParts:
             self.sums += saved["loss_parts"]
 
     def row(self) -> dict[str, float]:
-        sums = self.sums.clone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(sums)
-        *parts, batches = sums.tolist()
+        *parts, batches = distributed.sum_over_processes(self.sums.clone()).tolist()
         return {name: value / max(batches, 1.0) for name, value in zip(LOSS_PARTS, parts, strict=True)}
 
 
