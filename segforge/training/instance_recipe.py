@@ -4,17 +4,18 @@ The rules, like the semantic recipe's (``segforge.training.recipe``), read only 
 
 - **model**: Mask R-CNN (``mask_rcnn``: a box, a class, a score and a mask per object) on ResNet-18, from
   scratch unless ``model.encoder_weights`` names ImageNet weights. (Not the semantic recipe's pretrained
-  EfficientNet-Lite0: under Mask R-CNN's un-normalised feature pyramid its features gave a first mask loss of
-  13, against 0.7 from scratch, and its depthwise convolutions made training steps several times slower.)
+  EfficientNet-Lite0: in one trial on the built-in touching objects, a round of one step and a validation took
+  30 s on it against 2.5 s on ResNet-18, and its first mask loss was 13.3 against 7.0; not investigated
+  further, the feature pyramid has no normalisation to absorb its features' scale.)
 - **crop and batch**: random crops of 384 px (768 on a GPU) of larger images, whole images otherwise; a batch of
   about as many pixels as 4 images of 128² on a CPU, at least 2 (Mask R-CNN's heads cost the same per image
-  whatever its size: up to 512 RoIs through the box head, 128 through the mask head, so small images come in
+  whatever its size: 128 RoIs through the box head, up to 32 through the mask head, so small images come in
   small batches, and more steps fit a time budget).
 - **normalisation**: the pretrained encoder's, else the training images' statistics.
 - **augmentation**: horizontal flips, small scale and brightness/contrast changes (no vertical flips or
   rotations: the fingerprint of objects cannot tell an upright scene from a micrograph).
-- **optimizer**: AdamW 1e-3 with a linear warm-up and poly decay, as the semantic recipe's (from scratch on the
-  synthetic touching objects it reached a mask AP50 of 0.50 in 66 steps).
+- **optimizer**: AdamW 1e-3 with a linear warm-up and poly decay, as the semantic recipe's (a 10-minute run on
+  the built-in touching objects reaches a mask AP50 of 83.8: ``bench/instances.py``, README).
 - **length**: as the semantic recipe's.
 """
 
@@ -57,7 +58,7 @@ def plan_instances(config: Config, fp: InstanceFingerprint, *, cuda: bool = Fals
         SCRATCH_ENCODER,
         "ResNet-18"
         + (": its ImageNet weights" if model.encoder_weights else ", from scratch")
-        + " (EfficientNet-Lite0's installed weights gave a mask loss 20x the others' and 6x slower steps)",
+        + " (not the installed EfficientNet-Lite0: segforge/training/instance_recipe.py says why)",
     )
     choose_input_size(
         data,
