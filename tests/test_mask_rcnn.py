@@ -17,6 +17,7 @@ from segforge.instances.data import instance_target
 from segforge.instances.fpn import pyramid_levels
 from segforge.instances.heads import box_losses, paste_masks, roi_levels
 from segforge.instances.rpn import BACKGROUND, IGNORED, match_boxes, rpn_loss, sample_balanced
+from segforge.models import geometry_of
 
 NUM_CLASSES = 4
 
@@ -174,6 +175,8 @@ def test_a_padded_batch_keeps_each_image_inside_its_own_size() -> None:
     with pytest.raises(ValueError, match="image_sizes must give each of the 2 images its"):
         model(images, image_sizes=[(64, 64)])
     assert model._image_sizes(images, [{"masks": torch.zeros(0, 40, 48)}] * 2, None) == [(40, 48)] * 2
+    geometry = geometry_of(model)  # declared like every model's: masks at the input's size, any size
+    assert geometry.output_size(37) == 37 and geometry.tile_period == model.size_divisor
 
 
 def test_a_few_steps_overfit_one_image() -> None:

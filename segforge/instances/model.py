@@ -36,6 +36,7 @@ from segforge.instances.anchors import AnchorGenerator
 from segforge.instances.fpn import FeaturePyramid
 from segforge.instances.heads import BoxHead, MaskHead, RoIHeads
 from segforge.instances.rpn import RegionProposalNetwork
+from segforge.models.geometry import Geometry
 from segforge.models.segmenter import pad_to_multiple
 
 __all__ = ["MaskRCNN", "mask_rcnn"]
@@ -61,6 +62,7 @@ class MaskRCNN(nn.Module):
 
     Attributes:
         size_divisor: inputs are padded internally to a multiple of it (the encoder's stride).
+        geometry: how the masks cover the input (``segforge.models.geometry``): at its size, any size.
         task: ``"instance"`` (segforge's semantic models: ``"semantic"``): what the training loop, ``evaluate`` and
             ``predict`` do with it.
         inputs, in_channels, encoder_name: as a ``Segmenter`` declares them.
@@ -82,6 +84,8 @@ class MaskRCNN(nn.Module):
         self.num_classes, self.in_channels = num_classes, encoder.in_channels
         self.encoder_name = ""  # (mask_rcnn names the registered encoder)
         self.size_divisor = max(encoder.stride, *pyramid.roi_strides)
+        # masks at the input's size, any size (padded inside to size_divisor, whose multiples keep the grid)
+        self.geometry = Geometry(tile_period=self.size_divisor)
 
     def forward(
         self,
