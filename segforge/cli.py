@@ -390,13 +390,29 @@ def _load_for_inference(checkpoint: str, engine: str, device):
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from segforge.inference import predict_files
+    from segforge.training import distributed
 
     check_output_folder(args.out)
-    device = _device(args.device)
+    # under torchrun, each process predicts its share of the inputs (segforge.inference.files.shard_of)
+    process, device = distributed.start(args.device or "auto")
+    try:
+        count = _predict_share(args, (process.rank, process.world_size), device)
+        distributed.barrier(process)  # (every share written before any process reports the corpus done)
+    finally:
+        distributed.stop(process)
+    share = f" (process {process.rank} of {process.world_size})" if process.distributed else ""
+    print(f"{count} image(s) predicted{share}, written to {args.out}")
+    return 0
+
+
+def _predict_share(args: argparse.Namespace, shard: tuple[int, int], device) -> int:
+    """``segforge predict`` of this process's share of the inputs; returns how many it predicted."""
+    from segforge.inference import predict_files
+    from segforge.inference.files import shard_of
+
     model, info = _load_for_inference(args.checkpoint, args.engine, device)
     if getattr(model, "task", "semantic") == "instance":
-        return _predict_instances(args, model, info, device)
+        return _predict_instances(args, model, info, device, shard)
     label_map = args.label_map if args.label_map is not None else _stored_label_map(info)
     if args.stream and getattr(model, "inputs", "images") == "series":
         raise ValueError("--stream reads one TIFF image by rows; predict time series in memory (--tile N works)")
@@ -410,6 +426,11 @@ def _predict(args: argparse.Namespace) -> int:
             raise ValueError("--stream writes the labels tile by tile and keeps no probabilities: drop --probabilities")
         paths = expand_inputs(args.inputs)
         check_outputs(paths, Path(args.out), [".tif"])
+        paths = [
+            p
+            for p in shard_of(paths, shard)
+            if not (args.skip_existing and (Path(args.out) / f"{p.stem}.tif").exists())
+        ]
         for path in paths:
             target = predict_tiff(
                 model,
@@ -426,7 +447,7 @@ def _predict(args: argparse.Namespace) -> int:
                 label_values=raw_values(label_map, max(model.num_classes, 2)) if label_map else None,
             )
             print(f"{path} -> {target}")
-        return 0
+        return len(paths)
     written = predict_files(
         model,
         info,
@@ -443,12 +464,13 @@ def _predict(args: argparse.Namespace) -> int:
         blend=args.blend,
         label_map=label_map,
         dates=args.dates,
+        skip_existing=args.skip_existing,
+        shard=shard,
     )
-    print(f"{len(written)} mask(s) written to {args.out}")
-    return 0
+    return len(written)
 
 
-def _predict_instances(args: argparse.Namespace, model, info: dict, device) -> int:
+def _predict_instances(args: argparse.Namespace, model, info: dict, device, shard: tuple[int, int]) -> int:
     """``segforge predict`` with an instance model: per image an overlay, an instance-id PNG and a JSON."""
     from segforge.instances.predict import predict_instance_files
 
@@ -457,10 +479,17 @@ def _predict_instances(args: argparse.Namespace, model, info: dict, device) -> i
     if args.scales != [1.0]:
         raise ValueError("--scales averages class scores of semantic models; an instance model takes none: drop it")
     written = predict_instance_files(
-        model, args.inputs, Path(args.out), info=info, device=device, score_threshold=args.score_threshold
+        model,
+        args.inputs,
+        Path(args.out),
+        info=info,
+        device=device,
+        score_threshold=args.score_threshold,
+        skip_existing=args.skip_existing,
+        shard=shard,
     )
-    print(f"{len(written)} image(s): <name>_instances.png, <name>_ids.png and <name>.json written to {args.out}")
-    return 0
+    print("per image: <name>_instances.png (drawn), <name>_ids.png (16-bit instance ids), <name>.json")
+    return len(written)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -732,6 +761,11 @@ def _add_predict_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="read each TIFF input by rows (by its strips or tiles if compressed) and write "
         "<name>.tif labels tile by tile: memory is bounded by the tile, not the image",
+    )
+    predict.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave alone inputs whose outputs all exist: an interrupted corpus run continues where it stopped",
     )
     predict.add_argument(
         "--score-threshold",

@@ -80,7 +80,7 @@ def test_predict_writes_one_mask_per_series_whole_or_in_tiles(series, tmp_path, 
     checkpoint = next(out.glob("*/last.safetensors"))
     dates = ["--checkpoint", str(checkpoint), "--dates", str(series / "dates.csv")]
     assert main(["predict", *dates, "--out", str(tmp_path / "p"), str(series / "series")]) == 0
-    assert "8 mask(s) written" in capsys.readouterr().out
+    assert "8 image(s) predicted, written to" in capsys.readouterr().out
     model, info = load_model(checkpoint)
     dataset = SeriesFolderDataset(series, "val", mean=info["mean"], std=info["std"])
     sample = dataset[0]

@@ -231,3 +231,44 @@ def test_instance_segmentation_trains_under_torchrun(tmp_path) -> None:
     state, config, _ = read_checkpoint(tmp_path / "runs" / "run" / "last.safetensors")
     assert config["name"] == "mask_rcnn"
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+
+
+def _untrained_checkpoint(path: Path) -> Path:
+    from segforge.checkpoint import save_checkpoint
+    from segforge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("segnet_basic", 3, in_channels=3)
+    return save_checkpoint(path, model, classes=["a", "b", "c"], mean=[0.5] * 3, std=[0.25] * 3)
+
+
+def test_predict_skip_existing_continues_an_interrupted_corpus(data_root, tmp_path, capsys) -> None:
+    from segforge.cli import main
+
+    checkpoint, out = str(_untrained_checkpoint(tmp_path / "m.safetensors")), tmp_path / "masks"
+    images = [str(data_root / "images" / name) for name in ("0000.png", "0001.png", "0002.png")]
+    assert main(["predict", "--checkpoint", checkpoint, *images, "--out", str(out)]) == 0
+    first = (out / "0001.png").read_bytes()
+    (out / "0000.png").write_bytes(b"kept as it is")  # a mask written before the interruption
+    (out / "0001.png").unlink()  # one the interrupted run never wrote
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", checkpoint, *images, "--out", str(out), "--skip-existing"]) == 0
+    assert "1 image(s) predicted" in capsys.readouterr().out
+    assert (out / "0000.png").read_bytes() == b"kept as it is" and (out / "0001.png").read_bytes() == first
+
+
+@pytest.mark.slow  # 20-40 s
+def test_predict_under_torchrun_writes_what_one_process_writes(data_root, tmp_path) -> None:
+    """Two processes (gloo) each predict their share of the inputs; the folder equals a single process's."""
+    checkpoint = str(_untrained_checkpoint(tmp_path / "m.safetensors"))
+    predict = ["-m", "segforge", "predict", "--checkpoint", checkpoint, str(data_root / "images")]
+    single = run([sys.executable, *predict, "--out", str(tmp_path / "one")])
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    double = run([*torchrun, *predict, "--out", str(tmp_path / "two")])
+    assert double.returncode == 0, double.stderr
+    counts = sorted(int(line.split()[0]) for line in double.stdout.splitlines() if "predicted (process" in line)
+    assert counts == [10, 10]  # 20 images, every other one each
+    one, two = sorted((tmp_path / "one").iterdir()), sorted((tmp_path / "two").iterdir())
+    assert [p.name for p in one] == [p.name for p in two] and len(one) == 40  # mask and overlay per image
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(one, two, strict=True))

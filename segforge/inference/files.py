@@ -72,6 +72,18 @@ def _save_npy(path: str, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+def shard_of(paths: Sequence[Path], shard: tuple[int, int]) -> list[Path]:
+    """Process ``rank``'s share of ``paths`` (``shard=(rank, processes)``): every ``processes``-th from ``rank``."""
+    rank, processes = shard
+    if not 0 <= rank < processes:
+        raise ValueError(f"shard must be (rank, processes) with 0 <= rank < processes, got {shard}")
+    return list(paths)[rank::processes]
+
+
+def _done(path: Path, out: Path, suffixes: Sequence[str]) -> bool:
+    return all((out / f"{output_name(path)}{suffix}").exists() for suffix in suffixes)
+
+
 def predict_files(
     model: nn.Module,
     info: dict,
@@ -90,6 +102,8 @@ def predict_files(
     blend: str = "gaussian",
     label_map: Mapping[int, int] | None = None,
     dates: str | Path | None = None,
+    skip_existing: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[Path]:
     """Writes ``out/<stem>.png`` (palette index mask), ``out/<stem>_overlay.png`` and, when asked,
     ``out/<stem>_probs.npy`` (float16 ``(K, H, W)``) for every input image. Returns the mask paths.
@@ -105,7 +119,11 @@ def predict_files(
 
     A model of image time series (``model.inputs == "series"``) takes series instead of images
     (``segforge.inference.series``: ``.npy``/TIFF files or folders of dates), one mask each, with the dates'
-    days and validity from ``dates`` (a ``series,date[,valid]`` CSV) or the date folders' file names."""
+    days and validity from ``dates`` (a ``series,date[,valid]`` CSV) or the date folders' file names.
+
+    ``skip_existing`` leaves alone an input whose outputs all exist (an interrupted corpus run continues where
+    it stopped). ``shard=(rank, processes)``: this process predicts inputs ``rank``, ``rank + processes``, ...
+    of the sorted list (``segforge predict`` under torchrun), the same files a single process would write."""
     out = Path(out)
     series = getattr(model, "inputs", "images") == "series"
     if series:
@@ -115,9 +133,9 @@ def predict_files(
         table = series_dates(paths, dates)
     else:
         paths = expand_inputs(inputs)
-    check_outputs(
-        paths, out, [".png", *(["_overlay.png"] if overlays else []), *(["_probs.npy"] if probabilities else [])]
-    )
+    suffixes = [".png", *(["_overlay.png"] if overlays else []), *(["_probs.npy"] if probabilities else [])]
+    check_outputs(paths, out, suffixes)  # (every process checks every input: the same answer everywhere)
+    paths = [path for path in shard_of(paths, shard) if not (skip_existing and _done(path, out, suffixes))]
     model = model.to(device).eval()
     classes = max(model.num_classes, 2)  # a one-logit binary model predicts 2 classes
     palette = info.get("palette") or []

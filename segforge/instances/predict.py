@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from segforge.files import atomic_write, check_output_folder
-from segforge.inference.files import check_outputs, output_name
+from segforge.inference.files import check_outputs, output_name, shard_of
 from segforge.inference.image import prepare_image
 from segforge.inference.inputs import expand_inputs
 from segforge.instances.coco import rle_encode
@@ -157,6 +157,7 @@ def predict_instance_files(
     score_threshold: float = 0.5,
     progress: bool | None = None,
     skip_existing: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[Path]:
     """Writes, for each input image ``<name>``, ``out/<name>_instances.png`` (the instances drawn over it),
     ``out/<name>_ids.png`` (16-bit instance ids, ``instance_id_map``) and ``out/<name>.json``
@@ -172,6 +173,7 @@ def predict_instance_files(
         score_threshold: instances scoring less are left out of every output.
         progress: show a progress bar (default: when stderr is a terminal).
         skip_existing: leave alone an input whose three outputs all exist.
+        shard: ``(rank, processes)``: this process's share of the inputs (``segforge.inference.files.shard_of``).
 
     Returns:
         The JSON files written, in input order (skipped inputs left out).
@@ -183,6 +185,7 @@ def predict_instance_files(
     out = check_output_folder(out)
     paths = expand_inputs(inputs)
     check_outputs(paths, out, OUTPUT_SUFFIXES)  # before any work: clashing names, outputs overwriting inputs
+    paths = shard_of(paths, shard)
     model = model.to(device).eval()
     written = []
     quiet = None if progress is None else not progress  # tqdm's None: no bar when stderr is not a terminal
