@@ -92,3 +92,17 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch) -> None:
     (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import segforge.inner.a\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
     assert import_cycles() == [["segforge.inner.a", "segforge.inner.b"]]
+
+
+def test_each_entry_point_imports_first_in_a_fresh_interpreter() -> None:
+    """The order of first imports can hide a cycle through a package's ``__init__`` (segforge.data registers the
+    instance layouts; segforge.instances.predict builds on segforge.inference): each of these must import first."""
+    import subprocess
+
+    entry_points = ["segforge.inference", "segforge.instances.predict", "segforge.data", "segforge.training"]
+    processes = {
+        name: subprocess.Popen([sys.executable, "-c", f"import {name}"], stderr=subprocess.PIPE, text=True)
+        for name in entry_points
+    }
+    failed = {name: p.communicate(timeout=120)[1][-400:] for name, p in processes.items()}
+    assert {name: error for name, error in failed.items() if error} == {}

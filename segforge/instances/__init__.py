@@ -21,6 +21,9 @@ scores it, :mod:`.predict` and :mod:`.visualise` write what it finds.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from segforge.instances.boxes import (
     box_area,
     box_iou,
@@ -38,7 +41,6 @@ from segforge.instances.folder import InstanceFolderDataset
 from segforge.instances.metrics import average_precision
 from segforge.instances.model import MaskRCNN, mask_rcnn
 from segforge.instances.nms import batched_nms, nms
-from segforge.instances.predict import detect, predict_instance_files
 from segforge.instances.roi_align import roi_align
 from segforge.instances.synthetic import (
     InstanceSample,
@@ -83,3 +85,13 @@ __all__ = [
     "write_instance_report",
     "write_synthetic_instance_dataset",
 ]
+
+# name -> its module, imported when the name is first read (PEP 562): segforge.instances.predict builds on
+# segforge.inference, which imports segforge.data, which registers this package's layouts (a cycle if eager)
+_LAZY = {"detect": "segforge.instances.predict", "predict_instance_files": "segforge.instances.predict"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'segforge.instances' has no attribute {name!r}")
