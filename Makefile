@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)" -e ".[test,pretrained]"
+	$(BIN)/pip install --quiet "$(TORCH)" -e ".[test,pretrained,serve]"
 	touch $@
 
 # The main job: train a small U-Net on built-in synthetic data, evaluate, predict (about 2 minutes on 2 cores).

@@ -513,6 +513,14 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from segforge.serve import serve
+
+    limits = {"max_upload_mb": args.max_upload_mb, "max_pixels": args.max_pixels, "tile_above": args.tile_above}
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, **limits)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from segforge.checkpoint import load_model
     from segforge.config import load_config
@@ -703,6 +711,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare ONNX Runtime with PyTorch on two input sizes (default on)",
     )
     export.set_defaults(run=_export)
+
+    serve = commands.add_parser("serve", help="serve a model over HTTP: POST /predict, GET /model, /health, /docs")
+    serve.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint or an exported .onnx file")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default cpu)")
+    serve.add_argument("--max-upload-mb", type=_megabytes, default=64.0, help="largest upload (default 64)")
+    serve.add_argument("--max-pixels", type=_positive_int, default=64_000_000, help="largest image (default 64 M)")
+    serve.add_argument(
+        "--tile-above", type=_positive_int, default=4_000_000, help="tile images over this many pixels (default 4 M)"
+    )
+    serve.set_defaults(run=_serve)
 
     demo = commands.add_parser("demo", help="train on built-in synthetic data with the recipe, evaluate and predict")
     demo.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
