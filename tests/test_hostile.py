@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from segforge.cli import build_parser
 from segforge.config import Config, config_from_dict, load_config
 
-COMMANDS = ["models", "doctor", "train", "evaluate", "predict", "export", "demo"]
+COMMANDS = ["models", "doctor", "train", "evaluate", "predict", "export", "serve", "demo"]
 FLAGS = sorted(
     {
         option
