@@ -131,8 +131,11 @@ class ServedModel:
             return predict(self.model, image, info=self.info, tile=tile).mask
 
     def mask_png(self, labels: np.ndarray) -> bytes:
+        """A palette PNG of the classes (a 16-bit grey PNG of them for more than 256 classes), as predict writes."""
+        if len(self.classes) > 256:
+            return _png(Image.fromarray(labels.astype(np.uint16)))
         picture = Image.fromarray(labels.astype(np.uint8), mode="P")
-        flat = [v for colour in self.palette for v in colour]
+        flat = [v for colour in self.palette[:256] for v in colour]
         picture.putpalette(flat + [0] * (768 - len(flat)))
         return _png(picture)
 
