@@ -125,19 +125,9 @@ def create_dataset(
         "image_dir": image_dir,
         "mask_dir": mask_dir,
     }
-    if split is not None and split.endswith(".txt") and Path(split).is_file():  # e.g. a run's splits/val.txt
-        from segforge.data.splits import read_split_file
-
-        base, names = read_split_file(Path(split))
-        return create_dataset(kind, root, base, **options).select(names, what=f"split list {split}")
-    part = re.fullmatch(r"(.+)\[(-?\d*):(-?\d*)\]", split) if split else None
-    if part is not None:  # "train[:25]", "train[25:]": a slice of a split, e.g. to hold slices out
-        whole = create_dataset(kind, root, part.group(1), **options)
-        start, stop = (int(g) if g else None for g in part.group(2, 3))
-        chosen = range(len(whole))[start:stop]
-        if not chosen:
-            raise ValueError(f"split {split!r} selects no samples of the {len(whole)} in {part.group(1)!r}")
-        return whole.subset(chosen)
+    selected = _selected_part(kind, root, split, options)
+    if selected is not None:
+        return selected
     root = Path(root)
     if kind == "auto":
         kind = detect_layout(root, named_folders=bool(image_dir or mask_dir))
@@ -167,26 +157,45 @@ def create_dataset(
         if region_masks is not None:
             dataset.set_region_masks(region_masks)
         return dataset
+    return _fixed_layout_dataset(kind, cls, root, split, options, common)
+
+
+def _fixed_layout_dataset(kind: str, cls: type, root: Path, split: str | None, options: dict, common: dict):
+    """A layout that defines its labels (VOC, Cityscapes, CamVid, ...): class options only to be checked."""
     if split == "all":
         raise ValueError(
             f"the split 'all' names every pair of a plain folder; the {kind} layout has the splits {cls.splits(root)}"
         )
-    for option, value in (
-        ("colour_map", colour_map),
-        ("label_map", label_map),
-        ("image_dir", image_dir),
-        ("mask_dir", mask_dir),
-    ):
-        if value is not None:
+    for option in ("colour_map", "label_map", "image_dir", "mask_dir"):
+        if options[option] is not None:
             raise ValueError(
                 f"{option} applies to the folder layout only; the {kind} layout defines its labels "
                 "(use --format folder to give your own)"
             )
     dataset = cls(root, **common)
-    _check_fixed_labels(kind, dataset, num_classes, classes, ignore_index)
-    if region_masks is not None:
-        dataset.set_region_masks(region_masks)
+    _check_fixed_labels(kind, dataset, options["num_classes"], options["classes"], options["ignore_index"])
+    if options["region_masks"] is not None:
+        dataset.set_region_masks(options["region_masks"])
     return dataset
+
+
+def _selected_part(kind: Layout, root: str | Path, split: str | None, options: dict):
+    """A split list file (``runs/x/splits/val.txt``) or a slice of a split (``"train[:25]"``): the dataset of the
+    samples it selects; None for a plain split name."""
+    if split is not None and split.endswith(".txt") and Path(split).is_file():
+        from segforge.data.splits import read_split_file
+
+        base, names = read_split_file(Path(split))
+        return create_dataset(kind, root, base, **options).select(names, what=f"split list {split}")
+    part = re.fullmatch(r"(.+)\[(-?\d*):(-?\d*)\]", split) if split else None
+    if part is None:
+        return None
+    whole = create_dataset(kind, root, part.group(1), **options)  # e.g. to hold slices out
+    start, stop = (int(g) if g else None for g in part.group(2, 3))
+    chosen = range(len(whole))[start:stop]
+    if not chosen:
+        raise ValueError(f"split {split!r} selects no samples of the {len(whole)} in {part.group(1)!r}")
+    return whole.subset(chosen)
 
 
 def _instance_dataset(kind: str, cls: type, root: Path, options: dict, common: dict):
