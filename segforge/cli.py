@@ -273,14 +273,10 @@ def _device(name: str | None):
     return resolve_device(name or "auto")
 
 
-def _stored_label_map(info: dict) -> dict[int, int] | None:
-    pairs = info.get("label_map")
-    return {int(raw): int(label) for raw, label in pairs} if pairs else None
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     from segforge.checkpoint import load_model
     from segforge.data import create_dataset
+    from segforge.inference.files import stored_label_map
     from segforge.labels import NO_LABEL
     from segforge.models.fold import fold_batch_norm
     from segforge.training import write_report
@@ -301,7 +297,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if same_data:  # what the run read its data with
         regions = regions or trained.get("region_masks")
         folders = {key: value or trained.get(key) for key, value in folders.items()}
-    label_map = args.label_map if args.label_map is not None else _stored_label_map(info)
+    label_map = args.label_map if args.label_map is not None else stored_label_map(info)
     if args.split is None:
         print(f"evaluating split {split}" + (" (the run's validation split)" if same_data else ""))
     dataset = create_dataset(
@@ -408,12 +404,12 @@ def _predict(args: argparse.Namespace) -> int:
 def _predict_share(args: argparse.Namespace, shard: tuple[int, int], device) -> int:
     """``segforge predict`` of this process's share of the inputs; returns how many it predicted."""
     from segforge.inference import predict_files
-    from segforge.inference.files import shard_of
+    from segforge.inference.files import shard_of, stored_label_map
 
     model, info = _load_for_inference(args.checkpoint, args.engine, device)
     if getattr(model, "task", "semantic") == "instance":
         return _predict_instances(args, model, info, device, shard)
-    label_map = args.label_map if args.label_map is not None else _stored_label_map(info)
+    label_map = args.label_map if args.label_map is not None else stored_label_map(info)
     if args.stream and getattr(model, "inputs", "images") == "series":
         raise ValueError("--stream reads one TIFF image by rows; predict time series in memory (--tile N works)")
     if args.stream:
@@ -517,7 +513,7 @@ def _serve(args: argparse.Namespace) -> int:
     from segforge.serve import serve
 
     limits = {"max_upload_mb": args.max_upload_mb, "max_pixels": args.max_pixels, "tile_above": args.tile_above}
-    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, **limits)
+    serve(args.checkpoint, host=args.host, port=args.port, device=args.device, max_batch=args.max_batch, **limits)
     return 0
 
 
@@ -721,6 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-pixels", type=_positive_int, default=64_000_000, help="largest image (default 64 M)")
     serve.add_argument(
         "--tile-above", type=_positive_int, default=4_000_000, help="tile images over this many pixels (default 4 M)"
+    )
+    serve.add_argument(
+        "--max-batch",
+        type=_positive_int,
+        default=8,
+        help="queued images of one size run as one batch of up to this many (default 8; 1: one at a time)",
     )
     serve.set_defaults(run=_serve)
 

@@ -80,15 +80,20 @@ def save_png(array: np.ndarray, path: Path) -> Path:
     return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
-def save_index_png(labels: np.ndarray, palette: Sequence[Sequence[int]], path: Path) -> Path:
-    """An index mask (pixel value = class): a palette PNG coloured with ``palette`` for up to 256
-    classes, a 16-bit grey PNG beyond (the values stay the class indices). Written atomically."""
+def index_picture(labels: np.ndarray, palette: Sequence[Sequence[int]], what: str = "the mask") -> Image.Image:
+    """An index mask (pixel value = class) as a picture to store as PNG: palette mode coloured with ``palette``
+    for up to 256 classes, 16-bit grey beyond (the values stay the class indices)."""
     if labels.size and (labels.min() < 0 or labels.max() > 65535):
-        raise ValueError(f"{path}: labels must lie in 0..65535 to be stored as a PNG")
+        raise ValueError(f"{what}: labels must lie in 0..65535 to be stored as a PNG")
     if labels.max(initial=0) < 256 and len(palette) <= 256:
         image = Image.fromarray(labels.astype(np.uint8), mode="P")
         flat = [int(v) for colour in palette for v in colour]
         image.putpalette(flat + [0] * (768 - len(flat)))
-    else:
-        image = Image.fromarray(labels.astype(np.uint16))
+        return image
+    return Image.fromarray(labels.astype(np.uint16))
+
+
+def save_index_png(labels: np.ndarray, palette: Sequence[Sequence[int]], path: Path) -> Path:
+    """``index_picture`` written atomically as the PNG ``path``."""
+    image = index_picture(labels, palette, str(path))
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

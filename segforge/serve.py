@@ -8,37 +8,57 @@
   (``mask``, the default), the share of each class's pixels (``json``), or the prediction over the image
   (``overlay``, PNG). OpenAPI docs at ``/docs``.
 
+* ``GET /`` → a web page: drop an image on it, see the prediction over it with an opacity slider and a legend of
+  the classes with their colours and shares, download the mask and the overlay (one HTML file, no external
+  scripts or fonts).
+
+The ``mask`` and ``overlay`` answers carry the class shares in the ``X-Class-Shares`` header (JSON, as ``json``
+answers them); ``output=image`` answers the upload as the server reads it, as an 8-bit RGB PNG, without running
+the network (the page shows TIFF and other files a browser cannot draw with it).
+
 Uploads are read by segforge's own image reader (PNG, JPEG, TIFF with any bands, ...), so the server takes what
 ``segforge predict`` takes. Images over ``tile_above`` pixels go through the tiler (memory bounded by the tile).
-One request runs the network at a time (a lock: concurrent clients queue instead of oversubscribing the
-cores); the decoding, checks and encoding of other requests go on meanwhile. A bad request gets a 4xx answer
-naming what is wrong: 413 for an upload or image over the limits, 415 for a file that is not an image segforge
-reads, 422 for an image of the wrong channel count; nothing a client sends stops the server.
+One thread runs the network (``Batcher``): concurrent requests queue instead of oversubscribing the cores, and
+queued images of one size go through the network as one batch (up to ``max_batch`` images and ``tile_above``
+pixels), which waits for no one: a lone request runs at once. The decoding, checks and encoding of other requests
+go on meanwhile. A bad request gets a 4xx answer naming what is wrong: 413 for an upload or image over the limits
+(an upload whose declared or received size is over the limit is refused before the rest of it is read), 415 for a
+file that is not an image segforge reads, 422 for an image of the wrong channel count; nothing a client sends stops
+the server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import tempfile
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
+import torch
 from fastapi import FastAPI, File, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from segforge.data.base import scale_image
 from segforge.data.io import DatasetError, read_image
-from segforge.plots import colorize
+from segforge.plots import colorize, index_picture
 
 DEFAULT_MAX_UPLOAD_MB = 64.0
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_TILE_ABOVE = 4_000_000  # pixels: larger images go through the tiler
+DEFAULT_MAX_BATCH = 8
 TILE = 512
+MULTIPART_ALLOWANCE = 64 * 1024  # bytes of a multipart body beyond its file: boundaries, headers, other fields
 
 
 class RequestError(ValueError):
@@ -50,6 +70,81 @@ class RequestError(ValueError):
 
 
 @dataclass
+class _Job:
+    key: Hashable | None  # jobs of one key may run as one batch; None: alone
+    item: object
+    pixels: int
+    future: Future = field(default_factory=Future)
+
+
+class Batcher:
+    """One thread that runs ``run(items) -> results`` for the jobs submitted to it, in order of arrival.
+
+    The oldest queued job goes next, with the jobs queued behind it that share its key, up to ``max_batch`` jobs
+    and ``max_pixels`` pixels together. Nothing waits to fill a batch: under light load every job runs alone as
+    soon as it comes, under heavy load the queue is what batches. An exception of ``run`` is every job's of
+    that batch."""
+
+    def __init__(self, run: Callable[[list], list], *, max_batch: int, max_pixels: int) -> None:
+        self.run, self.max_batch, self.max_pixels = run, max_batch, max_pixels
+        self.queue: list[_Job] = []
+        self.batches = 0  # batches run (jobs / batches: the mean batch)
+        self.jobs = 0
+        self.ready = threading.Condition()
+        self.closed = False
+        self.thread = threading.Thread(target=self._loop, name="segforge-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, item: object, *, key: Hashable | None, pixels: int) -> Future:
+        job = _Job(key, item, pixels)
+        with self.ready:
+            if self.closed:
+                raise RuntimeError("the server is stopping")
+            self.queue.append(job)
+            self.ready.notify()
+        return job.future
+
+    def close(self) -> None:
+        with self.ready:
+            self.closed = True
+            self.ready.notify()
+        self.thread.join()
+
+    def _next_batch(self) -> list[_Job]:
+        first = self.queue[0]
+        batch, pixels = [first], first.pixels
+        if first.key is not None:
+            for job in self.queue[1:]:
+                if len(batch) == self.max_batch:
+                    break
+                if job.key == first.key and pixels + job.pixels <= self.max_pixels:
+                    batch.append(job)
+                    pixels += job.pixels
+        for job in batch:
+            self.queue.remove(job)
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            with self.ready:
+                while not self.queue and not self.closed:
+                    self.ready.wait()
+                if not self.queue:
+                    return
+                batch = self._next_batch()
+            self.batches += 1
+            self.jobs += len(batch)
+            try:
+                results = self.run([job.item for job in batch])
+            except Exception as err:  # noqa: BLE001 - every job of the batch answers with it
+                for job in batch:
+                    job.future.set_exception(err)
+            else:
+                for job, result in zip(batch, results):
+                    job.future.set_result(result)
+
+
+@dataclass
 class ServedModel:
     """The model behind the server, its checkpoint ``info`` and the limits of what it takes."""
 
@@ -58,17 +153,20 @@ class ServedModel:
     max_upload_bytes: int
     max_pixels: int
     tile_above: int
+    max_batch: int = DEFAULT_MAX_BATCH
 
     def __post_init__(self) -> None:
-        self.lock = threading.Lock()
+        from segforge.inference.files import mask_format, stored_label_map
+
+        self.device = next(self.model.parameters(), torch.empty(0)).device  # an ONNX Runtime model: the CPU
+        self.batcher = Batcher(self._run, max_batch=self.max_batch, max_pixels=self.tile_above)
         classes = max(self.model.num_classes, 2)
         self.classes = list(self.info.get("classes") or [f"class_{i}" for i in range(classes)])
-        palette = self.info.get("palette") or []
-        if len(palette) < classes:
-            from segforge.data.base import default_palette
-
-            palette = default_palette(classes)
+        # the masks come out as segforge predict writes them: as the training masks were stored
+        palette, self.stored, self.mask_palette = mask_format(self.info, classes, stored_label_map(self.info))
         self.palette = [tuple(int(v) for v in colour) for colour in palette]
+        largest = classes - 1 if self.stored is None else int(self.stored.max())
+        self.palette_mask = largest < 256 and len(self.mask_palette) <= 256  # else a 16-bit grey PNG
 
     def describe(self) -> dict:
         config = getattr(self.model, "config", {}) or {}
@@ -83,6 +181,8 @@ class ServedModel:
             "tile_above_pixels": self.tile_above,
             "max_upload_bytes": self.max_upload_bytes,
             "max_pixels": self.max_pixels,
+            "max_batch": self.max_batch,
+            "mask_png": "palette" if self.palette_mask else "16-bit",
         }
 
     def read(self, data: bytes, filename: str) -> np.ndarray:
@@ -122,27 +222,48 @@ class ServedModel:
             )
         return image
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """The ``(H, W)`` class of every pixel; one request at a time on the network."""
-        from segforge.inference.predict import predict
+    def submit(self, image: np.ndarray) -> Future:
+        """The future ``(H, W)`` class of every pixel (``Batcher``: images of one size may share a batch)."""
+        pixels = image.shape[0] * image.shape[1]
+        key = None if pixels > self.tile_above else (image.shape, image.dtype.str)
+        return self.batcher.submit(image, key=key, pixels=pixels)
 
-        tile = TILE if image.shape[0] * image.shape[1] > self.tile_above else None
-        with self.lock:
-            return predict(self.model, image, info=self.info, tile=tile).mask
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """The ``(H, W)`` class of every pixel (blocks until the network has run it)."""
+        return self.submit(image).result()
+
+    def _run(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """The masks of images of one size and type, as one batch; one image over ``tile_above`` tile by tile."""
+        from segforge.inference.image import _as_tensor
+        from segforge.inference.memory import check_fits, out_of_memory_hint
+        from segforge.inference.predict import predict
+        from segforge.inference.probabilities import predict_probabilities
+
+        if len(images) == 1 and images[0].shape[0] * images[0].shape[1] > self.tile_above:
+            return [predict(self.model, images[0], info=self.info, device=self.device, tile=TILE).mask]
+        x = torch.stack([_as_tensor(image, self.info, self.model.in_channels) for image in images])
+        what = f"{len(images)} image(s) of {x.shape[-2]}x{x.shape[-1]}"
+        check_fits(self.model, tuple(x.shape), self.device, what)
+        with out_of_memory_hint(what):
+            probabilities = predict_probabilities(self.model, x.to(self.device))
+        return list(probabilities.argmax(1).cpu().numpy())
 
     def mask_png(self, labels: np.ndarray) -> bytes:
-        """A palette PNG of the classes (a 16-bit grey PNG of them for more than 256 classes), as predict writes."""
-        if len(self.classes) > 256:
-            return _png(Image.fromarray(labels.astype(np.uint16)))
-        picture = Image.fromarray(labels.astype(np.uint8), mode="P")
-        flat = [v for colour in self.palette[:256] for v in colour]
-        picture.putpalette(flat + [0] * (768 - len(flat)))
-        return _png(picture)
+        """The mask PNG ``segforge predict`` writes: a palette PNG (16-bit grey beyond 256 values) of the classes,
+        or of the raw values the training masks stored them as (the checkpoint's label map)."""
+        return _png(index_picture(labels if self.stored is None else self.stored[labels], self.mask_palette))
 
-    def overlay_png(self, image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> bytes:
+    def image_rgb(self, image: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` float in [0, 255]: the image as shown (its first three bands, or its first band as grey)."""
         shown = scale_image(image)[..., :3] if image.shape[-1] >= 3 else np.repeat(scale_image(image)[..., :1], 3, -1)
-        rgb = np.clip(shown, 0, 1) * 255
-        blended = (1 - alpha) * rgb + alpha * colorize(labels, self.palette).astype(np.float32)
+        return np.clip(shown, 0, 1) * 255
+
+    def image_png(self, image: np.ndarray) -> bytes:
+        return _png(Image.fromarray(self.image_rgb(image).round().astype(np.uint8)))
+
+    def overlay_png(self, image: np.ndarray, labels: np.ndarray, opacity: float = 0.5) -> bytes:
+        colours = colorize(labels, self.palette).astype(np.float32)
+        blended = (1 - opacity) * self.image_rgb(image) + opacity * colours
         return _png(Image.fromarray(blended.round().astype(np.uint8)))
 
     def shares(self, labels: np.ndarray) -> dict:
@@ -161,7 +282,9 @@ def _png(picture: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def load_served(checkpoint: str | Path, *, device: str = "cpu", **limits) -> ServedModel:
+def load_served(
+    checkpoint: str | Path, *, device: str = "cpu", max_batch: int = DEFAULT_MAX_BATCH, **limits
+) -> ServedModel:
     """The model of a checkpoint (``.safetensors``) or an exported ``.onnx`` file, ready to serve.
 
     Raises:
@@ -188,16 +311,84 @@ def load_served(checkpoint: str | Path, *, device: str = "cpu", **limits) -> Ser
         max_upload_bytes=int(limits.get("max_upload_mb", DEFAULT_MAX_UPLOAD_MB) * 1e6),
         max_pixels=int(limits.get("max_pixels", DEFAULT_MAX_PIXELS)),
         tile_above=int(limits.get("tile_above", DEFAULT_TILE_ABOVE)),
+        max_batch=max_batch,
     )
+
+
+class _UploadLimit:
+    """ASGI middleware: a POST whose ``Content-Length``, or whose body as received, is over ``limit`` bytes gets
+    its 413 at once, before the rest of the body is read and spooled to disk."""
+
+    class _TooLarge(Exception):
+        pass
+
+    def __init__(self, app, limit: int, message: str) -> None:
+        self.app, self.limit, self.message = app, limit, message
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(scope, receive, send)
+        received, over, refused = 0, False, False
+
+        async def counted():
+            nonlocal received, over
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                over = True
+                raise self._TooLarge
+            return message
+
+        async def sending(message):  # once over, the app's answer (FastAPI's 400 for a body it could not parse) is
+            nonlocal refused  # replaced by the 413
+            if not over:
+                return await send(message)
+            if not refused:
+                refused = True
+                await self._refuse(scope, receive, send)
+
+        try:
+            await self.app(scope, counted, sending)
+        except self._TooLarge:
+            if not refused:
+                await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send) -> None:
+        response = JSONResponse({"detail": self.message}, status_code=413, headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+def page() -> str:
+    """The web page served at ``/`` (``segforge/serve_page.html``)."""
+    return resources.files("segforge").joinpath("serve_page.html").read_text(encoding="utf-8")
 
 
 def create_app(served: ServedModel):
     """The FastAPI application of ``served`` (see the module docstring)."""
-    app = FastAPI(title="segforge", description="Semantic segmentation of uploaded images")
+
+    @asynccontextmanager
+    async def lifespan(_):
+        yield
+        await run_in_threadpool(served.batcher.close)  # the queued requests are answered first
+
+    app = FastAPI(title="segforge", description="Semantic segmentation of uploaded images", lifespan=lifespan)
+    app.add_middleware(
+        _UploadLimit,
+        limit=served.max_upload_bytes + MULTIPART_ALLOWANCE,
+        message=f"the upload is over this server's {served.max_upload_bytes / 1e6:.1f} MB (segforge serve "
+        "--max-upload-mb)",
+    )
 
     @app.exception_handler(RequestError)
     async def _refused(_, err: RequestError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=err.status)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page())
 
     @app.get("/health")
     async def health() -> dict:
@@ -210,22 +401,43 @@ def create_app(served: ServedModel):
     @app.post("/predict")
     async def predict(
         image: Annotated[UploadFile, File(description="an image file (PNG, JPEG, TIFF, ...)")],
-        output: Annotated[Literal["mask", "json", "overlay"], Query(description="what to answer with")] = "mask",
+        output: Annotated[
+            Literal["mask", "json", "overlay", "image"],
+            Query(
+                description="mask: palette PNG of the classes; json: class shares; overlay: PNG of the "
+                "prediction over the image; image: the upload as an 8-bit RGB PNG (no prediction)"
+            ),
+        ] = "mask",
+        opacity: Annotated[float, Query(ge=0, le=1, description="the overlay's opacity")] = 0.5,
     ) -> Response:
         data = await image.read(served.max_upload_bytes + 1)
         array = await run_in_threadpool(served.read, data, image.filename or "")
-        labels = await run_in_threadpool(served.predict, array)
+        if output == "image":
+            return Response(await run_in_threadpool(served.image_png, array), media_type="image/png")
+        labels = await asyncio.wrap_future(served.submit(array))
+        shares = served.shares(labels)
         if output == "json":
-            return JSONResponse(served.shares(labels))
-        body = served.mask_png(labels) if output == "mask" else served.overlay_png(array, labels)
-        return Response(body, media_type="image/png")
+            return JSONResponse(shares)
+        if output == "mask":
+            body = await run_in_threadpool(served.mask_png, labels)
+        else:
+            body = await run_in_threadpool(served.overlay_png, array, labels, opacity)
+        return Response(body, media_type="image/png", headers={"X-Class-Shares": json.dumps(shares["shares"])})
 
     return app
 
 
-def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", **limits) -> None:
+def serve(
+    checkpoint: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "cpu",
+    max_batch: int = DEFAULT_MAX_BATCH,
+    **limits,
+) -> None:
     """Loads the model and serves it until stopped (Ctrl-C)."""
     import uvicorn
 
-    app = create_app(load_served(checkpoint, device=device, **limits))
+    app = create_app(load_served(checkpoint, device=device, max_batch=max_batch, **limits))
     uvicorn.run(app, host=host, port=port, log_level="info")

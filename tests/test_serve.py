@@ -1,14 +1,18 @@
 """``segforge serve`` as a real server process on localhost: its answers equal ``segforge.predict``'s, every bad
-request gets its 4xx and the server keeps answering, concurrent clients all get their masks."""
+request gets its 4xx and the server keeps answering, concurrent clients all get their masks; its page in a real
+headless Chromium (Debian's ``chromium`` and ``chromium-driver``, which ``.ci/run`` installs) driven by Selenium."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,9 +30,11 @@ pytest.importorskip("fastapi", reason="segforge serve needs the segforge[serve] 
 from segforge import predict  # noqa: E402
 from segforge.checkpoint import load_model, save_checkpoint  # noqa: E402
 from segforge.models import create_model  # noqa: E402
+from segforge.serve import Batcher  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PALETTE = [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
+ARTIFACTS = ROOT / "build" / "test-artifacts"  # the page's screenshot is kept here
 
 
 def _free_port() -> int:
@@ -41,6 +47,10 @@ def _free_port() -> int:
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = create_model("segnet_basic", 3, in_channels=3)
+    with torch.no_grad():  # without biases, a random network's class varies from pixel to pixel with the image
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.zero_()
     path = tmp_path_factory.mktemp("model") / "m.safetensors"
     return save_checkpoint(path, model, classes=["a", "b", "c"], palette=PALETTE, mean=[0.5] * 3, std=[0.25] * 3)
 
@@ -115,8 +125,14 @@ def test_the_mask_the_shares_and_the_overlay_are_segforge_predicts(server, check
     assert status == 200 and (shares["height"], shares["width"]) == (48, 64)
     counts = np.bincount(expected.ravel(), minlength=3) / expected.size
     assert shares["shares"] == pytest.approx(dict(zip(["a", "b", "c"], counts.tolist())))
-    status, body, kind = post(f"{server}/predict?output=overlay", png(image))
-    assert status == 200 and Image.open(io.BytesIO(body)).size == (64, 48)
+    colours = np.array(PALETTE, np.float64)[expected]
+    for opacity in (0.0, 0.3, 1.0):
+        status, body, _ = post(f"{server}/predict?output=overlay&opacity={opacity}", png(image))
+        overlay = np.asarray(Image.open(io.BytesIO(body)), np.float64)
+        assert status == 200 and overlay.shape == (48, 64, 3)
+        np.testing.assert_allclose(overlay, (1 - opacity) * image + opacity * colours, atol=0.51)
+    status, body, _ = post(f"{server}/predict?output=image", png(image))
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(body))), image)
     with urllib.request.urlopen(f"{server}/model") as answer:
         described = json.load(answer)
     assert described["architecture"] == "segnet_basic" and described["classes"] == ["a", "b", "c"]
@@ -136,6 +152,8 @@ def test_every_bad_request_gets_its_4xx_and_the_server_goes_on(server, image) ->
         assert (got, message in json.loads(body)["detail"]) == (status, True), (name, body)
     got, body, _ = post(f"{server}/predict?output=pdf", png(image))
     assert got == 422 and "mask" in body.decode()
+    got, body, _ = post(f"{server}/predict?output=overlay&opacity=1.5", png(image))
+    assert got == 422 and "opacity" in body.decode()
     with urllib.request.urlopen(f"{server}/health") as answer:
         assert json.load(answer) == {"status": "ok"}
 
@@ -148,3 +166,165 @@ def test_concurrent_clients_all_get_their_masks(server, image) -> None:
     alone = [np.asarray(Image.open(io.BytesIO(post(f"{server}/predict", png(p))[1]))) for p in pictures[:2]]
     for mask, (_, body, _) in zip(alone, answers[:2]):
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(body))), mask)
+
+
+def test_an_upload_over_the_limit_is_refused_before_its_body_is_read(server) -> None:
+    """A declared 1 GB upload is answered 413 at once, without a byte of its body sent; and a chunked one (no
+    declared length) once what arrived passes the limit."""
+    host, port = server.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.putrequest("POST", "/predict")
+    connection.putheader("Content-Type", "multipart/form-data; boundary=x")
+    connection.putheader("Content-Length", str(10**9))
+    connection.endheaders()
+    answer = connection.getresponse()
+    assert answer.status == 413 and "0.1 MB (segforge serve --max-upload-mb)" in json.load(answer)["detail"]
+    connection.close()
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    head = b'--x\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n\r\n'
+    chunks = (head if i == 0 else os.urandom(32 * 1024) for i in range(200))  # 6.4 MB if it were all read
+    try:
+        connection.request("POST", "/predict", body=chunks, headers={"Content-Type": "multipart/form-data; boundary=x"})
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server answered and closed before the rest of the body went out
+    answer = connection.getresponse()
+    assert answer.status == 413
+    with urllib.request.urlopen(f"{server}/health") as answer:
+        assert json.load(answer) == {"status": "ok"}
+
+
+def test_the_batcher_runs_queued_jobs_of_one_key_together_in_order_of_arrival() -> None:
+    release, batches = threading.Event(), []
+
+    def run(items: list) -> list:
+        batches.append(items)
+        release.wait(10)
+        if "bad" in items:
+            raise ValueError("a bad item")
+        return [f"done {item}" for item in items]
+
+    batcher = Batcher(run, max_batch=2, max_pixels=100)
+    first = batcher.submit("a", key=1, pixels=10)  # runs at once, alone: nothing waits to fill a batch
+    time.sleep(0.2)
+    jobs = [("b", 1, 10), ("c", 2, 10), ("d", 1, 10), ("e", 1, 10), ("f", 3, 60), ("g", 3, 60), ("bad", None, 1)]
+    futures = [batcher.submit(item, key=key, pixels=pixels) for item, key, pixels in jobs]
+    release.set()
+    assert first.result(10) == "done a" and [f.result(10) for f in futures[:-1]] == [f"done {j[0]}" for j in jobs[:-1]]
+    with pytest.raises(ValueError, match="a bad item"):
+        futures[-1].result(10)
+    # b and d share key 1 (e waits: max_batch 2); f and g share key 3 but not the 100-pixel budget
+    assert batches == [["a"], ["b", "d"], ["c"], ["e"], ["f"], ["g"], ["bad"]]
+    batcher.close()
+    with pytest.raises(RuntimeError, match="stopping"):
+        batcher.submit("h", key=1, pixels=1)
+
+
+def test_masks_come_out_as_segforge_predict_writes_them_with_the_label_map(tmp_path, image) -> None:
+    """A checkpoint trained on masks stored as 0/255 answers 0/255 masks, as ``segforge predict`` writes them."""
+    from segforge.inference import predict_files
+    from segforge.serve import load_served
+
+    model = create_model("segnet_basic", 2, in_channels=3)
+    path = save_checkpoint(tmp_path / "m.safetensors", model, classes=["bg", "cell"], label_map=[[0, 0], [255, 1]])
+    Image.fromarray(image).save(tmp_path / "x.png")
+    loaded, info = load_model(path)
+    (written,) = predict_files(loaded, info, [tmp_path / "x.png"], tmp_path / "out", label_map={0: 0, 255: 1})
+    served = load_served(path)
+    answer = Image.open(io.BytesIO(served.mask_png(served.predict(image))))
+    assert served.describe()["mask_png"] == "palette" and set(np.unique(np.asarray(answer))) <= {0, 255}
+    np.testing.assert_array_equal(np.asarray(answer), np.asarray(Image.open(written)))
+    assert answer.getpalette()[: 3 * 256] == Image.open(written).getpalette()[: 3 * 256]
+    served.batcher.close()
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium from the OS packages, downloading into a folder of its own."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        reason = "the page's test needs Chromium and its driver: apt-get install chromium chromium-driver"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (.ci/run installs them when missing)")
+        pytest.skip(reason)
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the page's test drives Chromium with selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    downloads = tmp_path_factory.mktemp("downloads")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1200,800")
+    prefs = {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    options.add_experimental_option("prefs", prefs)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver, downloads
+    driver.quit()
+
+
+def _downloaded(folder: Path, name: str) -> Path:
+    deadline = time.monotonic() + 30
+    while not (folder / name).exists() or any(folder.glob("*.crdownload")):
+        assert time.monotonic() < deadline, f"{name} was not downloaded: {sorted(folder.iterdir())}"
+        time.sleep(0.1)
+    return folder / name
+
+
+def test_the_page_shows_the_prediction_and_downloads_segforge_predicts_mask(
+    server, checkpoint, browser, image, tmp_path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver, downloads = browser
+    source = tmp_path / "cells.png"
+    Image.fromarray(image).save(source)
+    command = [sys.executable, "-m", "segforge", "predict", "--checkpoint", str(checkpoint), str(source)]
+    subprocess.run([*command, "--out", str(tmp_path / "predicted")], check=True, cwd=ROOT, capture_output=True)
+    expected = np.asarray(Image.open(tmp_path / "predicted" / "cells.png"))
+
+    driver.get(f"{server}/")
+    WebDriverWait(driver, 30).until(lambda d: "segnet_basic" in d.find_element(By.ID, "model").text)
+    driver.find_element(By.ID, "file").send_keys(str(source))
+    status = driver.find_element(By.ID, "status")
+    WebDriverWait(driver, 60).until(lambda _: status.get_attribute("data-state") in ("done", "error"))
+    assert status.get_attribute("data-state") == "done" and "64 x 48 pixels" in status.text, status.text
+
+    rows = driver.find_elements(By.CSS_SELECTOR, "#legend li")
+    shares = np.bincount(expected.ravel(), minlength=3) / expected.size
+    assert [row.find_element(By.CLASS_NAME, "name").text for row in rows] == ["a", "b", "c"]
+    assert [row.find_element(By.CLASS_NAME, "share").text for row in rows] == [f"{100 * v:.1f} %" for v in shares]
+    swatches = [row.find_element(By.CLASS_NAME, "swatch").value_of_css_property("background-color") for row in rows]
+    assert swatches == [f"rgba({r}, {g}, {b}, 1)" for r, g, b in PALETTE]
+
+    def canvas_at(opacity: int) -> np.ndarray:
+        pixels = driver.execute_script(
+            "const slider = document.getElementById('opacity'); slider.value = arguments[0];"
+            "slider.dispatchEvent(new Event('input'));"
+            "const view = document.getElementById('view');"
+            "return Array.from(view.getContext('2d').getImageData(0, 0, view.width, view.height).data);",
+            opacity,
+        )
+        return np.array(pixels, np.float64).reshape(48, 64, 4)[..., :3]
+
+    colours = np.array(PALETTE, np.float64)[expected]
+    np.testing.assert_array_equal(canvas_at(0), image)  # the image alone
+    np.testing.assert_array_equal(canvas_at(100), colours)  # the classes' colours alone
+    np.testing.assert_allclose(canvas_at(40), 0.6 * image + 0.4 * colours, atol=2)  # 8-bit compositing
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / "serve_page.png"))
+
+    driver.find_element(By.ID, "download-mask").click()
+    mask = Image.open(_downloaded(downloads, "cells_mask.png"))
+    assert mask.mode == "P"
+    np.testing.assert_array_equal(np.asarray(mask), expected)
+    driver.find_element(By.ID, "download-overlay").click()
+    overlay = np.asarray(Image.open(_downloaded(downloads, "cells_overlay.png")).convert("RGB"), np.float64)
+    np.testing.assert_allclose(overlay, 0.6 * image + 0.4 * colours, atol=2)  # 8-bit compositing
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    driver.find_element(By.ID, "file").send_keys(str(tmp_path / "notes.txt"))
+    WebDriverWait(driver, 30).until(lambda _: status.get_attribute("data-state") == "error")
+    assert "415" in status.text and "is not an image segforge reads" in status.text

@@ -67,6 +67,28 @@ def raw_values(label_map: Mapping[int, int], classes: int) -> np.ndarray:
     return table
 
 
+def stored_label_map(info: dict) -> dict[int, int] | None:
+    """The label map a checkpoint's ``info`` keeps (raw mask value → class), or None."""
+    pairs = info.get("label_map")
+    return {int(raw): int(label) for raw, label in pairs} if pairs else None
+
+
+def mask_format(info: dict, classes: int, label_map: Mapping[int, int] | None) -> tuple[list, np.ndarray | None, list]:
+    """How predicted masks are written: (the palette of the classes, the raw value of each class or None for
+    the class indices themselves, the palette of the mask's values). With a ``label_map`` the masks come out
+    as the training masks were stored, each raw value coloured like its class."""
+    palette = info.get("palette") or []
+    if len(palette) < classes:
+        palette = default_palette(classes)
+    if not label_map:
+        return palette, None, palette
+    stored = raw_values(label_map, classes)
+    colours = [(0, 0, 0)] * (int(stored.max()) + 1)
+    for label, raw in enumerate(stored.tolist()):
+        colours[raw] = tuple(palette[label])
+    return palette, stored, colours
+
+
 def _save_npy(path: str, array: np.ndarray) -> None:
     with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temporary name
         np.save(f, array)
@@ -138,18 +160,7 @@ def predict_files(
     paths = [path for path in shard_of(paths, shard) if not (skip_existing and _done(path, out, suffixes))]
     model = model.to(device).eval()
     classes = max(model.num_classes, 2)  # a one-logit binary model predicts 2 classes
-    palette = info.get("palette") or []
-    if len(palette) < classes:
-        palette = default_palette(classes)
-    stored = None
-    if label_map:
-        stored = raw_values(label_map, classes)
-        colours = [(0, 0, 0)] * (int(stored.max()) + 1)
-        for label, raw in enumerate(stored.tolist()):
-            colours[raw] = tuple(palette[label])
-        mask_palette = colours
-    else:
-        mask_palette = palette
+    palette, stored, mask_palette = mask_format(info, classes, label_map)
     written = []
     quiet = None if progress is None else not progress  # tqdm's None: no bar when stderr is not a terminal
     for path in tqdm(paths, desc="predict", unit="series" if series else "image", disable=quiet):
