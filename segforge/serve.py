@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Hashable
@@ -237,7 +238,7 @@ class ServedModel:
         from segforge.inference.image import _as_tensor
         from segforge.inference.memory import check_fits, out_of_memory_hint
         from segforge.inference.predict import predict
-        from segforge.inference.probabilities import predict_probabilities
+        from segforge.inference.probabilities import most_likely, predict_probabilities
 
         if len(images) == 1 and images[0].shape[0] * images[0].shape[1] > self.tile_above:
             return [predict(self.model, images[0], info=self.info, device=self.device, tile=TILE).mask]
@@ -245,8 +246,9 @@ class ServedModel:
         what = f"{len(images)} image(s) of {x.shape[-2]}x{x.shape[-1]}"
         check_fits(self.model, tuple(x.shape), self.device, what)
         with out_of_memory_hint(what):
-            probabilities = predict_probabilities(self.model, x.to(self.device))
-        return list(probabilities.argmax(1).cpu().numpy())
+            x = x.to(self.device).contiguous(memory_format=torch.channels_last)  # as segforge predict runs it
+            probabilities = predict_probabilities(self.model, x)
+        return list(most_likely(probabilities, 1).cpu().numpy())
 
     def mask_png(self, labels: np.ndarray) -> bytes:
         """The mask PNG ``segforge predict`` writes: a palette PNG (16-bit grey beyond 256 values) of the classes,
@@ -373,6 +375,13 @@ def create_app(served: ServedModel):
     async def lifespan(_):
         yield
         await run_in_threadpool(served.batcher.close)  # the queued requests are answered first
+        batcher = served.batcher
+        if batcher.batches:
+            print(
+                f"segforge serve: {batcher.jobs} image(s) in {batcher.batches} pass(es) of the network "
+                f"(mean batch {batcher.jobs / batcher.batches:.2f})",
+                file=sys.stderr,
+            )
 
     app = FastAPI(title="segforge", description="Semantic segmentation of uploaded images", lifespan=lifespan)
     app.add_middleware(
