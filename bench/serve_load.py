@@ -9,15 +9,17 @@ trained one) saved as a checkpoint. ``--clients`` threads, each on its own keep-
 ``--requests`` uploads in all of ``--size``-pixel PNG images (each client its own images), as fast as the
 answers come, and check each answer: a 200 with a PNG mask of the image's size; anything else is an error.
 After ``--warmup`` requests from each client (the first passes of each batch size allocate memory), the
-server's resident memory (``VmRSS`` of ``/proc/PID/status``) is read before the load, after it, and after a
-second, equal load: a leak would show as growth from one load to the next. The run is bounded: every request
-has a 120 s time-out and each load ``--deadline`` seconds; the server is stopped at the end whatever happened.
+server's resident memory (``VmRSS`` of ``/proc/PID/status``) is read before the loads and after each of
+``--loads`` equal loads: a leak would show as growth from load to load. (A batch of a size or shape not seen
+before still allocates on its first pass, so the first load may grow a little.) The run is bounded: every
+request has a 120 s time-out and each load ``--deadline`` seconds; the server is stopped at the end whatever
+happened.
 
-Throughput is answered requests per second of wall time over the first load; latency is each request's
-time from sending to the whole answer read, p50 and p99 over both loads. The server's batches (mean images
-per pass of the network) are read from its log line at shutdown.
+Throughput is answered requests per second of wall time over all loads; latency is each request's time from
+sending to the whole answer read, p50 and p99 over all loads. The server's batches (mean images per pass of
+the network) are read from its log line at shutdown.
 
-Prints a markdown table; writes ``bench/results/serve_load.json``.
+Prints a markdown table; writes ``--out`` (default ``bench/results/serve/serve_load.json``).
 """
 
 from __future__ import annotations
@@ -74,12 +76,12 @@ def png(array: np.ndarray) -> bytes:
 class Server:
     """``segforge serve`` as a process on a free port of 127.0.0.1."""
 
-    def __init__(self, checkpoint: Path, max_batch: int) -> None:
+    def __init__(self, checkpoint: Path, max_batch: int, device: str) -> None:
         self.port = free_port()
         command = [sys.executable, "-m", "segforge", "serve", "--checkpoint", str(checkpoint)]
-        command += ["--port", str(self.port), "--max-batch", str(max_batch)]
+        command += ["--port", str(self.port), "--max-batch", str(max_batch), "--device", device]
         self.log = tempfile.TemporaryFile()
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while True:
@@ -151,9 +153,12 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=5)
     parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=200, help="per load (two loads per setting)")
+    parser.add_argument("--requests", type=int, default=200, help="requests per load")
+    parser.add_argument("--loads", type=int, default=3, help="equal loads, one after the other, per setting")
     parser.add_argument("--warmup", type=int, default=4, help="requests per client before the loads")
     parser.add_argument("--max-batch", type=int, nargs="+", default=(1, 4, 8))
+    parser.add_argument("--device", default="cpu", help="where the server runs the network (cpu, cuda)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve" / "serve_load.json"))
     parser.add_argument("--deadline", type=float, default=600, help="seconds per load")
     args = parser.parse_args()
 
@@ -171,31 +176,30 @@ def main() -> None:
         checkpoint = save_checkpoint(Path(folder) / "model.safetensors", model, classes=list(range(args.classes)))
         for max_batch in args.max_batch:
             print(f"max_batch {max_batch}: starting the server", file=sys.stderr)
-            server = Server(checkpoint, max_batch)
+            server = Server(checkpoint, max_batch, args.device)
             try:
                 warming = [[body] * args.warmup for body in bodies]  # every batch size the load will see, once
                 warm = load(server.port, warming, (width, height), time.monotonic() + 300)
                 assert not warm["errors"], warm["errors"][:3]
-                before = rss_mb(server.process.pid)
-                first = load(server.port, per_client, (width, height), time.monotonic() + args.deadline)
-                after = rss_mb(server.process.pid)
-                second = load(server.port, per_client, (width, height), time.monotonic() + args.deadline)
-                again = rss_mb(server.process.pid)
+                memory = [rss_mb(server.process.pid)]
+                loads = []
+                for _ in range(args.loads):
+                    loads.append(load(server.port, per_client, (width, height), time.monotonic() + args.deadline))
+                    memory.append(rss_mb(server.process.pid))
             finally:
                 log = server.stop()
             batches = [line for line in log.splitlines() if "mean batch" in line]
-            latencies = np.array(first["latencies"] + second["latencies"]) * 1000
+            latencies = np.array([t for one in loads for t in one["latencies"]]) * 1000
+            errors = [e for one in loads for e in one["errors"]]
             row = {
                 "max_batch": max_batch,
-                "requests": 2 * args.requests,
-                "errors": len(first["errors"]) + len(second["errors"]),
-                "error_examples": (first["errors"] + second["errors"])[:3],
-                "throughput_rps": len(first["latencies"]) / first["wall_s"],
+                "requests": args.loads * args.requests,
+                "errors": len(errors),
+                "error_examples": errors[:3],
+                "throughput_rps": sum(len(one["latencies"]) for one in loads) / sum(one["wall_s"] for one in loads),
                 "p50_ms": float(np.percentile(latencies, 50)) if latencies.size else None,
                 "p99_ms": float(np.percentile(latencies, 99)) if latencies.size else None,
-                "rss_before_mb": before,
-                "rss_after_first_mb": after,
-                "rss_after_second_mb": again,
+                "rss_mb": memory,
                 "server_batches": batches[-1].strip() if batches else None,
             }
             rows.append(row)
@@ -203,19 +207,20 @@ def main() -> None:
 
     setting = {key: value for key, value in vars(args).items()}
     setting["torch_threads"] = torch.get_num_threads()
-    out = ROOT / "bench" / "results" / "serve_load.json"
+    setting["machine"] = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs"
+    out = Path(args.out)
     out.write_text(json.dumps({"setting": setting, "rows": rows}, indent=2) + "\n")
     print(
-        f"{args.arch} ({args.encoder}), {height}x{width} PNG uploads, {args.clients} clients, "
-        f"{args.requests} requests per load, 2 loads\n"
+        f"{args.arch} ({args.encoder}) on {setting['machine']}, {height}x{width} PNG uploads, {args.clients} clients, "
+        f"{args.requests} requests per load, {args.loads} loads\n"
     )
     print(
         "| --max-batch | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) "
-        "| server RSS before → after 1st → after 2nd load (MB) | batches |"
+        "| server RSS before → after each load (MB) | batches |"
     )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for row in rows:
-        memory = f"{row['rss_before_mb']:.0f} → {row['rss_after_first_mb']:.0f} → {row['rss_after_second_mb']:.0f}"
+        memory = " → ".join(f"{mb:.0f}" for mb in row["rss_mb"])
         print(
             f"| {row['max_batch']} | {row['requests']} | {row['errors']} | {row['throughput_rps']:.1f} | "
             f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {memory} | {row['server_batches'] or '-'} |"

@@ -359,32 +359,6 @@ def _refuse_semantic_options(args: argparse.Namespace, names: tuple[str, ...]) -
             raise ValueError(f"{flag} applies to semantic models; the checkpoint is an instance model: drop it")
 
 
-def _load_for_inference(checkpoint: str, engine: str, device):
-    """(model, info) for prediction: a checkpoint (PyTorch) or an exported .onnx file (ONNX Runtime)."""
-    import torch
-
-    if engine == "auto":
-        engine = "onnx" if checkpoint.endswith(".onnx") else "torch"
-    if engine == "onnx":
-        if not checkpoint.endswith(".onnx"):
-            raise ValueError(
-                f"--engine onnx runs an exported model: export {checkpoint} first with segforge export "
-                f"--checkpoint {checkpoint} --format onnx, then pass the .onnx file"
-            )
-        from segforge.export import load_onnx
-
-        return load_onnx(checkpoint, device=device)
-    if checkpoint.endswith(".onnx"):
-        raise ValueError(f"{checkpoint} is an ONNX model: use --engine onnx (or auto)")
-    from segforge.checkpoint import load_model
-    from segforge.models.fold import fold_batch_norm
-
-    model, info = load_model(checkpoint, map_location=device)
-    if model.task == "instance":  # (RoIAlign samples its feature maps; they stay contiguous)
-        return fold_batch_norm(model, inplace=True), info
-    return fold_batch_norm(model.to(memory_format=torch.channels_last), inplace=True), info
-
-
 def _predict(args: argparse.Namespace) -> int:
     from segforge.training import distributed
 
@@ -405,8 +379,9 @@ def _predict_share(args: argparse.Namespace, shard: tuple[int, int], device) -> 
     """``segforge predict`` of this process's share of the inputs; returns how many it predicted."""
     from segforge.inference import predict_files
     from segforge.inference.files import shard_of, stored_label_map
+    from segforge.inference.loading import load_for_inference
 
-    model, info = _load_for_inference(args.checkpoint, args.engine, device)
+    model, info = load_for_inference(args.checkpoint, args.engine, device)
     if getattr(model, "task", "semantic") == "instance":
         return _predict_instances(args, model, info, device, shard)
     label_map = args.label_map if args.label_map is not None else stored_label_map(info)
@@ -721,8 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-batch",
         type=_positive_int,
-        default=8,
-        help="queued images of one size run as one batch of up to this many (default 8; 1: one at a time)",
+        default=4,
+        help="queued images of one size run as one batch of up to this many (default 4; 1: one at a time)",
     )
     serve.set_defaults(run=_serve)
 

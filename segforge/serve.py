@@ -57,7 +57,7 @@ from segforge.plots import colorize, index_picture
 DEFAULT_MAX_UPLOAD_MB = 64.0
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_TILE_ABOVE = 4_000_000  # pixels: larger images go through the tiler
-DEFAULT_MAX_BATCH = 8
+DEFAULT_MAX_BATCH = 4  # measured best of 1, 4, 8 on 2 CPU cores and on an H200 (bench/serve_load.py)
 TILE = 512
 MULTIPART_ALLOWANCE = 64 * 1024  # bytes of a multipart body beyond its file: boundaries, headers, other fields
 
@@ -83,8 +83,8 @@ class Batcher:
 
     The oldest queued job goes next, with the jobs queued behind it that share its key, up to ``max_batch`` jobs
     and ``max_pixels`` pixels together. Nothing waits to fill a batch: under light load every job runs alone as
-    soon as it comes, under heavy load the queue is what batches. An exception of ``run`` is every job's of
-    that batch."""
+    soon as it comes, under heavy load the queue is what batches. When ``run`` raises on a batch, its jobs run
+    again one by one, so that an exception is only the failing job's."""
 
     def __init__(self, run: Callable[[list], list], *, max_batch: int, max_pixels: int) -> None:
         self.run, self.max_batch, self.max_pixels = run, max_batch, max_pixels
@@ -135,14 +135,20 @@ class Batcher:
                 batch = self._next_batch()
             self.batches += 1
             self.jobs += len(batch)
-            try:
-                results = self.run([job.item for job in batch])
-            except Exception as err:  # noqa: BLE001 - every job of the batch answers with it
-                for job in batch:
-                    job.future.set_exception(err)
-            else:
-                for job, result in zip(batch, results):
-                    job.future.set_result(result)
+            self._answer(batch)
+
+    def _answer(self, batch: list[_Job]) -> None:
+        try:
+            results = self.run([job.item for job in batch])
+        except Exception as err:  # noqa: BLE001 - the job answers with it
+            if len(batch) == 1:
+                batch[0].future.set_exception(err)
+                return
+            for job in batch:  # one job's failure (or the batch's size) must not fail the others: each alone
+                self._answer([job])
+        else:
+            for job, result in zip(batch, results):
+                job.future.set_result(result)
 
 
 @dataclass
@@ -202,11 +208,12 @@ class ServedModel:
             path.write_bytes(data)
             try:
                 image = read_image(path)
-            except DatasetError:
+            except DatasetError as err:
+                reason = str(err).replace(str(path), repr(filename))
                 raise RequestError(
                     415,
-                    f"the upload {filename!r} is not an image segforge reads: send a PNG, JPEG, TIFF, BMP, GIF, "
-                    "PPM/PGM or WebP file (segforge doctor names what is wrong with a file)",
+                    f"the upload {filename!r} is not an image segforge reads ({reason}): send a PNG, JPEG, TIFF, "
+                    "BMP, GIF, PPM/PGM or WebP file",
                 ) from None
         pixels = image.shape[0] * image.shape[1]
         if pixels > self.max_pixels:
@@ -224,26 +231,31 @@ class ServedModel:
         return image
 
     def submit(self, image: np.ndarray) -> Future:
-        """The future ``(H, W)`` class of every pixel (``Batcher``: images of one size may share a batch)."""
-        pixels = image.shape[0] * image.shape[1]
-        key = None if pixels > self.tile_above else (image.shape, image.dtype.str)
-        return self.batcher.submit(image, key=key, pixels=pixels)
+        """The future ``(H, W)`` class of every pixel (``Batcher``: images of one size may share a batch). The
+        image is scaled and normalised here, in the caller's thread, and the network thread only runs networks."""
+        from segforge.inference.image import image_tensor
+
+        x = image_tensor(image, self.info, self.model.in_channels)
+        pixels = x.shape[-2] * x.shape[-1]
+        return self.batcher.submit(x, key=None if pixels > self.tile_above else tuple(x.shape), pixels=pixels)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """The ``(H, W)`` class of every pixel (blocks until the network has run it)."""
         return self.submit(image).result()
 
-    def _run(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """The masks of images of one size and type, as one batch; one image over ``tile_above`` tile by tile."""
-        from segforge.inference.image import _as_tensor
+    def _run(self, images: list[torch.Tensor]) -> list[np.ndarray]:
+        """The masks of normalised ``(C, H, W)`` images of one size, as one batch; one over ``tile_above`` pixels
+        tile by tile."""
+        from segforge.inference.image import image_probabilities
         from segforge.inference.memory import check_fits, out_of_memory_hint
-        from segforge.inference.predict import predict
         from segforge.inference.probabilities import most_likely, predict_probabilities
 
-        if len(images) == 1 and images[0].shape[0] * images[0].shape[1] > self.tile_above:
-            return [predict(self.model, images[0], info=self.info, device=self.device, tile=TILE).mask]
-        x = torch.stack([_as_tensor(image, self.info, self.model.in_channels) for image in images])
-        what = f"{len(images)} image(s) of {x.shape[-2]}x{x.shape[-1]}"
+        height, width = images[0].shape[-2:]
+        what = f"{len(images)} image(s) of {width}x{height}"
+        if len(images) == 1 and height * width > self.tile_above:
+            probabilities = image_probabilities(self.model, images[0], what, device=self.device, tile=TILE)
+            return [most_likely(probabilities, 0).numpy()]
+        x = torch.stack(images)
         check_fits(self.model, tuple(x.shape), self.device, what)
         with out_of_memory_hint(what):
             x = x.to(self.device).contiguous(memory_format=torch.channels_last)  # as segforge predict runs it
@@ -292,15 +304,9 @@ def load_served(
     Raises:
         ValueError: an unreadable checkpoint, or an instance or time-series model (not served yet).
     """
-    if str(checkpoint).endswith(".onnx"):
-        from segforge.export import load_onnx
+    from segforge.inference.loading import load_for_inference
 
-        model, info = load_onnx(checkpoint, device=device)
-    else:
-        from segforge.checkpoint import load_model
-
-        model, info = load_model(checkpoint, map_location=device)
-        model.eval()
+    model, info = load_for_inference(checkpoint, "auto", device)  # as segforge predict runs it
     if getattr(model, "task", "semantic") != "semantic" or getattr(model, "inputs", "images") != "images":
         kind = "instances" if getattr(model, "task", "") == "instance" else "time series"
         raise ValueError(
@@ -423,7 +429,7 @@ def create_app(served: ServedModel):
         array = await run_in_threadpool(served.read, data, image.filename or "")
         if output == "image":
             return Response(await run_in_threadpool(served.image_png, array), media_type="image/png")
-        labels = await asyncio.wrap_future(served.submit(array))
+        labels = await asyncio.wrap_future(await run_in_threadpool(served.submit, array))
         shares = served.shares(labels)
         if output == "json":
             return JSONResponse(shares)

@@ -28,7 +28,8 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="segforge serve needs the segforge[serve] extra (make test installs it)")
 
 from segforge import predict  # noqa: E402
-from segforge.checkpoint import load_model, save_checkpoint  # noqa: E402
+from segforge.checkpoint import save_checkpoint  # noqa: E402
+from segforge.inference.loading import load_for_inference  # noqa: E402
 from segforge.models import create_model  # noqa: E402
 from segforge.serve import Batcher  # noqa: E402
 
@@ -107,13 +108,21 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _tiff(array: np.ndarray) -> bytes:
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, photometric="rgb")
+    return buffer.getvalue()
+
+
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
 
 
 def test_the_mask_the_shares_and_the_overlay_are_segforge_predicts(server, checkpoint, image) -> None:
-    model, info = load_model(checkpoint)
+    model, info = load_for_inference(checkpoint)  # as segforge predict and serve run it (batch norm folded)
     expected = predict(model, image, info=info).mask
     status, body, kind = post(f"{server}/predict", png(image))
     assert status == 200 and kind == "image/png"
@@ -144,6 +153,7 @@ def test_every_bad_request_gets_its_4xx_and_the_server_goes_on(server, image) ->
         (b"this is not an image", "notes.txt", 415, "is not an image segforge reads"),
         (b"", "empty.png", 415, "the upload is empty"),
         (png(image[..., 0]), "grey.png", 422, "has 1 channel(s) but the model takes 3"),
+        (_tiff(np.full((8, 8, 3), np.nan, np.float32)), "nan.tif", 415, "'nan.tif' holds 192 non-finite pixel"),
         (png(np.zeros((101, 100, 3), np.uint8)), "big.png", 413, "10,100 pixels; this server takes up to 10,000"),
         (os.urandom(70_000), "huge.png", 413, "this server takes up to 0.1 MB"),
     ]
@@ -203,17 +213,18 @@ def test_the_batcher_runs_queued_jobs_of_one_key_together_in_order_of_arrival() 
             raise ValueError("a bad item")
         return [f"done {item}" for item in items]
 
-    batcher = Batcher(run, max_batch=2, max_pixels=100)
+    batcher = Batcher(run, max_batch=2, max_pixels=100)  # (a failing batch runs again one job at a time)
     first = batcher.submit("a", key=1, pixels=10)  # runs at once, alone: nothing waits to fill a batch
     time.sleep(0.2)
-    jobs = [("b", 1, 10), ("c", 2, 10), ("d", 1, 10), ("e", 1, 10), ("f", 3, 60), ("g", 3, 60), ("bad", None, 1)]
+    jobs = [("b", 1, 10), ("c", 2, 10), ("d", 1, 10), ("e", 1, 10), ("f", 3, 60), ("g", 3, 60), ("bad", 1, 1)]
     futures = [batcher.submit(item, key=key, pixels=pixels) for item, key, pixels in jobs]
     release.set()
     assert first.result(10) == "done a" and [f.result(10) for f in futures[:-1]] == [f"done {j[0]}" for j in jobs[:-1]]
     with pytest.raises(ValueError, match="a bad item"):
         futures[-1].result(10)
-    # b and d share key 1 (e waits: max_batch 2); f and g share key 3 but not the 100-pixel budget
-    assert batches == [["a"], ["b", "d"], ["c"], ["e"], ["f"], ["g"], ["bad"]]
+    # b and d share key 1 (e waits: max_batch 2); f and g share key 3 but not the 100-pixel budget; e's batch
+    # with the bad item fails and runs again one by one: only the bad item's request gets the error
+    assert batches == [["a"], ["b", "d"], ["c"], ["e", "bad"], ["e"], ["bad"], ["f"], ["g"]]
     batcher.close()
     with pytest.raises(RuntimeError, match="stopping"):
         batcher.submit("h", key=1, pixels=1)
@@ -227,7 +238,7 @@ def test_masks_come_out_as_segforge_predict_writes_them_with_the_label_map(tmp_p
     model = create_model("segnet_basic", 2, in_channels=3)
     path = save_checkpoint(tmp_path / "m.safetensors", model, classes=["bg", "cell"], label_map=[[0, 0], [255, 1]])
     Image.fromarray(image).save(tmp_path / "x.png")
-    loaded, info = load_model(path)
+    loaded, info = load_for_inference(path)
     (written,) = predict_files(loaded, info, [tmp_path / "x.png"], tmp_path / "out", label_map={0: 0, 255: 1})
     served = load_served(path)
     answer = Image.open(io.BytesIO(served.mask_png(served.predict(image))))

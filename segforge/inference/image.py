@@ -27,7 +27,7 @@ class Prediction:
     probabilities: np.ndarray  # (K, H, W) float32; K = 2 for a one-logit binary model
 
 
-def _as_tensor(image: np.ndarray | str | Path, info: dict, in_channels: int) -> torch.Tensor:
+def image_tensor(image: np.ndarray | str | Path, info: dict, in_channels: int) -> torch.Tensor:
     """A path, or an array as an image file holds it, → the normalised ``(C, H, W)`` tensor the network takes."""
     if isinstance(image, (str, Path)):
         return prepare_image(Path(image), info, in_channels)[1][0]
@@ -123,7 +123,7 @@ def predict_image(
     info = getattr(model, "info", {}) if info is None else info
     if device is None:  # an ONNX Runtime model has no parameters: the CPU
         device = next(model.parameters(), torch.empty(0)).device
-    x = _as_tensor(image, info, model.in_channels)
+    x = image_tensor(image, info, model.in_channels)
     model.eval()
     what = f"image {image}" if isinstance(image, (str, Path)) else "the image"
     probs = image_probabilities(model, x, what, device=device, **tiling)
