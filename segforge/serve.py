@@ -30,10 +30,8 @@ the server.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import io
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -55,6 +53,7 @@ from PIL import Image
 from segforge.data.base import scale_image
 from segforge.data.io import DatasetError, read_image
 from segforge.plots import colorize, index_picture
+from segforge.runtime import cap_malloc_arenas
 
 DEFAULT_MAX_UPLOAD_MB = 64.0
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -444,20 +443,6 @@ def create_app(served: ServedModel):
     return app
 
 
-def _few_malloc_arenas(count: int = 2) -> None:
-    """Caps glibc's malloc arenas at ``count`` (``MALLOC_ARENA_MAX``, unless the environment sets it). glibc gives
-    threads that allocate at once arenas of their own, up to 8 per core, and each keeps the freed buffers of the
-    images its requests decoded: under load (bench/serve_load.py, 8 clients, 256x256 uploads, batches of 4) the
-    server's resident memory rose 303 → 626 → 640 → 702 → 702 → 703 → 705 → 706 → 707 MB over 8 loads with
-    the default and 303 → 542 → 545 → 566 → 584 → 584 → 584 → 584 → 584 MB with two arenas."""
-    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-8, count)  # -8: M_ARENA_MAX
-    except (OSError, AttributeError):  # not glibc: its own allocator, nothing to cap
-        pass
-
-
 def serve(
     checkpoint: str | Path,
     *,
@@ -470,6 +455,6 @@ def serve(
     """Loads the model and serves it until stopped (Ctrl-C)."""
     import uvicorn
 
-    _few_malloc_arenas()
+    cap_malloc_arenas()  # request threads would each keep an arena of freed image buffers
     app = create_app(load_served(checkpoint, device=device, max_batch=max_batch, **limits))
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -106,6 +106,7 @@ def test_weight_zero_trains_exactly_as_without_an_adversary(data_root, tmp_path)
     assert "adversary" in load_state(adversarial / "state.pt")["task"]
 
 
+@pytest.mark.slow  # 4 s
 def test_a_resumed_adversarial_run_ends_where_an_uninterrupted_one_does(data_root, tmp_path) -> None:
     """Two steps, then two more after a resume (the adversary and its optimizer restored) equal four in a
     row: the same weights, bit for bit."""

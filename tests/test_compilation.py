@@ -65,6 +65,7 @@ def test_auto_compiles_after_the_measured_steps_when_enough_training_is_left(
     assert "train.compile auto: compiling the training step" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 5-7 s each
 @pytest.mark.parametrize("faster", [False, True])
 def test_auto_keeps_the_compiled_step_only_when_its_measured_steps_are_faster(
     data_root, tmp_path, monkeypatch, capsys, faster
@@ -105,6 +106,7 @@ def test_a_resumed_run_that_had_compiled_compiles_from_its_first_step(
     assert [made.calls for made in stand_ins] == [2, 2]  # steps 7-8, then 9-10 of the resumed sitting
 
 
+@pytest.mark.slow  # 8 s
 def test_auto_stays_eager_for_short_runs_and_changing_shapes(data_root, tmp_path, stand_ins, monkeypatch) -> None:
     fit(config(data_root, tmp_path, "short"), progress=False)  # 4 steps left: seconds, not AUTO_MIN_SECONDS
     monkeypatch.setattr(compilation, "AUTO_MIN_SECONDS", 0.0)

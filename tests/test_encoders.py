@@ -230,6 +230,7 @@ def test_first_conv_adapted_to_input_channels(tmp_path, name: str) -> None:
     torch.testing.assert_close(first_conv(grey)(image), expected)
 
 
+@pytest.mark.slow  # 10 s: VGG16's 138 M weights made, saved and loaded
 def test_vgg_fc_layers_load_as_convolutions(tmp_path) -> None:
     encoder = VGGEncoder(fc=FullyConvolutional(padding=3))
     state = torchvision_state_dict("vgg16")

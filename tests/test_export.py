@@ -64,6 +64,7 @@ def _export_and_compare(tmp_path, name: str, encoder: str | None) -> None:
         assert float((got - expected).abs().max()) <= 1e-5 + 1e-3 * scale
 
 
+@pytest.mark.slow  # 8 s (the command line's export and ONNX Runtime predict: test_cli_export_then_predict...)
 @pytest.mark.parametrize("name,encoder", FAST)
 def test_each_architecture_exports_with_dynamic_sizes_and_matches_pytorch(tmp_path, name, encoder) -> None:
     _export_and_compare(tmp_path, name, encoder)

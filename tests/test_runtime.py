@@ -34,6 +34,7 @@ def _faults(keep: str) -> tuple[str, int]:
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
     reason="mallopt is glibc's: elsewhere keep_freed_memory does nothing and says so",
 )
+@pytest.mark.slow  # 6 s
 def test_freed_memory_is_reused_instead_of_faulted_in_again() -> None:
     applied, kept = _faults("1")
     opted_out, released = _faults("0")
@@ -41,6 +42,59 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again() -> None:
     pages = 20 * 64 * 2**20 // 4096  # what 20 fresh 64 MiB blocks fault in
     # without: every block faults in again; with: only while the heap first grows to fit them (0-2 blocks)
     assert released > pages // 2 and kept < pages // 4, (released, kept)
+
+
+# 8 threads that allocate at once, then the number of malloc arenas glibc's malloc_info reports
+_ARENAS = """
+import ctypes, os, re, sys, tempfile, threading
+if sys.argv[1] == "1":
+    from segforge.runtime import cap_malloc_arenas
+    applied = cap_malloc_arenas()
+else:
+    applied = False
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+libc.fdopen.restype, libc.fclose.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+together = threading.Barrier(8)
+def work():
+    together.wait()
+    blocks = [libc.malloc(4096) for _ in range(1000)]
+    together.wait()
+    for block in blocks:
+        libc.free(block)
+threads = [threading.Thread(target=work) for _ in range(8)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+with tempfile.TemporaryFile() as report:
+    stream = libc.fdopen(os.dup(report.fileno()), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    report.seek(0)
+    print(applied, len(re.findall(rb"<heap nr=", report.read())))
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="mallopt is glibc's: elsewhere cap_malloc_arenas does nothing and says so",
+)
+def test_capped_malloc_arenas_stay_two_however_many_threads_allocate(monkeypatch) -> None:
+    from segforge.runtime import cap_malloc_arenas
+
+    def arenas(cap: str) -> tuple[str, int]:
+        environment = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+        out = subprocess.run(
+            [sys.executable, "-c", _ARENAS, cap], env=environment, capture_output=True, text=True, check=True
+        )
+        applied, count = out.stdout.split()
+        return applied, int(count)
+
+    assert arenas("1") == ("True", 2)
+    applied, uncapped = arenas("0")
+    assert applied == "False" and uncapped > 2  # one arena per thread that allocated at once, up to 8 per core
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "3")
+    assert cap_malloc_arenas() is False  # the environment's setting wins
 
 
 # OpenCV's pool started in this process (as loading in it does), then a run whose loader forks a worker

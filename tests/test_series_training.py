@@ -27,7 +27,7 @@ def _rows(run) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.parametrize("temporal", ["gru", "attention"])
+@pytest.mark.parametrize("temporal", [pytest.param("gru", marks=pytest.mark.slow), "attention"])
 def test_train_and_evaluate_a_series_dataset_with_the_plain_commands(series, tmp_path, capsys, temporal) -> None:
     out = tmp_path / "runs"
     command = ["train", "--data", str(series), "--iterations", "4", "--eval-steps", "2", "--workers", "0"]
@@ -111,6 +111,7 @@ def test_a_model_of_time_series_is_not_exported_to_onnx(tmp_path) -> None:
         export_onnx(create_model("temporal_unet", 2), tmp_path / "m.onnx")
 
 
+@pytest.mark.slow  # 4-5 s (a budgeted image run: tests/test_own_data.py)
 def test_a_series_run_fits_a_time_budget(series, tmp_path) -> None:
     """The budget's first estimate of a validation round reads a series sample, whose fields are more than
     an image's (image, mask)."""

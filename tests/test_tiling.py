@@ -87,7 +87,7 @@ def test_test_time_augmentation_works_with_tiles() -> None:
     assert torch.allclose(averaged.sum(0), torch.ones(60, 60), atol=1e-5)
 
 
-@pytest.mark.parametrize("name,tile", [("segnet_basic", 64), ("unet", 48)])
+@pytest.mark.parametrize("name,tile", [("segnet_basic", 64), pytest.param("unet", 48, marks=pytest.mark.slow)])
 def test_streaming_a_tiff_gives_the_labels_of_in_memory_tiling(tmp_path, name, tile) -> None:
     torch.manual_seed(0)
     image = (np.random.default_rng(0).random((150, 209)) * 255).astype(np.uint8)

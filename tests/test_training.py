@@ -397,6 +397,7 @@ def test_a_task_plugs_another_batch_and_metrics_into_the_same_loop(data_root, tm
     assert read_checkpoint(folder / "best.safetensors")[2]["best_pixel_accuracy"] == pytest.approx(best, abs=1e-6)
 
 
+@pytest.mark.slow  # 12 s
 def test_leaving_the_process_group_frees_the_data_parallel_model_first(tmp_path) -> None:
     # DistributedDataParallel can sit in a reference cycle: left to interpreter exit, its gloo work was
     # destroyed too late and aborted a finished torchrun process (SIGABRT) now and then.
