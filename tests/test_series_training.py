@@ -44,6 +44,7 @@ def test_train_and_evaluate_a_series_dataset_with_the_plain_commands(series, tmp
     assert "mean IoU (%)" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 5 s (image runs' exact repeats and resumes: tests/test_training.py)
 def test_a_series_run_repeats_exactly(series, tmp_path) -> None:
     """Seeded batches, augmentation and temporal dropout: the same command gives the same weights."""
     common = ["train", "--data", str(series), "--workers", "0", "--iterations", "3", "--out", str(tmp_path)]
