@@ -335,6 +335,15 @@ def test_the_page_shows_the_prediction_and_downloads_segforge_predicts_mask(
     overlay = np.asarray(Image.open(_downloaded(downloads, "cells_overlay.png")).convert("RGB"), np.float64)
     np.testing.assert_allclose(overlay, 0.6 * image + 0.4 * colours, atol=2)  # 8-bit compositing
 
+    # a 16-bit TIFF, which no browser draws: the page shows it as the server reads it (output=image)
+    (tmp_path / "scan.tif").write_bytes(_tiff(image.astype(np.uint16) * 257))
+    driver.find_element(By.ID, "file").send_keys(str(tmp_path / "scan.tif"))
+    WebDriverWait(driver, 60).until(
+        lambda _: status.text.startswith("scan.tif") and status.get_attribute("data-state") in ("done", "error")
+    )
+    assert status.get_attribute("data-state") == "done", status.text
+    np.testing.assert_array_equal(canvas_at(0), image)
+
     (tmp_path / "notes.txt").write_text("not an image")
     driver.find_element(By.ID, "file").send_keys(str(tmp_path / "notes.txt"))
     WebDriverWait(driver, 30).until(lambda _: status.get_attribute("data-state") == "error")
