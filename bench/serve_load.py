@@ -15,7 +15,8 @@ before still allocates on its first pass, so the first load may grow a little.) 
 request has a 120 s time-out and each load ``--deadline`` seconds; the server is stopped at the end whatever
 happened.
 
-Throughput is answered requests per second of wall time over all loads; latency is each request's time from
+Throughput is answered requests per second of wall time over all loads (and the network's GFLOP/s at that rate:
+its FLOPs per image, ``segforge.summary``'s count, times the rate); latency is each request's time from
 sending to the whole answer read, p50 and p99 over all loads. The server's batches (mean images per pass of
 the network) are read from its log line at shutdown.
 
@@ -44,6 +45,7 @@ from PIL import Image
 
 from segforge.checkpoint import save_checkpoint
 from segforge.models import create_model
+from segforge.summary import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,6 +173,9 @@ def main() -> None:
     per_client = [[bodies[c]] * (args.requests // args.clients) for c in range(args.clients)]
     for c in range(args.requests % args.clients):
         per_client[c].append(bodies[c])
+    # the network's FLOPs per image (convolutions and matrix products, segforge.summary's count; square sizes)
+    gflop = summarize(args.arch, height, num_classes=args.classes, encoder=args.encoder).flops / 1e9
+    gflop = gflop if height == width else None
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = save_checkpoint(Path(folder) / "model.safetensors", model, classes=list(range(args.classes)))
@@ -202,27 +207,32 @@ def main() -> None:
                 "rss_mb": memory,
                 "server_batches": batches[-1].strip() if batches else None,
             }
+            if gflop is not None:  # what the network achieved at the answered rate
+                row["network_gflop_per_s"] = gflop * row["throughput_rps"]
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
 
     setting = {key: value for key, value in vars(args).items()}
     setting["torch_threads"] = torch.get_num_threads()
+    setting["network_gflop_per_image"] = gflop
     setting["machine"] = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs"
     out = Path(args.out)
     out.write_text(json.dumps({"setting": setting, "rows": rows}, indent=2) + "\n")
     print(
         f"{args.arch} ({args.encoder}) on {setting['machine']}, {height}x{width} PNG uploads, {args.clients} clients, "
-        f"{args.requests} requests per load, {args.loads} loads\n"
+        f"{args.requests} requests per load, {args.loads} loads; the network: "
+        f"{'-' if gflop is None else f'{gflop:.1f}'} GFLOP per image\n"
     )
     print(
-        "| --max-batch | requests | errors | throughput (req/s) | p50 (ms) | p99 (ms) "
+        "| --max-batch | requests | errors | throughput (req/s) | network GFLOP/s | p50 (ms) | p99 (ms) "
         "| server RSS before → after each load (MB) | batches |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for row in rows:
         memory = " → ".join(f"{mb:.0f}" for mb in row["rss_mb"])
         print(
             f"| {row['max_batch']} | {row['requests']} | {row['errors']} | {row['throughput_rps']:.1f} | "
+            f"{row.get('network_gflop_per_s', float('nan')):.0f} | "
             f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {memory} | {row['server_batches'] or '-'} |"
         )
 

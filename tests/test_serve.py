@@ -4,6 +4,7 @@ headless Chromium (Debian's ``chromium`` and ``chromium-driver``, which ``.ci/ru
 
 from __future__ import annotations
 
+import base64
 import http.client
 import io
 import json
@@ -343,6 +344,16 @@ def test_the_page_shows_the_prediction_and_downloads_segforge_predicts_mask(
     )
     assert status.get_attribute("data-state") == "done", status.text
     np.testing.assert_array_equal(canvas_at(0), image)
+
+    # dropped on the page rather than chosen: a drop event carrying the file
+    driver.execute_script(
+        "const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));"
+        "const files = new DataTransfer(); files.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));"
+        "document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: files, bubbles: true}));",
+        base64.b64encode(source.read_bytes()).decode(),
+    )
+    WebDriverWait(driver, 60).until(lambda _: status.text.startswith("dropped.png") and "pixels" in status.text)
+    np.testing.assert_array_equal(canvas_at(100), colours)
 
     (tmp_path / "notes.txt").write_text("not an image")
     driver.find_element(By.ID, "file").send_keys(str(tmp_path / "notes.txt"))
