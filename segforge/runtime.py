@@ -52,9 +52,9 @@ def cap_malloc_arenas(count: int = 2) -> bool:
 
     glibc gives threads that allocate at once arenas of their own, up to 8 per core, and with
     ``keep_freed_memory`` each arena keeps its peak: a server whose many request threads decode images kept one
-    per thread, and its resident memory crept up with every load (``bench/serve_load.py``, 8 clients, 256x256
-    uploads, batches of 4, 8 loads: 303 → 626 → 640 → 702 → 702 → 703 → 705 → 706 → 707 MB; with two arenas
-    303 → 549 → 561 → 587 → 587 → 587 → 587 MB). ``segforge serve`` calls it at start.
+    per thread, and its resident memory crept up with every load (``bench/serve_load.py``'s server, 8 clients,
+    loads of 96 256x256 uploads, batches of 4: 303 → 626 → 640 → 702 → 702 → 703 → 705 → 706 → 707 MB over 8
+    loads; with two arenas 303 → 549 → 561 → 587 → 587 → 587 → 587 MB over 6). ``segforge serve`` calls it.
 
     Returns:
         True when applied; False where ``MALLOC_ARENA_MAX`` is set or on other C libraries.
