@@ -112,6 +112,7 @@ raise SystemExit(main(["train", "--data", str(data), "--iterations", "2", "--wor
 """
 
 
+@pytest.mark.slow  # 7-9 s: a real training process with a forked loader worker
 def test_a_loader_worker_forked_after_opencv_ran_threaded_does_not_hang(tmp_path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", _FORK_AFTER_OPENCV, str(tmp_path)], capture_output=True, text=True, timeout=240
