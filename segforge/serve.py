@@ -249,19 +249,20 @@ class ServedModel:
         tile by tile."""
         from segforge.inference.image import image_probabilities
         from segforge.inference.memory import check_fits, out_of_memory_hint
-        from segforge.inference.probabilities import most_likely, predict_probabilities
+        from segforge.inference.probabilities import predict_probabilities
+        from segforge.metrics import logits_to_labels
 
         height, width = images[0].shape[-2:]
         what = f"{len(images)} image(s) of {width}x{height}"
         if len(images) == 1 and height * width > self.tile_above:
             probabilities = image_probabilities(self.model, images[0], what, device=self.device, tile=TILE)
-            return [most_likely(probabilities, 0).numpy()]
+            return [logits_to_labels(probabilities[None])[0].numpy()]
         x = torch.stack(images)
         check_fits(self.model, tuple(x.shape), self.device, what)
         with out_of_memory_hint(what):
             x = x.to(self.device).contiguous(memory_format=torch.channels_last)  # as segforge predict runs it
             probabilities = predict_probabilities(self.model, x)
-        return list(most_likely(probabilities, 1).cpu().numpy())
+        return list(logits_to_labels(probabilities).cpu().numpy())
 
     def mask_png(self, labels: np.ndarray) -> bytes:
         """The mask PNG ``segforge predict`` writes: a palette PNG (16-bit grey beyond 256 values) of the classes,

@@ -614,38 +614,13 @@ def diagnose(
     )
     detected = layout == "auto"
     layout = detect_layout(root, named_folders=bool(image_dir or mask_dir)) if detected else layout
-    cls = DATASETS.get(layout)
-    names = cls.splits(root) or [None]
-    if split is not None and split not in names:
-        names = [*names, split]
-    order = {n: i for i, n in enumerate(("train", "training", "val", "validation", "trainval", "test"))}
-    names = sorted(names, key=lambda n: (order.get(n, len(order)), str(n)))
     report = DoctorReport(root, layout, detected, [], None, options=options)
-    for name in names:
-        label = name or "all"
-        try:
-            dataset = create_dataset(
-                layout,
-                root,
-                name,
-                num_classes=num_classes,
-                ignore_index=ignore_index,
-                colour_map=colour_map,
-                label_map=label_map,
-                strict=False,
-                region_masks=region_masks,
-                image_dir=image_dir,
-                mask_dir=mask_dir,
-            )
-        except DatasetError as err:
-            report.problems.append(
-                Problem("error", f"[{label}] {err}", _fix(err.kind, report), [err.path] if err.path else [])
-            )
-            continue
-        if getattr(dataset, "task", "semantic") == "instance":
-            _check_instance_split(report, dataset, label, scan=split is None or name == split, progress=progress)
-            continue
-        check_split(report, dataset, label, scan=split is None or name == split, workers=workers, progress=progress)
+    readers = {"num_classes": num_classes, "ignore_index": ignore_index, "colour_map": colour_map}
+    readers |= {"label_map": label_map, "region_masks": region_masks, "image_dir": image_dir, "mask_dir": mask_dir}
+    for name in _splits_in_order(DATASETS.get(layout).splits(root), split):
+        _check_named_split(
+            report, name, readers, scan=split is None or name == split, workers=workers, progress=progress
+        )
     if isinstance(label_map, Mapping):
         _check_label_map(report, label_map)
     labelled = [
@@ -657,6 +632,34 @@ def diagnose(
     if detected:
         report.notes.insert(0, f"layout detected from the folder structure: {layout} (override with --format)")
     return report
+
+
+def _splits_in_order(names: list[str], split: str | None) -> list[str | None]:
+    """The layout's splits (None: the whole folder), with ``split`` if it is not among them, training first."""
+    names = names or [None]
+    if split is not None and split not in names:
+        names = [*names, split]
+    order = {n: i for i, n in enumerate(("train", "training", "val", "validation", "trainval", "test"))}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), str(n)))
+
+
+def _check_named_split(
+    report: DoctorReport, name: str | None, readers: dict, *, scan: bool, workers: int | None, progress: bool | None
+) -> None:
+    """Builds split ``name`` with ``readers`` (``create_dataset``'s options) and checks it; a split that cannot be
+    built at all is a problem of the report."""
+    label = name or "all"
+    try:
+        dataset = create_dataset(report.layout, report.root, name, strict=False, **readers)
+    except DatasetError as err:
+        report.problems.append(
+            Problem("error", f"[{label}] {err}", _fix(err.kind, report), [err.path] if err.path else [])
+        )
+        return
+    if getattr(dataset, "task", "semantic") == "instance":
+        _check_instance_split(report, dataset, label, scan=scan, progress=progress)
+    else:
+        check_split(report, dataset, label, scan=scan, workers=workers, progress=progress)
 
 
 def _check_instance_split(report: DoctorReport, dataset, label: str, *, scan: bool, progress: bool | None) -> None:

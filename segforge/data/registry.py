@@ -111,6 +111,7 @@ def create_dataset(
         ValueError: unknown kind (the message lists the choices), options that contradict the layout,
             and every ``DatasetError`` of the layout (missing folders, no pairs, ...).
     """
+    # (Long for its documented options; the body dispatches by layout: the phases are the functions it calls.)
     options = {
         "num_classes": num_classes,
         "classes": classes,

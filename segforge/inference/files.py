@@ -146,6 +146,7 @@ def predict_files(
     ``skip_existing`` leaves alone an input whose outputs all exist (an interrupted corpus run continues where
     it stopped). ``shard=(rank, processes)``: this process predicts inputs ``rank``, ``rank + processes``, ...
     of the sorted list (``segforge predict`` under torchrun), the same files a single process would write."""
+    # (Long for its 19 options and their documentation; the body is the inputs, then one read-predict-write loop.)
     out = Path(out)
     series = getattr(model, "inputs", "images") == "series"
     if series:

@@ -17,8 +17,9 @@ from torch import nn
 from segforge.data.base import scale_image, to_tensor
 from segforge.data.io import pixel_dtype, read_image
 from segforge.inference.memory import check_fits, out_of_memory_hint
-from segforge.inference.probabilities import most_likely, predict_probabilities
+from segforge.inference.probabilities import predict_probabilities
 from segforge.inference.tiling import predict_tiled
+from segforge.metrics import logits_to_labels
 
 
 @dataclass(frozen=True)
@@ -127,4 +128,4 @@ def predict_image(
     model.eval()
     what = f"image {image}" if isinstance(image, (str, Path)) else "the image"
     probs = image_probabilities(model, x, what, device=device, **tiling)
-    return Prediction(mask=most_likely(probs, 0).numpy(), probabilities=probs.numpy())
+    return Prediction(mask=logits_to_labels(probs[None])[0].numpy(), probabilities=probs.numpy())

@@ -29,7 +29,7 @@ from segforge.data.series import (
 )
 from segforge.inference.image import Prediction, image_probabilities
 from segforge.inference.inputs import expand_inputs
-from segforge.inference.probabilities import most_likely
+from segforge.metrics import logits_to_labels
 
 
 class SeriesAsImage(nn.Module):
@@ -189,4 +189,4 @@ def predict_series(
     _, x, network = prepare_series(source, info, model.eval(), dates)
     what = f"series {series}" if isinstance(series, (str, Path)) else "the series"
     probs = image_probabilities(network, x, what, device=device, **tiling)
-    return Prediction(mask=most_likely(probs, 0).numpy(), probabilities=probs.numpy())
+    return Prediction(mask=logits_to_labels(probs[None])[0].numpy(), probabilities=probs.numpy())

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from segforge.inference.probabilities import most_likely
 from segforge.inference.tiling import plan_network, row_steps, tile_blocks
+from segforge.metrics import logits_to_labels
 
 
 class TiffRows:
@@ -184,7 +184,7 @@ def _stream(
         for y0, y1, x0, x1, values in tile_blocks(
             fn, reader, plan, num_outputs=num_classes, batch=batch, progress=progress
         ):
-            labels = most_likely(values, 0).numpy()
+            labels = logits_to_labels(values[None])[0].numpy()
             pending[count : count + y1 - y0, x0:x1] = labels if label_values is None else label_values[labels]
             if x1 < reader.width:
                 continue
