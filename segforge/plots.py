@@ -57,6 +57,24 @@ def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: i
     return lut[np.where(valid, mask, len(palette))]
 
 
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """``(H, W, C)`` image → ``(H, W, 3)`` uint8 to look at: its first three bands, or its first band as grey;
+    floats (``scale_image``'s [0, 1]) scaled to 0..255."""
+    rgb = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
+    return rgb if rgb.dtype == np.uint8 else np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def blend(
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    opacity: float = 0.5,
+    ignore_index: int | None = None,
+) -> np.ndarray:
+    """The classes' colours over ``rgb`` (uint8, ``display_rgb``) at ``opacity``, uint8."""
+    return np.rint((1 - opacity) * rgb + opacity * colorize(labels, palette, ignore_index)).astype(np.uint8)
+
+
 def overlay_panel(
     image: np.ndarray,
     target: np.ndarray | None,
@@ -66,12 +84,10 @@ def overlay_panel(
     alpha: float = 0.5,
 ) -> np.ndarray:
     """Side by side: the image, the ground truth over it (when known), the prediction over it. uint8 RGB."""
-    rgb = image if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, axis=-1)
-    rgb = (np.clip(rgb, 0, 1) * 255).astype(np.uint8) if rgb.dtype != np.uint8 else rgb
-    panels = [rgb]
-    for labels in ([target] if target is not None else []) + [pred]:
-        blend = (1 - alpha) * rgb + alpha * colorize(labels, palette, ignore_index)
-        panels.append(blend.astype(np.uint8))
+    rgb = display_rgb(image)
+    panels = [rgb] + [
+        blend(rgb, labels, palette, alpha, ignore_index) for labels in [target, pred] if labels is not None
+    ]
     gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
     return np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
 

@@ -52,7 +52,7 @@ from PIL import Image
 
 from segforge.data.base import scale_image
 from segforge.data.io import DatasetError, read_image
-from segforge.plots import colorize, index_picture
+from segforge.plots import blend, display_rgb, index_picture
 from segforge.runtime import cap_malloc_arenas
 
 DEFAULT_MAX_UPLOAD_MB = 64.0
@@ -269,18 +269,12 @@ class ServedModel:
         or of the raw values the training masks stored them as (the checkpoint's label map)."""
         return _png(index_picture(labels if self.stored is None else self.stored[labels], self.mask_palette))
 
-    def image_rgb(self, image: np.ndarray) -> np.ndarray:
-        """``(H, W, 3)`` float in [0, 255]: the image as shown (its first three bands, or its first band as grey)."""
-        shown = scale_image(image)[..., :3] if image.shape[-1] >= 3 else np.repeat(scale_image(image)[..., :1], 3, -1)
-        return np.clip(shown, 0, 1) * 255
-
     def image_png(self, image: np.ndarray) -> bytes:
-        return _png(Image.fromarray(self.image_rgb(image).round().astype(np.uint8)))
+        """The image as shown (``display_rgb``), as a PNG."""
+        return _png(Image.fromarray(display_rgb(scale_image(image))))
 
     def overlay_png(self, image: np.ndarray, labels: np.ndarray, opacity: float = 0.5) -> bytes:
-        colours = colorize(labels, self.palette).astype(np.float32)
-        blended = (1 - opacity) * self.image_rgb(image) + opacity * colours
-        return _png(Image.fromarray(blended.round().astype(np.uint8)))
+        return _png(Image.fromarray(blend(display_rgb(scale_image(image)), labels, self.palette, opacity)))
 
     def shares(self, labels: np.ndarray) -> dict:
         counts = np.bincount(labels.ravel(), minlength=len(self.classes))
